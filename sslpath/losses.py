@@ -1,0 +1,27 @@
+"""NT-Xent, the SimCLR contrastive loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised-temperature cross-entropy over 2N embeddings; returns (loss, top-1 accuracy).
+
+    Row i of z1 and row i of z2 are two views of one image. Each of the 2N embeddings is scored
+    against the other 2N-1 (cosine similarity / temperature): its partner is the positive, the
+    remaining 2N-2 are negatives. The accuracy is how often the partner scores highest.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"nt_xent needs two (N, D) batches of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    idx = torch.arange(n, device=z.device)
+    targets = torch.cat([idx + n, idx])
+    loss = F.cross_entropy(logits, targets)
+    top1 = (logits.argmax(dim=1) == targets).float().mean()
+    return loss, top1

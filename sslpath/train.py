@@ -1,0 +1,149 @@
+"""Hydra entrypoint: compose a run, instantiate it, fit, test the best checkpoint, write results.
+
+    python -m sslpath.train model=baseline|ssl|finetune data=pathmnist|synthetic trainer=…
+
+A fine-tune run without `model.pretrained_ckpt` pretrains `pretrain` (SimCLR) first in its own
+run dir, `<run>/pretrain`, then fine-tunes from that run's best checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sslpath.backbones import check_input_size
+from sslpath.errors import UserError, exit_on_user_error
+from sslpath.files import atomic_write_json, atomic_write_text, read_json
+from sslpath.models import Classifier, FineTune
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_DIR = "pretrain"
+
+
+def needs_pretraining(cfg: DictConfig) -> bool:
+    return issubclass(get_class(cfg.model._target_), FineTune) and cfg.model.pretrained_ckpt is None
+
+
+def pretrain_config(cfg: DictConfig, out: Path) -> DictConfig:
+    """The SSL stage of a chained fine-tune: same data, trainer and seed; `pretrain` as the model."""
+    stage = copy.deepcopy(cfg)
+    with open_dict(stage):
+        stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
+        stage.run_name = f"{cfg.run_name}-{PRETRAIN_DIR}"
+        stage.paths.output_dir = str(out / PRETRAIN_DIR)
+        stage.ckpt_path = cfg.ckpt_path and "last"
+    return stage
+
+
+def resolve_resume(ckpt_path: str | None, out: Path) -> str | None:
+    if ckpt_path != "last":
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            raise UserError(f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file or ckpt_path=last.")
+        return ckpt_path
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UserError(
+            f"ckpt_path=last but {last} does not exist. Resume with the run dir of the interrupted run "
+            "(hydra.run.dir=<that dir>), or start fresh without ckpt_path."
+        )
+    return str(last)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one model; chain SSL pretraining first when a fine-tune needs it."""
+    out = Path(cfg.paths.output_dir)
+    if not needs_pretraining(cfg):
+        return fit_and_test(cfg)
+    pre_out = out / PRETRAIN_DIR
+    if (pre_out / "metrics.json").is_file():  # a resumed chain keeps its finished SSL stage
+        pretrained = read_json(pre_out / "metrics.json")["ckpt_path"]
+        log.info("reusing finished SSL pretraining %s", pretrained)
+    else:
+        log.info("no model.pretrained_ckpt: pretraining SSL first in %s", pre_out)
+        pretrained = fit_and_test(pretrain_config(cfg, out))["ckpt_path"]
+    with open_dict(cfg):
+        cfg.model.pretrained_ckpt = pretrained
+    return fit_and_test(cfg)
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    model_cls = get_class(cfg.model._target_)
+    check_input_size(cfg.model.backbone.stem, cfg.data.size)
+    datamodule = instantiate(cfg.data, keep_unlabelled=model_cls.trains_on_unlabelled)
+    model: Classifier = instantiate(cfg.model, _convert_="all")
+    model.checkpoint_meta = {
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "class_names": datamodule.class_names,
+        "image_size": cfg.data.size,
+    }
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg.ckpt_path, out))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        raise UserError(
+            "training finished without a best checkpoint (no validation ran?). Keep the "
+            "model_checkpoint callback and check_val_every_n_epoch <= trainer.max_epochs."
+        )
+    trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+    wall = time.perf_counter() - start
+
+    metrics = {
+        "model": model.kind,
+        "run_name": cfg.run_name,
+        "seed": cfg.seed,
+        "label_fraction": cfg.data.label_fraction,
+        **model.test_results,
+        "per_class_acc": dict(zip(datamodule.class_names, model.test_results["per_class_acc"])),
+        "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
+        "ckpt_path": str(Path(best).resolve()),
+        "epochs": trainer.current_epoch,
+        "wall_seconds": round(wall, 2),
+    }
+    if isinstance(model, FineTune):
+        metrics["pretrained_ckpt"] = str(Path(model.pretrained_ckpt).resolve()) if model.pretrained_ckpt else None
+        metrics["freeze_backbone"] = model.freeze_backbone
+    if trainer.is_global_zero:
+        write_predictions(out / "test_predictions.csv", model.test_predictions, datamodule.class_names)
+        atomic_write_json(out / "metrics.json", metrics)
+        log.info("test_acc=%.4f test_auc=%.4f -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
+    return metrics
+
+
+def write_predictions(path: Path, predictions: dict[str, Any], class_names: list[str]) -> None:
+    """One row per test image: index, true label, predicted label, probability per class."""
+    probs, labels = predictions["probs"], predictions["labels"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["index", "label", "pred"] + [f"p_{name}" for name in class_names])
+    for i, (p, y) in enumerate(zip(probs, labels)):
+        writer.writerow([i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p])
+    atomic_write_text(path, buf.getvalue())
+
+
+@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    with exit_on_user_error("sslpath.train"):
+        return run(cfg)["best_val_acc"]
+
+
+if __name__ == "__main__":
+    main()
