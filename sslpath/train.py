@@ -3,13 +3,18 @@
     python -m sslpath.train model=baseline|ssl|finetune data=pathmnist|synthetic trainer=…
 
 A fine-tune run without `model.pretrained_ckpt` pretrains `pretrain` (SimCLR) first in its own
-run dir, `<run>/pretrain`, then fine-tunes from that run's best checkpoint.
+run dir, `<paths.pretrain_dir>/<key>`, then fine-tunes from that run's best checkpoint. The key
+hashes the SSL settings, so fine-tunes that share them (label fractions in a sweep, a resumed
+chain) reuse one pretraining.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import fcntl
+import hashlib
+import json
 import io
 import logging
 import time
@@ -18,21 +23,33 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.backbones import check_input_size
 from sslpath.errors import UserError, exit_on_user_error
-from sslpath.files import atomic_write_json, atomic_write_text, read_json
+from sslpath.data import Split
+from sslpath.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from sslpath.models import Classifier, FineTune
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_DIR = "pretrain"
-
-
 def needs_pretraining(cfg: DictConfig) -> bool:
     return issubclass(get_class(cfg.model._target_), FineTune) and cfg.model.pretrained_ckpt is None
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """Identity of an SSL stage: what shapes its weights, not where its files go."""
+    model = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer.pop("default_root_dir", None)
+    if not model.get("joint"):
+        data.pop("label_fraction")  # a detached probe's labels never reach the backbone
+    payload = json.dumps({"model": model, "data": data, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def pretrain_config(cfg: DictConfig, out: Path) -> DictConfig:
@@ -40,10 +57,28 @@ def pretrain_config(cfg: DictConfig, out: Path) -> DictConfig:
     stage = copy.deepcopy(cfg)
     with open_dict(stage):
         stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
-        stage.run_name = f"{cfg.run_name}-{PRETRAIN_DIR}"
-        stage.paths.output_dir = str(out / PRETRAIN_DIR)
-        stage.ckpt_path = cfg.ckpt_path and "last"
+        stage.run_name = "ssl"
+        stage.paths.output_dir = str(out)
+        # An interrupted stage continues where it stopped; its key guarantees the same settings.
+        stage.ckpt_path = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None
     return stage
+
+
+def pretrained_checkpoint(cfg: DictConfig) -> str:
+    """Best checkpoint of the SSL stage for cfg, trained once per key and shared by every fine-tune.
+
+    A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
+    """
+    out = Path(cfg.paths.pretrain_dir) / pretrain_key(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "metrics.json").is_file():
+            ckpt = read_json(out / "metrics.json")["ckpt_path"]
+            log.info("reusing SSL pretraining %s", ckpt)
+            return ckpt
+        log.info("no model.pretrained_ckpt: pretraining SSL first in %s", out)
+        return fit_and_test(pretrain_config(cfg, out))["ckpt_path"]
 
 
 def resolve_resume(ckpt_path: str | None, out: Path) -> str | None:
@@ -62,23 +97,16 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> str | None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model; chain SSL pretraining first when a fine-tune needs it."""
-    out = Path(cfg.paths.output_dir)
-    if not needs_pretraining(cfg):
-        return fit_and_test(cfg)
-    pre_out = out / PRETRAIN_DIR
-    if (pre_out / "metrics.json").is_file():  # a resumed chain keeps its finished SSL stage
-        pretrained = read_json(pre_out / "metrics.json")["ckpt_path"]
-        log.info("reusing finished SSL pretraining %s", pretrained)
-    else:
-        log.info("no model.pretrained_ckpt: pretraining SSL first in %s", pre_out)
-        pretrained = fit_and_test(pretrain_config(cfg, out))["ckpt_path"]
-    with open_dict(cfg):
-        cfg.model.pretrained_ckpt = pretrained
+    if needs_pretraining(cfg):
+        with open_dict(cfg):
+            cfg.model.pretrained_ckpt = pretrained_checkpoint(cfg)
     return fit_and_test(cfg)
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     model_cls = get_class(cfg.model._target_)
     check_input_size(cfg.model.backbone.stem, cfg.data.size)
@@ -123,6 +151,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics["freeze_backbone"] = model.freeze_backbone
     if trainer.is_global_zero:
         write_predictions(out / "test_predictions.csv", model.test_predictions, datamodule.class_names)
+        write_examples(out / "test_examples.npz", datamodule.splits["test"], model.test_predictions, cfg.seed)
         atomic_write_json(out / "metrics.json", metrics)
         log.info("test_acc=%.4f test_auc=%.4f -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
     return metrics
@@ -137,6 +166,21 @@ def write_predictions(path: Path, predictions: dict[str, Any], class_names: list
     for i, (p, y) in enumerate(zip(probs, labels)):
         writer.writerow([i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p])
     atomic_write_text(path, buf.getvalue())
+
+
+def write_examples(path: Path, split: Split, predictions: dict[str, Any], seed: int, count: int = 36) -> None:
+    """A seeded handful of test images with labels and predictions, for the report's image grids."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split), generator=gen)[:count].sort().values
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        index=idx.numpy(),
+        images=split.images[idx.to(split.images.device)].permute(0, 2, 3, 1).cpu().numpy(),  # N×H×W×3 RGB
+        labels=split.labels[idx.to(split.labels.device)].cpu().numpy(),
+        probs=predictions["probs"][idx.numpy()],
+    )
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")

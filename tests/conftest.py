@@ -34,7 +34,8 @@ def compose_cfg(out_dir: Path, overrides: list[str] = (), tiny: bool = True) -> 
     """Compose conf/train.yaml as `python -m sslpath.train` would, with its run dir at out_dir."""
     GlobalHydra.instance().clear()
     with initialize_config_module("sslpath.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*(TINY if tiny else []), *overrides], return_hydra_config=True)
+        base = [*(TINY if tiny else []), f"paths.log_dir={out_dir}/logs"]
+        cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out_dir)
         cfg.hydra.job.num = 0

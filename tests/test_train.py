@@ -35,9 +35,10 @@ def test_finetune_chains_from_ssl_best_checkpoint(tmp_path):
     helpers.RECORDED.clear()
     cfg = compose_cfg(tmp_path, ["model=finetune", "+callbacks.record._target_=helpers.RecordBackbone"])
     metrics = run(cfg)
-    pre = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
+    (pre_dir,) = (tmp_path / "logs" / "pretrain").glob("*/")
+    pre = json.loads((pre_dir / "metrics.json").read_text())
     assert metrics["pretrained_ckpt"] == pre["ckpt_path"] and Path(pre["ckpt_path"]).is_file()
-    assert pre["model"] == "ssl" and "/pretrain/checkpoints/best-" in pre["ckpt_path"]
+    assert pre["model"] == "ssl" and pre["ckpt_path"].startswith(str(pre_dir / "checkpoints" / "best-"))
     ssl_state = load_checkpoint(pre["ckpt_path"])["state_dict"]
     start = helpers.RECORDED["finetune"]
     assert start.keys() == {k.removeprefix("backbone.") for k in ssl_state if k.startswith("backbone.")}
@@ -45,6 +46,16 @@ def test_finetune_chains_from_ssl_best_checkpoint(tmp_path):
         assert torch.equal(value, ssl_state[f"backbone.{key}"]), key
     # an SSL run trained the backbone away from its initialisation
     assert not all(torch.equal(helpers.RECORDED["ssl"][k], v) for k, v in start.items())
+
+
+def test_finetunes_share_one_pretraining_per_ssl_settings(tmp_path):
+    logs = f"paths.log_dir={tmp_path}/logs"
+    first = run(compose_cfg(tmp_path / "a", ["model=finetune", logs, "data.label_fraction=0.5"]))
+    second = run(compose_cfg(tmp_path / "b", ["model=finetune", logs, "data.label_fraction=1.0"]))
+    assert first["pretrained_ckpt"] == second["pretrained_ckpt"]
+    assert len(list((tmp_path / "logs" / "pretrain").glob("*/metrics.json"))) == 1
+    third = run(compose_cfg(tmp_path / "c", ["model=finetune", logs, "pretrain.temperature=0.5"]))
+    assert third["pretrained_ckpt"] != first["pretrained_ckpt"]
 
 
 def test_finetune_from_given_checkpoint_and_linear_probe(tmp_path):
@@ -58,7 +69,7 @@ def test_finetune_from_given_checkpoint_and_linear_probe(tmp_path):
         )
     )
     assert probe["pretrained_ckpt"] == ssl["ckpt_path"] and probe["freeze_backbone"] is True
-    assert not (tmp_path / "probe" / "pretrain").exists()
+    assert not (tmp_path / "probe" / "logs" / "pretrain").exists()
     final = load_checkpoint(probe["ckpt_path"])["state_dict"]
     for key, value in helpers.RECORDED["finetune"].items():
         if not key.endswith("num_batches_tracked"):
