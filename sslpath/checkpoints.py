@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import collections
+import errno
+import os
 import pickle
-import zipfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sslpath.errors import UserError
 
@@ -29,8 +32,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refused to load {path}: it needs code to unpickle, which a weights-only load does not run "
             f"({reason}). Only load checkpoints written by sslpath or from a source you trust."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError… for non-checkpoints
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}).") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by sslpath.train.")
     return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file and renamed: a kill or a full disk mid-write leaves the
+    previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"no space left on the device while saving {path}; nothing was overwritten and earlier "
+                    "checkpoints are intact. Free disk space (or point paths.log_dir elsewhere) and resume "
+                    "with ckpt_path=last."
+                ) from None
+            raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

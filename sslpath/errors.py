@@ -18,6 +18,18 @@ def exit_on_user_error(prog: str) -> Iterator[None]:
     """Turn a UserError into `prog: error: …` on stderr and exit status 2."""
     try:
         yield
-    except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(err.exit_code) from None
+    except Exception as err:
+        user_error = _user_error_in(err)
+        if user_error is None:
+            raise
+        print(f"{prog}: error: {user_error}", file=sys.stderr, flush=True)
+        raise SystemExit(user_error.exit_code) from None
+
+
+def _user_error_in(err: BaseException | None) -> UserError | None:
+    """The UserError behind err, also when a library wrapped it (hydra.utils.instantiate does)."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None

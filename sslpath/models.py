@@ -175,6 +175,7 @@ class SimCLR(Classifier):
     def __init__(
         self,
         projector_dims: Sequence[int] = (512, 512, 128),
+        projector_norm: bool = True,
         temperature: float = 0.2,
         clean_view: bool = False,
         joint: bool = False,
@@ -188,7 +189,8 @@ class SimCLR(Classifier):
             raise UserError(f"model.projector_dims must start at the backbone width {self.backbone.out_dim}, got {dims}.")
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-2], dims[1:-1]):
-            layers += [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+            norm = [nn.BatchNorm1d(d_out)] if projector_norm else []
+            layers += [nn.Linear(d_in, d_out), *norm, nn.ReLU(inplace=True)]
         self.projector = nn.Sequential(*layers, nn.Linear(dims[-2], dims[-1]))
         self.temperature, self.clean_view, self.joint = temperature, clean_view, joint
         self.knn_k, self.knn_temperature = knn_k, knn_temperature

@@ -17,6 +17,7 @@ import hashlib
 import json
 import io
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.backbones import check_input_size
@@ -95,8 +97,41 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> str | None:
     return str(last)
 
 
+def check_same_run(cfg: DictConfig, out: Path) -> None:
+    """Resuming with other settings would silently mix two experiments in one run dir."""
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved, current = settings(OmegaConf.load(saved_file)), settings(cfg)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
+        raise UserError(
+            f"cannot resume {out}: its settings differ from this command's ({shown}). Repeat the "
+            f"interrupted run's overrides (its resolved config is {saved_file}), or start a new run."
+        )
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    """Leaf key -> value of a config, minus the keys that only say how to start (ckpt_path, resume)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, sub in node.items():
+                walk(sub, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in ("ckpt_path", "resume")}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model; chain SSL pretraining first when a fine-tune needs it."""
+    if cfg.resume:
+        with open_dict(cfg):
+            cfg.ckpt_path = "last"
     if needs_pretraining(cfg):
         with open_dict(cfg):
             cfg.model.pretrained_ckpt = pretrained_checkpoint(cfg)
@@ -105,6 +140,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
+    resume_from = resolve_resume(cfg.ckpt_path, out)
+    if cfg.ckpt_path == "last":
+        check_same_run(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
@@ -124,7 +162,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg.ckpt_path, out))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if not best:
         raise UserError(
@@ -186,7 +224,11 @@ def write_examples(path: Path, split: Split, predictions: dict[str, Any], seed: 
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error("sslpath.train"):
-        return run(cfg)["best_val_acc"]
+        try:
+            return run(cfg)["best_val_acc"]
+        except SIGTERMException:
+            print("sslpath.train: stopped by SIGTERM; last.ckpt was saved: resume with resume=RUN_DIR.", file=sys.stderr)
+            raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

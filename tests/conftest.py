@@ -14,18 +14,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 # Small enough for 2 CPU cores: 16 px synthetic tiles, a handful of batches, one epoch.
-TINY = [
+TINY_DATA = [
     "data=synthetic",
     "data.size=16",
     "data.train_count=72",
     "data.val_count=36",
     "data.test_count=36",
     "data.batch_size=24",
+]
+TINY_TRAINER = [
     "trainer=cpu",
     "trainer.max_epochs=1",
     "+trainer.enable_model_summary=false",
     "callbacks.progress_bar.refresh_rate=0",
 ]
+TINY = TINY_DATA + TINY_TRAINER
 
 SAMPLE = os.environ.get("SSLPATH_SAMPLE_NPZ")
 
@@ -45,10 +48,15 @@ def compose_cfg(out_dir: Path, overrides: list[str] = (), tiny: bool = True) -> 
     return cfg
 
 
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: unbuffered, with tests/helpers.py importable for `+callbacks`."""
+    tests = str(Path(__file__).parent)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -13,3 +13,15 @@ class RecordBackbone(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         RECORDED[pl_module.kind] = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+
+
+class SlowSteps(L.Callback):
+    """Stretches each training step so a test can signal a run mid-epoch."""
+
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        import time
+
+        time.sleep(self.seconds)
