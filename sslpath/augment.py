@@ -18,6 +18,10 @@ class Pipeline(nn.Module):
     def __init__(self, ops: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.ops = nn.Sequential(*ops)
+        # Augmentations hold no learnt state: keeping their buffers (kornia parameter ranges) out of
+        # checkpoints lets pretraining, fine-tuning and inference use different recipes.
+        for module in self.ops.modules():
+            module._non_persistent_buffers_set.update(module._buffers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.ops) == 0:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import collections
 import errno
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sslpath.errors import UserError
+from sslpath.files import atomic_output
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])
@@ -44,17 +43,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     previous checkpoint intact, never a truncated one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with atomic_output(path) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as err:
-            Path(tmp).unlink(missing_ok=True)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(
                     f"no space left on the device while saving {path}; nothing was overwritten and earlier "
@@ -62,6 +54,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "with ckpt_path=last."
                 ) from None
             raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

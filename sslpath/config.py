@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import OmegaConf
 
@@ -13,6 +15,12 @@ def auto_precision() -> str:
     return "32-true"
 
 
+def first_set(value: Any, default: Any) -> Any:
+    """`value` unless it is null: `${sslpath.first_set:${resume},<new run dir>}`."""
+    return default if value is None else value
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sslpath.auto_precision"):
-        OmegaConf.register_new_resolver("sslpath.auto_precision", auto_precision)
+    for name, fn in {"sslpath.auto_precision": auto_precision, "sslpath.first_set": first_set}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sslpath.errors import UserError
+from sslpath.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -145,38 +144,25 @@ def official_source(flag: str, size: int) -> tuple[str, str]:
     return info[f"url{suffix}"], info[f"MD5{suffix}"]
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, md5: str, dest: Path) -> Path:
-    """Fetch to a temp file beside dest, verify the MD5, then rename: dest is whole or absent."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    """Stream to a temp file beside dest, check the MD5, then rename: dest is whole or absent."""
+    digest = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        with atomic_output(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             while block := resp.read(1 << 20):
+                digest.update(block)
                 out.write(block)
-        actual = md5sum(tmp)
-        if actual != md5:
-            raise UserError(
-                f"downloaded {url} but its MD5 is {actual}, expected {md5}; the file was discarded. "
-                "Retry the download, or fetch the file by hand and check it with `md5sum`."
-            )
-        os.replace(tmp, dest)
+            if digest.hexdigest() != md5:
+                raise UserError(
+                    f"downloaded {url} but its MD5 is {digest.hexdigest()}, expected {md5}; the file was "
+                    "discarded. Retry the download, or fetch the file by hand and check it with `md5sum`."
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise UserError(
             f"could not download {url} to {dest} ({err}). Without network access, copy the file to "
             f"{dest} by hand, or train on a local MedMNIST-format npz with data.path=FILE, or use "
             "data=synthetic for a dry run."
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -33,3 +33,22 @@ class CheckOutputDir(Callback):
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
+
+
+class SweepReport(Callback):
+    """After a multirun: one comparison report over every job, plus the SSL stages fine-tunes used."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from sslpath.errors import exit_on_user_error
+        from sslpath.files import read_json
+        from sslpath.report import write_report
+        from sslpath.train import ssl_run_dir
+
+        if not config.get("report", True):
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+        ssl_stages = {ssl_run_dir(m) for m in map(read_json, (j / "metrics.json" for j in jobs)) if m.get("pretrained_ckpt")}
+        with exit_on_user_error("sslpath.train"):
+            results = write_report([*sorted(ssl_stages), *jobs], sweep / "report")
+        print(f"sslpath: sweep report -> {results}")

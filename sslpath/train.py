@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,6 +36,7 @@ from sslpath.errors import UserError, exit_on_user_error
 from sslpath.data import Split
 from sslpath.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from sslpath.models import Classifier, FineTune
+from sslpath.report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +134,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.resume:
         with open_dict(cfg):
             cfg.ckpt_path = "last"
-    if needs_pretraining(cfg):
-        with open_dict(cfg):
-            cfg.model.pretrained_ckpt = pretrained_checkpoint(cfg)
-    return fit_and_test(cfg)
+    if not needs_pretraining(cfg):
+        return fit_and_test(cfg)
+    with open_dict(cfg):
+        cfg.model.pretrained_ckpt = pretrained_checkpoint(cfg)
+    metrics = fit_and_test(cfg)
+    if cfg.report and rank_zero_only.rank == 0:
+        out = Path(cfg.paths.output_dir)
+        write_report([ssl_run_dir(metrics), out], out / "report")
+    return metrics
+
+
+def ssl_run_dir(metrics: dict[str, Any]) -> Path:
+    """The run dir of the SSL stage a fine-tune started from (<dir>/checkpoints/<file>.ckpt)."""
+    return Path(metrics["pretrained_ckpt"]).parents[1]
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
