@@ -36,19 +36,32 @@ class CheckOutputDir(Callback):
 
 
 class SweepReport(Callback):
-    """After a multirun: one comparison report over every job, plus the SSL stages fine-tunes used."""
+    """After a multirun: one comparison report over every job, plus the SSL stages fine-tunes used,
+    and sweep_results.md/.csv: mean ± std over seeds per (model, label fraction), with a label
+    efficiency figure when the sweep has several label fractions."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from sslpath.errors import exit_on_user_error
         from sslpath.files import read_json
-        from sslpath.report import write_report
+        from sslpath.report import REPORT_DIR, load_run, write_report, write_sweep_results
         from sslpath.train import ssl_run_dir
 
         if not config.get("report", True):
             return
         sweep = Path(config.hydra.sweep.dir)
-        jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+        jobs = sorted((p.parent for p in sweep.glob("*/metrics.json")), key=job_order)
+        if not jobs:
+            print(f"sslpath: no finished job in {sweep}: no sweep report", file=sys.stderr)
+            return
         ssl_stages = {ssl_run_dir(m) for m in map(read_json, (j / "metrics.json" for j in jobs)) if m.get("pretrained_ckpt")}
         with exit_on_user_error("sslpath.train"):
-            results = write_report([*sorted(ssl_stages), *jobs], sweep / "report")
+            results = write_report([*sorted(ssl_stages), *jobs], sweep / REPORT_DIR)
+            sweep_results = write_sweep_results([load_run(j) for j in jobs], sweep, sweep / REPORT_DIR)
         print(f"sslpath: sweep report -> {results}")
+        print(f"sslpath: sweep results -> {sweep_results}")
+
+
+def job_order(job_dir: Path) -> tuple[int, str]:
+    """Sweep job dirs (<job num>_<run name>) in launch order: 2_x before 10_x."""
+    num, _, _ = job_dir.name.partition("_")
+    return (int(num) if num.isdigit() else sys.maxsize, job_dir.name)

@@ -7,6 +7,7 @@ normalised float), validation and test metrics. SimCLR's head is its online line
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -21,7 +22,7 @@ from sslpath.augment import Normalize, Pipeline
 from sslpath.backbones import ResNetFeatures
 from sslpath.checkpoints import load_checkpoint
 from sslpath.errors import UserError
-from sslpath.losses import nt_xent
+from sslpath.losses import gather_views, nt_xent
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -31,6 +32,8 @@ class Classifier(L.LightningModule):
     kind = "classifier"
     # SSL pretraining learns from every training image; supervised stages only from labelled ones.
     trains_on_unlabelled = False
+    # Validation metrics logged every epoch: the names `optimized_metric` may take (checked before training).
+    val_metrics: tuple[str, ...] = ("val/acc", "val/loss")
 
     def __init__(
         self,
@@ -171,6 +174,7 @@ class SimCLR(Classifier):
 
     kind = "ssl"
     trains_on_unlabelled = True
+    val_metrics = (*Classifier.val_metrics, "val/knn_acc")  # val/knn_acc needs knn_k > 0
 
     def __init__(
         self,
@@ -206,10 +210,7 @@ class SimCLR(Classifier):
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         h = self.backbone(views)
-        z1, z2 = self.projector(h).chunk(2)
-        if self.trainer.world_size > 1:  # negatives from the global batch, gradients flow back
-            z1 = self.all_gather(z1, sync_grads=True).flatten(0, 1)
-            z2 = self.all_gather(z2, sync_grads=True).flatten(0, 1)
+        z1, z2 = self.global_views(*self.projector(h).chunk(2))
         ssl_loss, ssl_acc = nt_xent(z1, z2, self.temperature)
 
         probe_labels = labels.repeat(2)
@@ -226,6 +227,12 @@ class SimCLR(Classifier):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         self.log("train/ssl_loss_step", ssl_loss, on_step=True, on_epoch=False, prog_bar=True)
         return ssl_loss + probe_loss
+
+    def global_views(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Under DDP, every rank's embeddings: negatives from the global batch, gradients flow back."""
+        if self.trainer.world_size == 1:
+            return z1, z2
+        return gather_views(z1, z2, partial(self.all_gather, sync_grads=True))
 
     # -- kNN monitor: weighted kNN on L2-normalised features of the labelled training images --
 

@@ -31,6 +31,9 @@ from sslpath.errors import UserError, exit_on_user_error
 from sslpath.files import atomic_write_bytes, atomic_write_text, read_json
 
 REPORT_DIR = "report"
+SWEEP_RESULTS = "sweep_results"  # .md and .csv in the sweep dir
+LABEL_EFFICIENCY_PNG = "label_efficiency.png"  # in the sweep's report dir
+SWEEP_COLUMNS = ("Test accuracy", "Test AUC")  # of COLUMNS
 RUN_FILES = ("metrics.json", "test_predictions.csv", "test_examples.npz")
 GRID = 3  # the qualitative figure shows GRID × GRID test images
 # output file -> (TensorBoard tag, y label, scale)
@@ -208,6 +211,66 @@ def results_markdown(groups: dict[str, list[Run]], figures: dict[str, list[str]]
 
 
 # ----------------------------------------------------------------------------------------------
+# Sweep results: one row per (model, label fraction)
+
+
+def label_fraction(run: Run) -> float:
+    return float(run.metrics.get("label_fraction", 1.0))  # a metrics.json without it: every label
+
+
+def group_by_fraction(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
+    """(run name, label fraction) -> its runs (seeds); models keep first-seen order, fractions ascend."""
+    return {
+        (name, fraction): [run for run in group if label_fraction(run) == fraction]
+        for name, group in group_by_name(runs).items()
+        for fraction in sorted({label_fraction(run) for run in group})
+    }
+
+
+def sweep_markdown(cells: dict[tuple[str, float], list[Run]], figure: str | None) -> str:
+    lines = ["| Model | Label fraction | n | " + " | ".join(SWEEP_COLUMNS) + " |", "|---|---:|---:|" + "---:|" * len(SWEEP_COLUMNS)]
+    for (name, fraction), runs in cells.items():
+        values = [COLUMNS[column][1]([run.metrics[COLUMNS[column][0]] for run in runs]) for column in SWEEP_COLUMNS]
+        label = name.replace("|", "\\|")
+        lines.append(f"| {label} | {fraction:g} | {len(runs)} | " + " | ".join(values) + " |")
+    parts = [
+        "# Sweep results\n",
+        "\n".join(lines) + "\n",
+        "Test metrics of each job's best checkpoint (by validation accuracy): mean ± sample std over the n "
+        "jobs (seeds) that share a model and a label fraction (`data.label_fraction`).\n",
+    ]
+    if figure:
+        parts += ["## Label efficiency\n", f"![label efficiency]({figure})\n"]
+    return "\n".join(parts)
+
+
+def sweep_csv(cells: dict[tuple[str, float], list[Run]]) -> str:
+    """The sweep table unformatted: mean and std per metric (std empty for a single run)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    keys = [COLUMNS[column][0] for column in SWEEP_COLUMNS]
+    writer.writerow(["model", "label_fraction", "n"] + [f"{key}_{stat}" for key in keys for stat in ("mean", "std")])
+    for (name, fraction), runs in cells.items():
+        row: list[Any] = [name, fraction, len(runs)]
+        for key in keys:
+            mean, std = mean_std([run.metrics[key] for run in runs])
+            row += [mean, std if len(runs) > 1 else ""]
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def write_sweep_results(runs: list[Run], sweep_dir: Path, report_dir: Path) -> Path:
+    """sweep_results.md/.csv in sweep_dir; label_efficiency.png in report_dir when fractions differ."""
+    cells = group_by_fraction(runs)
+    figure = None
+    if len({fraction for _, fraction in cells}) > 1:
+        save_png(label_efficiency_figure(cells), report_dir / LABEL_EFFICIENCY_PNG)
+        figure = os.path.relpath(report_dir / LABEL_EFFICIENCY_PNG, sweep_dir)
+    atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.csv", sweep_csv(cells))
+    return atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.md", sweep_markdown(cells, figure))
+
+
+# ----------------------------------------------------------------------------------------------
 # Figures
 
 
@@ -245,6 +308,28 @@ def curves_figure(groups: dict[str, list[Run]], tag: str, ylabel: str, scale: fl
         ax.legend()
     else:
         ax.text(0.5, 0.5, f"no {tag} in the runs' TensorBoard logs", ha="center", transform=ax.transAxes)
+    return fig
+
+
+def label_efficiency_figure(cells: dict[tuple[str, float], list[Run]]) -> Figure:
+    """Test accuracy against label fraction (log x): one line per model, error bars = std over seeds."""
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot()
+    for name in dict.fromkeys(name for name, _ in cells):
+        fractions = [fraction for n, fraction in cells if n == name]
+        stats = np.array([mean_std([run.metrics["test_acc"] * 100 for run in cells[name, f]]) for f in fractions])
+        seeds = sorted({len(cells[name, f]) for f in fractions})
+        label = name + (f" (n={'/'.join(map(str, seeds))})" if seeds != [1] else "")
+        ax.errorbar(fractions, stats[:, 0], yerr=stats[:, 1], marker="o", markersize=5, capsize=4, label=label)
+    all_fractions = sorted({fraction for _, fraction in cells})
+    ax.set_xscale("log")
+    ax.set_xticks(all_fractions, [f"{f:g}" for f in all_fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("label fraction (share of training labels, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Label efficiency: mean ± std over seeds", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return fig
 
 

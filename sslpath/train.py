@@ -14,8 +14,8 @@ import copy
 import csv
 import fcntl
 import hashlib
-import json
 import io
+import json
 import logging
 import sys
 import time
@@ -32,13 +32,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.backbones import check_input_size
-from sslpath.errors import UserError, exit_on_user_error
 from sslpath.data import Split
+from sslpath.errors import UserError, exit_on_user_error
 from sslpath.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from sslpath.models import Classifier, FineTune
 from sslpath.report import write_report
 
 log = logging.getLogger(__name__)
+
 
 def needs_pretraining(cfg: DictConfig) -> bool:
     return issubclass(get_class(cfg.model._target_), FineTune) and cfg.model.pretrained_ckpt is None
@@ -79,7 +80,7 @@ def pretrained_checkpoint(cfg: DictConfig) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / "metrics.json").is_file():
             ckpt = read_json(out / "metrics.json")["ckpt_path"]
-            log.info("reusing SSL pretraining %s", ckpt)
+            log.info("reusing SSL pretraining %s (same SSL settings, key %s)", ckpt, out.name)
             return ckpt
         log.info("no model.pretrained_ckpt: pretraining SSL first in %s", out)
         return fit_and_test(pretrain_config(cfg, out))["ckpt_path"]
@@ -115,7 +116,8 @@ def check_same_run(cfg: DictConfig, out: Path) -> None:
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
-    """Leaf key -> value of a config, minus the keys that only say how to start (ckpt_path, resume)."""
+    """Leaf key -> value of a config, minus the keys that only say how to start (ckpt_path, resume) or
+    what to return (optimized_metric: runs started before it existed can still be resumed)."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -126,11 +128,42 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
             flat[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in ("ckpt_path", "resume")}
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in ("ckpt_path", "resume", "optimized_metric")}
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """The validation metric main() returns (for sweepers), checked against what the model logs.
+
+    Runs before any training, so a typo fails at once rather than after a pretraining and a fit.
+    """
+    metric = cfg.get("optimized_metric") or "val/acc"
+    model_cls = get_class(cfg.model._target_)
+    if metric not in model_cls.val_metrics:
+        raise UserError(
+            f"optimized_metric={metric} is not a validation metric that {model_cls.__name__} logs; valid names "
+            f"for this model: {', '.join(model_cls.val_metrics)}. It is the value returned to Hydra sweepers "
+            "(hparams_search=optuna maximizes it; for val/loss also set hydra.sweeper.direction=minimize)."
+        )
+    return metric
+
+
+def best_value(trainer: L.Trainer, metric: str) -> float:
+    """The best value of metric if the checkpoint callback monitors it, else its last value."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "monitor", None) == metric and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score)
+    value = trainer.callback_metrics.get(metric)
+    if value is None:
+        raise UserError(
+            f"optimized_metric={metric} was never logged during training (val/knn_acc needs "
+            "model.knn_k > 0, and validation must run)."
+        )
+    return float(value)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model; chain SSL pretraining first when a fine-tune needs it."""
+    optimized_metric(cfg)
     if cfg.resume:
         with open_dict(cfg):
             cfg.ckpt_path = "last"
@@ -175,6 +208,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    metric = optimized_metric(cfg)
+    value = best_value(trainer, metric)  # before test(), which replaces trainer.callback_metrics
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if not best:
         raise UserError(
@@ -192,6 +227,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         **model.test_results,
         "per_class_acc": dict(zip(datamodule.class_names, model.test_results["per_class_acc"])),
         "best_val_acc": float(trainer.checkpoint_callback.best_model_score),
+        "optimized_metric": metric,
+        "optimized_value": value,
         "ckpt_path": str(Path(best).resolve()),
         "epochs": trainer.current_epoch,
         "wall_seconds": round(wall, 2),
@@ -235,9 +272,10 @@ def write_examples(path: Path, split: Split, predictions: dict[str, Any], seed: 
 
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
     with exit_on_user_error("sslpath.train"):
         try:
-            return run(cfg)["best_val_acc"]
+            return run(cfg)["optimized_value"]
         except SIGTERMException:
             print("sslpath.train: stopped by SIGTERM; last.ckpt was saved: resume with resume=RUN_DIR.", file=sys.stderr)
             raise SystemExit(143) from None

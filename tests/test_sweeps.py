@@ -1,0 +1,251 @@
+"""Sweeps: results per (model, label fraction), the label-efficiency experiment, Optuna search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, compose_cfg, run_cli
+from sslpath.errors import UserError
+from sslpath.hydra_callbacks import SweepReport, job_order
+from sslpath.report import group_by_fraction, label_efficiency_figure, load_run
+from sslpath.train import main, optimized_metric
+
+CLASSES = 3
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation on hand-made sweep dirs: known numbers in, their mean ± std out
+
+
+def fake_job(job: Path, run_name: str, fraction: float, seed: int, acc: float, auc: float) -> None:
+    """A finished job as sslpath.train leaves it (the files the report reads)."""
+    job.mkdir(parents=True)
+    metrics = {
+        "model": run_name, "run_name": run_name, "seed": seed, "label_fraction": fraction,
+        "test_acc": acc, "test_auc": auc, "test_loss": 1.0, "epochs": 1, "wall_seconds": 1.0,
+    }
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    labels = np.arange(12) % CLASSES
+    rows = ["index,label,pred," + ",".join(f"p_c{c}" for c in range(CLASSES))]
+    rows += [f"{i},{y},{y}," + ",".join("1.0" if c == y else "0.0" for c in range(CLASSES)) for i, y in enumerate(labels)]
+    (job / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    rng = np.random.default_rng(seed)
+    np.savez(
+        job / "test_examples.npz", index=np.arange(9), images=rng.integers(0, 255, (9, 8, 8, 3), dtype=np.uint8),
+        labels=labels[:9], probs=np.eye(CLASSES)[labels[:9]],
+    )
+
+
+def fake_sweep(root: Path, fractions: tuple[float, ...], seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Jobs in the order the basic sweeper launches them (model, fraction, seed); returns the numbers."""
+    rng = np.random.default_rng(7)
+    numbers: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    job = 0
+    for model in ("baseline", "finetune"):
+        for fraction in fractions:
+            for seed in seeds:
+                acc, auc = float(rng.uniform(0.2, 0.9)), float(rng.uniform(0.5, 1.0))
+                fake_job(root / f"{job}_{model}", model, fraction, seed, acc, auc)
+                numbers.setdefault((model, fraction), []).append((acc, auc))
+                job += 1
+    return numbers
+
+
+def end_sweep(sweep: Path) -> None:
+    SweepReport().on_multirun_end(OmegaConf.create({"report": True, "hydra": {"sweep": {"dir": str(sweep)}}}))
+
+
+def markdown_rows(path: Path) -> list[list[str]]:
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_sweep_results_mean_std_per_model_and_label_fraction(tmp_path):
+    sweep = tmp_path / "sweep"
+    numbers = fake_sweep(sweep, (0.01, 0.1, 1.0))
+    end_sweep(sweep)
+
+    with (sweep / "sweep_results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], float(r["label_fraction"])) for r in rows] == list(numbers)  # launch order, 12 jobs
+    for row in rows:
+        values = numbers[row["model"], float(row["label_fraction"])]
+        accs, aucs = [v[0] for v in values], [v[1] for v in values]
+        assert row["n"] == "3"
+        assert float(row["test_acc_mean"]) == pytest.approx(statistics.mean(accs), abs=1e-12)
+        assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)
+        assert float(row["test_auc_mean"]) == pytest.approx(statistics.mean(aucs), abs=1e-12)
+        assert float(row["test_auc_std"]) == pytest.approx(statistics.stdev(aucs), abs=1e-12)
+
+    table = markdown_rows(sweep / "sweep_results.md")
+    assert table[0] == ["Model", "Label fraction", "n", "Test accuracy", "Test AUC"]
+    cells = {(row[0], row[1]): row for row in table[2:]}
+    assert list(cells) == [(m, f) for m in ("baseline", "finetune") for f in ("0.01", "0.1", "1")]
+    accs = [v[0] for v in numbers["finetune", 0.1]]
+    aucs = [v[1] for v in numbers["finetune", 0.1]]
+    acc_cell = f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}%"
+    assert cells["finetune", "0.1"][2:] == ["3", acc_cell, f"{statistics.mean(aucs):.4f} ± {statistics.stdev(aucs):.4f}"]
+
+    figure = sweep / "report" / "label_efficiency.png"
+    assert "](report/label_efficiency.png)" in (sweep / "sweep_results.md").read_text()
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and len(set(image.convert("L").getdata())) > 10
+    assert (sweep / "report" / "results.md").is_file()  # the comparison report is still written
+
+
+def test_label_efficiency_figure_plots_mean_and_std_on_log_x(tmp_path):
+    numbers = fake_sweep(tmp_path, (0.01, 0.1, 1.0))
+    cells = group_by_fraction([load_run(job) for job in sorted(tmp_path.iterdir(), key=job_order)])
+    ax = label_efficiency_figure(cells).axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=3)", "finetune (n=3)"]
+    for container, model in zip(ax.containers, ("baseline", "finetune")):
+        line, _, (bars,) = container
+        stats = [numbers[model, f] for f in (0.01, 0.1, 1.0)]
+        means = [100 * statistics.mean(v[0] for v in s) for s in stats]
+        stds = [100 * statistics.stdev(v[0] for v in s) for s in stats]
+        np.testing.assert_allclose(line.get_xydata(), np.c_[[0.01, 0.1, 1.0], means])
+        np.testing.assert_allclose([seg[1][1] - seg[0][1] for seg in bars.get_segments()], 2 * np.array(stds))
+
+
+def test_one_label_fraction_gives_a_table_without_figure(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_sweep(sweep, (1.0,), seeds=(0,))
+    end_sweep(sweep)
+    with (sweep / "sweep_results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["n"], r["test_acc_std"]) for r in rows] == [("baseline", "1", ""), ("finetune", "1", "")]
+    assert not (sweep / "report" / "label_efficiency.png").exists()
+    assert "label_efficiency" not in (sweep / "sweep_results.md").read_text()
+
+
+def test_job_dirs_in_launch_order():
+    assert sorted([Path("10_a"), Path("2_b"), Path("1_c")], key=job_order) == [Path("1_c"), Path("2_b"), Path("10_a")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The label-efficiency experiment
+
+
+def compose_with_hydra(tmp_path: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sslpath.conf", version_base="1.3"):
+        return compose("train", overrides=[f"paths.log_dir={tmp_path}", *overrides], return_hydra_config=True)
+
+
+def test_label_efficiency_experiment_config(tmp_path):
+    cfg = compose_with_hydra(tmp_path, ["experiment=label_efficiency"])
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {
+        "model": "baseline,finetune", "data.label_fraction": "0.01,0.1,1.0", "seed": "0,1,2",
+    }
+    assert cfg.trainer.max_epochs >= 10
+
+
+def test_label_efficiency_pretrains_once_per_seed(tmp_path):
+    """Two label fractions of one seed: one SSL stage, reused (and logged as such) by the second job."""
+    result = run_cli(
+        "experiment=label_efficiency", "model=finetune", "data.label_fraction=0.5,1.0", "seed=0", *TINY,
+        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (stage,) = (tmp_path / "logs" / "pretrain").glob("*/metrics.json")
+    ckpt = json.loads(stage.read_text())["ckpt_path"]
+    jobs = [json.loads((tmp_path / "sweep" / job / "metrics.json").read_text()) for job in ("0_finetune", "1_finetune")]
+    assert [job["label_fraction"] for job in jobs] == [0.5, 1.0]
+    assert all(job["pretrained_ckpt"] == ckpt for job in jobs)
+    assert result.stdout.count("pretraining SSL first") == 1 and result.stdout.count("reusing SSL pretraining") == 1
+    assert f"reusing SSL pretraining {ckpt}" in (tmp_path / "sweep" / "1_finetune" / "train.log").read_text()
+    rows = markdown_rows(tmp_path / "sweep" / "sweep_results.md")
+    assert [row[:3] for row in rows[2:]] == [["finetune", "0.5", "1"], ["finetune", "1", "1"]]
+    assert (tmp_path / "sweep" / "report" / "label_efficiency.png").is_file()
+
+
+def test_one_percent_of_the_real_sample_keeps_a_label_per_class(sample_npz):
+    from sslpath.data import stratified_subset
+
+    with np.load(sample_npz) as data:
+        labels = torch.from_numpy(data["train_labels"].reshape(-1).astype(np.int64))
+    for seed in range(3):
+        kept = labels[stratified_subset(labels, 0.01, 9, seed)]
+        assert torch.bincount(kept, minlength=9).min() >= 1
+    # the smallest class has 58 images: 0.009 still keeps one, 0.0085 keeps none and is refused
+    assert torch.bincount(labels[stratified_subset(labels, 0.009, 9, 0)], minlength=9).min() == 1
+    with pytest.raises(UserError, match="keeps no label"):
+        stratified_subset(labels, 0.0085, 9, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimized_metric and Optuna
+
+
+@pytest.mark.parametrize("model, valid", [
+    ("baseline", ["val/acc", "val/loss"]), ("finetune", ["val/acc", "val/loss"]),
+    ("probe", ["val/acc", "val/loss"]), ("ssl", ["val/acc", "val/loss", "val/knn_acc"]),
+])
+def test_optimized_metric_names_per_model(tmp_path, model, valid):
+    for name in valid:
+        assert optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"])) == name
+    for name in {"val/nope", "val/knn_acc", "test/acc", "train/loss"} - set(valid):
+        with pytest.raises(UserError) as err:
+            optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))
+        assert f"optimized_metric={name} " in str(err.value) and f"valid names for this model: {', '.join(valid)}." in str(err.value)
+
+
+def test_main_returns_the_optimized_metric(tmp_path):
+    returned = main.__wrapped__(compose_cfg(tmp_path, ["model=baseline", "trainer.max_epochs=2", "optimized_metric=val/loss"]))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    val_loss = [e.value for e in events.Scalars("val/loss")]
+    val_acc = [e.value for e in events.Scalars("val/acc")]
+    assert len(val_loss) == 2
+    # not monitored by the checkpoint callback: its last value; val/acc, monitored: its best
+    assert returned == pytest.approx(val_loss[-1]) and returned == metrics["optimized_value"]
+    assert metrics["optimized_metric"] == "val/loss" and metrics["best_val_acc"] == pytest.approx(max(val_acc))
+
+
+def test_optuna_search_writes_best_params(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
+    tiny = [o for o in TINY if not o.startswith("data.batch_size=")]  # batch size stays in the search space
+    result = run_cli(
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny,
+        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    params = dict(best.best_params)
+    assert set(params) == {"optimizer.lr", "optimizer.weight_decay", "pretrain.temperature", "data.batch_size"}
+    assert 1e-4 <= params["optimizer.lr"] <= 1e-2 and params["data.batch_size"] in (64, 128, 256, 512)
+    trials = sorted((tmp_path / "sweep").glob("*/metrics.json"), key=lambda p: job_order(p.parent))
+    assert len(trials) == 3
+    values = [json.loads(t.read_text())["optimized_value"] for t in trials]
+    assert best.best_value == pytest.approx(max(values))  # main() returned each trial's val/acc; maximised
+    winners = [t.parent for t, v in zip(trials, values) if v == pytest.approx(best.best_value)]
+    configs = [OmegaConf.load(w / "config.yaml") for w in winners]
+    assert any(c.optimizer.lr == params["optimizer.lr"] and c.data.batch_size == params["data.batch_size"] for c in configs)
+
+
+def test_wrong_optimized_metric_fails_before_training(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
+    result = run_cli(
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=finetune", "optimized_metric=val/nope", *TINY,
+        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "sslpath.train: error: optimized_metric=val/nope is not a validation metric that FineTune logs" in result.stderr
+    assert "valid names for this model: val/acc, val/loss." in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+    assert not (tmp_path / "logs" / "pretrain").exists()  # not even the SSL stage started
