@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import json
+import logging
 import os
 import pickle
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY, TINY_DATA, TINY_TRAINER, cli_env, compose_cfg, run_cli
 from sslpath import checkpoints, train
@@ -36,7 +38,8 @@ def leftovers(root: Path) -> list[Path]:
 def cli(tmp_path: Path, *overrides: str, capsys, data: list[str] = TINY_DATA, run_dir: str = "run") -> tuple[int, str]:
     """Run `python -m sslpath.train` in-process; return (exit code, stderr)."""
     argv = ["sslpath.train", *data, *TINY_TRAINER, f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={tmp_path}/{run_dir}", *overrides]
-    old = sys.argv
+    old_argv, root = sys.argv, logging.getLogger()
+    old_handlers = list(root.handlers)
     sys.argv = argv
     try:
         train.main()
@@ -44,9 +47,8 @@ def cli(tmp_path: Path, *overrides: str, capsys, data: list[str] = TINY_DATA, ru
     except SystemExit as exit_:
         code = exit_.code
     finally:
-        sys.argv = old
-        from hydra.core.global_hydra import GlobalHydra
-
+        # Hydra points the root logger at this test's captured stderr; later tests must not log to it.
+        sys.argv, root.handlers[:] = old_argv, old_handlers
         GlobalHydra.instance().clear()
     return code, capsys.readouterr().err
 
