@@ -106,8 +106,11 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         logits, labels = torch.cat(self._test_logits), torch.cat(self._test_labels)
         if self.trainer.world_size > 1:
-            logits = self.all_gather(logits).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
+            # BatchLoader gave rank r the images r, r+W, r+2W, … padded to equal shares: interleave
+            # the ranks back into split order and drop the padding, so no image counts twice.
+            n = len(self.trainer.datamodule.splits["test"])
+            logits = self.all_gather(logits).transpose(0, 1).flatten(0, 1)[:n]
+            labels = self.all_gather(labels).transpose(0, 1).flatten(0, 1)[:n]
         probs = logits.softmax(dim=1)
         loss = F.cross_entropy(logits, labels).item()
         acc = multiclass_accuracy(probs, labels, self.num_classes, average="micro").item()

@@ -116,8 +116,7 @@ def check_same_run(cfg: DictConfig, out: Path) -> None:
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
-    """Leaf key -> value of a config, minus the keys that only say how to start (ckpt_path, resume) or
-    what to return (optimized_metric: runs started before it existed can still be resumed)."""
+    """Leaf key -> value of a config, minus the keys that only say how to start (ckpt_path, resume)."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -128,7 +127,7 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
             flat[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in ("ckpt_path", "resume", "optimized_metric")}
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in ("ckpt_path", "resume")}
 
 
 def optimized_metric(cfg: DictConfig) -> str:
@@ -136,7 +135,7 @@ def optimized_metric(cfg: DictConfig) -> str:
 
     Runs before any training, so a typo fails at once rather than after a pretraining and a fit.
     """
-    metric = cfg.get("optimized_metric") or "val/acc"
+    metric = cfg.optimized_metric
     model_cls = get_class(cfg.model._target_)
     if metric not in model_cls.val_metrics:
         raise UserError(

@@ -9,6 +9,7 @@ really trains on the gathered global batch.
 
 from __future__ import annotations
 
+import csv
 import json
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from sslpath.data import synthetic_splits
 from conftest import TINY, run_cli
 
 WORLD = 2
@@ -124,7 +126,8 @@ class GatherSpy(L.Callback):
 
 def test_simclr_trains_on_the_global_batch_with_trainer_ddp(tmp_path):
     result = run_cli(
-        "model=ssl", *TINY, "data.batch_size=12",
+        # 35 test images: 18 + 17 per rank, so the test stage must drop the padding
+        "model=ssl", *[o for o in TINY if not o.startswith("data.test_count")], "data.test_count=35", "data.batch_size=12",
         # trainer=ddp on 2 CPU processes (gloo); SyncBatchNorm needs GPUs
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
         "+callbacks.spy._target_=test_ddp.GatherSpy", f"+callbacks.spy.out={tmp_path}/spy",
@@ -139,7 +142,10 @@ def test_simclr_trains_on_the_global_batch_with_trainer_ddp(tmp_path):
         assert record["calls"] == [{"local": 12, "global": [24, 24], "grad": True}] * 3
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"] == "ssl" and metrics["epochs"] == 1
-    assert len((tmp_path / "run" / "test_predictions.csv").read_text().splitlines()) == 1 + 36
+    rows = list(csv.DictReader((tmp_path / "run" / "test_predictions.csv").open()))
+    expected = synthetic_splits(16, 9, {"train": 72, "val": 36, "test": 35}, seed=42)["test"].labels.tolist()
+    assert [int(r["label"]) for r in rows] == expected  # every test image once, in split order
+    assert metrics["test_acc"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / 35)
 
 
 def test_global_views_is_identity_on_one_process():
