@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -15,9 +16,11 @@ class CheckOutputDir(Callback):
     """Fails in a clear paragraph, before any training, when the run or sweep dir is not writable."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
         self._check(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir)
 
     @staticmethod
