@@ -51,3 +51,19 @@ def test_unknown_option_lists_valid_choices(tmp_path):
     assert result.returncode != 0
     assert "model/foo" in result.stderr and "baseline" in result.stderr and "finetune" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_wheel_ships_every_config(tmp_path):
+    """A plain `pip install .` must find the configs outside the repo: they ship as sslpath/conf."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = CONF.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(repo), "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("sslpath-*.whl")
+    shipped = {n.removeprefix("sslpath/conf/") for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    assert shipped == {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
