@@ -62,7 +62,7 @@ def pretrain_config(cfg: DictConfig, out: Path) -> DictConfig:
     stage = copy.deepcopy(cfg)
     with open_dict(stage):
         stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
-        stage.run_name = "ssl"
+        stage.run_name = "ssl-pretrain"  # not "ssl": a sweep may also hold model=ssl jobs
         stage.paths.output_dir = str(out)
         # An interrupted stage continues where it stopped; its key guarantees the same settings.
         stage.ckpt_path = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None

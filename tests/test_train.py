@@ -39,6 +39,7 @@ def test_finetune_chains_from_ssl_best_checkpoint(tmp_path):
     pre = json.loads((pre_dir / "metrics.json").read_text())
     assert metrics["pretrained_ckpt"] == pre["ckpt_path"] and Path(pre["ckpt_path"]).is_file()
     assert pre["model"] == "ssl" and pre["ckpt_path"].startswith(str(pre_dir / "checkpoints" / "best-"))
+    assert pre["run_name"] == "ssl-pretrain"  # its own report row, never pooled with model=ssl jobs
     ssl_state = load_checkpoint(pre["ckpt_path"])["state_dict"]
     start = helpers.RECORDED["finetune"]
     assert start.keys() == {k.removeprefix("backbone.") for k in ssl_state if k.startswith("backbone.")}
