@@ -192,7 +192,7 @@ def test_benchmark_script_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     number = r"(\d+(?:\.\d+)?)"
-    row = re.compile(rf"^(baseline|ssl|finetune)" + rf"\s+{number}" * 4 + rf"\s+{number}x\s+\d+/\d+/\d+$", re.M)
+    row = re.compile(r"^(baseline|ssl|finetune)" + rf"\s+{number}" * 4 + rf"\s+{number}x\s+\d+/\d+/\d+$", re.M)
     rows = {m[0]: [float(v) for v in m[1:]] for m in row.findall(result.stdout)}
     assert sorted(rows) == ["baseline", "finetune", "ssl"], result.stdout
     for a, b, c, b_over_a, b_over_c in rows.values():

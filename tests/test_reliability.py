@@ -9,7 +9,6 @@ import http.server
 import json
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
