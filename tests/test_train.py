@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import helpers
 from conftest import TINY, compose_cfg, run_cli
@@ -29,6 +30,16 @@ def test_model_end_to_end(tmp_path, model):
     assert ckpt["sslpath"]["kind"] == model and ckpt["sslpath"]["class_names"][0] == "class 0"
     rows = (tmp_path / "test_predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 36
+    # TensorBoard: per-epoch curves (+ kNN monitor for SSL) and the Projector's embeddings
+    tags = set()
+    for events in (tmp_path / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/auc"}
+    assert expected | ({"val/knn_acc", "train/ssl_loss", "train/ssl_acc"} if model == "ssl" else set()) <= tags
+    (metadata,) = (tmp_path / "tb").rglob("metadata.tsv")
+    assert len(metadata.read_text().splitlines()) == 36 and (metadata.parent / "sprite.png").is_file()
 
 
 def test_finetune_chains_from_ssl_best_checkpoint(tmp_path):
