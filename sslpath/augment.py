@@ -1,4 +1,5 @@
-"""Batched, on-device augmentation built from config (kornia), plus the per-image reference.
+"""Batched, on-device augmentation built from config (kornia), the batch transform the data layer
+applies after the batch reaches the device, and the notebook's per-image reference recipe.
 
 kornia draws independent random parameters for every image of a batch, so one call augments the
 whole batch on the GPU with the same distribution torchvision gives image by image.
@@ -18,10 +19,6 @@ class Pipeline(nn.Module):
     def __init__(self, ops: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.ops = nn.Sequential(*ops)
-        # Augmentations hold no learnt state: keeping their buffers (kornia parameter ranges) out of
-        # checkpoints lets pretraining, fine-tuning and inference use different recipes.
-        for module in self.ops.modules():
-            module._non_persistent_buffers_set.update(module._buffers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.ops) == 0:
@@ -44,7 +41,47 @@ class Normalize(nn.Module):
         return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class BatchTransform(nn.Module):
+    """uint8 N×C×H×W batch on the device -> what a model consumes.
+
+    Training: `views` independently augmented, normalised views (SSL methods take 2; with
+    `clean_first_view` the first is the plain image, as in the reference notebook). Evaluation:
+    the normalised image, never augmented.
+    """
+
+    def __init__(
+        self,
+        augment: nn.Module | None = None,
+        views: int = 1,
+        clean_first_view: bool = False,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.augment = augment if augment is not None else Pipeline()
+        self.views, self.clean_first_view = views, clean_first_view
+        self.normalize = Normalize(mean, std)
+        self.channels_last = channels_last
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = Normalize.to_unit(images)
+        return [
+            self._finish(x if (i == 0 and self.clean_first_view) else self.augment(x)) for i in range(self.views)
+        ]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The evaluation transform: normalised, not augmented."""
+        return self._finish(Normalize.to_unit(images))
 
 
 def reference_transform(mean: Sequence[float], std: Sequence[float]):

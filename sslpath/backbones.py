@@ -1,4 +1,5 @@
-"""ResNet-18 feature extractors for small tiles, built on torchvision's resnet18."""
+"""Feature extractors for small tiles: torchvision's ResNets with small-tile stems, and a tiny CNN
+for tests and smoke runs. `build` is what configs and checkpoints name."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sslpath.errors import UserError
 
 log = logging.getLogger(__name__)
 
+NAMES = ("resnet18", "tiny")
 STEMS = ("cifar", "imagenet", "reference")
 # Smallest input each stem can take: below it the last stage's feature map shrinks to nothing.
 MIN_SIZE = {"cifar": 8, "reference": 8, "imagenet": 32}
@@ -61,6 +63,36 @@ def resnet18(stem: str = "cifar", pretrained: bool = False) -> ResNetFeatures:
     return ResNetFeatures(stem_mod, [net.layer1, layer2, net.layer3, net.layer4], stem)
 
 
+class TinyCNN(nn.Module):
+    """Two conv blocks and a pool: a few thousand parameters, so tests train in seconds on a CPU."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.out_dim = 2 * width
+        self.net = nn.Sequential(
+            _conv_bn_relu(3, width),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build(name: str = "resnet18", stem: str = "cifar", pretrained: bool = False) -> nn.Module:
+    """The backbone `name` (an output width in `.out_dim`); a clear error for unknown names."""
+    if name == "resnet18":
+        return resnet18(stem, pretrained)
+    if name == "tiny":
+        if pretrained:
+            raise UserError("model.backbone.name=tiny has no pretrained weights; set model.backbone.pretrained=false.")
+        return TinyCNN()
+    raise UserError(f"model.backbone.name={name!r} is not one of {', '.join(NAMES)}.")
+
+
 def _load_imagenet(net: nn.Module) -> None:
     """ImageNet weights from torch hub's cache (downloaded if online); a clear error otherwise."""
     weights = ResNet18_Weights.IMAGENET1K_V1
@@ -78,8 +110,8 @@ def _load_imagenet(net: nn.Module) -> None:
     log.info("loaded ImageNet weights for resnet18")
 
 
-def check_input_size(stem: str, size: int) -> None:
-    if size < MIN_SIZE[stem]:
+def check_input_size(name: str, stem: str, size: int) -> None:
+    if name == "resnet18" and size < MIN_SIZE[stem]:
         raise UserError(
             f"image size {size} px is too small for model.backbone.stem={stem} (needs >= {MIN_SIZE[stem]} px); "
             "use stem=cifar or stem=reference for 28 px tiles, or a larger data.size."

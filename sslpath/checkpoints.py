@@ -1,41 +1,212 @@
-"""Safe checkpoint reading: tensors and plain data only, never code from a pickle."""
+"""Checkpoints read as untrusted data: tensors and plain values only, never code.
+
+Every checkpoint a user names (ckpt_path, resume, model.pretrained_ckpt, evaluate/predict's ckpt)
+passes through `load_checkpoint` before Lightning sees it. Inference models are rebuilt from a
+closed, typed schema of the checkpoint's metadata (`Metadata`), never by instantiating config
+stored in the file.
+"""
 
 from __future__ import annotations
 
 import collections
 import errno
+import math
 import pickle
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
+from sslpath import backbones
 from sslpath.errors import UserError
 from sslpath.files import atomic_output
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])
 
+SUPERVISED_KINDS = ("baseline", "finetune")
+SSL_KINDS = ("simclr",)
+FORMAT = 2  # version of the metadata schema below
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True: a checkpoint that needs arbitrary unpickling is refused."""
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """torch.load with weights_only=True: a checkpoint that needs arbitrary unpickling is refused.
+
+    `what` names the setting that gave the path (e.g. "ckpt_path"), so the message points at it.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}. Check the path (run dirs keep them in checkpoints/).")
+        raise UserError(f"{what}: checkpoint not found: {path}. Check the path (run dirs keep them in checkpoints/).")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.split(". ")[0]  # torch goes on to suggest allowing globals: never do that for a stranger's file
         raise UserError(
-            f"refused to load {path}: it needs code to unpickle, which a weights-only load does not run "
+            f"{what}: refused to load {path}: it needs code to unpickle, which a weights-only load does not run "
             f"({reason}). Only load checkpoints written by sslpath or from a source you trust."
         ) from None
-    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError… for non-checkpoints
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}).") from None
+    except Exception as err:  # torch raises RuntimeError, OSError, KeyError, EOFError… for non-checkpoints
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(
+            f"{what}: {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}). It may be "
+            "truncated (a run killed while saving) or not a checkpoint at all: pass a .ckpt written by sslpath.train."
+        ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by sslpath.train.")
+        raise UserError(f"{what}: {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by sslpath.train.")
     return ckpt
+
+
+def check_resumable(path: str | Path, what: str = "ckpt_path") -> None:
+    """A checkpoint Lightning can continue from: weights, optimiser state and loop progress."""
+    ckpt = load_checkpoint(path, what)
+    missing = [k for k in ("optimizer_states", "loops", "epoch") if k not in ckpt]
+    if missing:
+        raise UserError(
+            f"{what}: {path} cannot be resumed from: it lacks {', '.join(missing)} (a weights-only checkpoint, "
+            "such as a run's best-*.ckpt). Resume from the run's checkpoints/last.ckpt, or use it as "
+            "model.pretrained_ckpt / evaluate's ckpt instead."
+        )
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a checkpoint says of its model: plain, typed values from closed sets, nothing else."""
+
+    kind: str
+    backbone: str
+    stem: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    format: int = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _refuse(path: Path, problem: str) -> UserError:
+    return UserError(
+        f"refused {path}: its sslpath metadata {problem}. A checkpoint written by sslpath.train holds only "
+        "plain values of a fixed schema; this file was written by something else or edited. Only use "
+        "checkpoints from sslpath.train or a source you trust."
+    )
+
+
+def _no_code(node: Any, path: Path) -> None:
+    """No `_target_` key and no `${` interpolation anywhere, however deeply nested."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                raise _refuse(path, "names code to instantiate (_target_)")
+            _no_code(key, path)
+            _no_code(value, path)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _no_code(value, path)
+    elif isinstance(node, str) and "${" in node:
+        raise _refuse(path, "holds a config interpolation (${…})")
+
+
+def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
+    """Validate the checkpoint's `sslpath` entry against `Metadata`; anything off is refused."""
+    path = Path(path)
+    meta = ckpt.get("sslpath")
+    if not isinstance(meta, dict):
+        raise UserError(
+            f"{path} carries no sslpath metadata, so its model cannot be rebuilt. Pass a checkpoint written by "
+            "sslpath.train (a run dir's checkpoints/*.ckpt)."
+        )
+    _no_code(meta, path)
+    names = {f.name for f in fields(Metadata)}
+    unknown = sorted(set(map(str, meta)) - names)
+    if unknown:
+        raise _refuse(path, f"has unknown keys {unknown}")
+    missing = sorted(names - {"format"} - set(meta))
+    if missing:
+        raise _refuse(path, f"lacks {missing} (written by an older sslpath? retrain or re-export it)")
+
+    def check(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            raise _refuse(path, f"has {key}={meta[key]!r}; allowed: {allowed}")
+
+    def is_int(v: Any, lo: int, hi: int) -> bool:
+        return type(v) is int and lo <= v <= hi
+
+    def is_floats(v: Any, positive: bool) -> bool:
+        return (
+            isinstance(v, list) and len(v) == 3
+            and all(type(x) in (int, float) and math.isfinite(x) and (x > 0 or not positive) for x in v)
+        )
+
+    check(meta["kind"] in SUPERVISED_KINDS + SSL_KINDS, "kind", ", ".join(SUPERVISED_KINDS + SSL_KINDS))
+    check(meta["backbone"] in backbones.NAMES, "backbone", ", ".join(backbones.NAMES))
+    check(meta["stem"] in backbones.STEMS, "stem", ", ".join(backbones.STEMS))
+    check(is_int(meta["num_classes"], 2, 10_000), "num_classes", "an integer from 2 to 10000")
+    check(
+        isinstance(meta["class_names"], list) and len(meta["class_names"]) == meta["num_classes"]
+        and all(isinstance(n, str) and 0 < len(n) <= 200 for n in meta["class_names"]),
+        "class_names", f"a list of {meta['num_classes']} non-empty strings",
+    )
+    check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
+    check(is_floats(meta["mean"], positive=False), "mean", "3 finite numbers")
+    check(is_floats(meta["std"], positive=True), "std", "3 positive numbers")
+    check(meta.get("format", FORMAT) == FORMAT, "format", str(FORMAT))
+    return Metadata(**{k: meta[k] for k in names if k in meta})
+
+
+class InferenceModel(nn.Module):
+    """Backbone + linear head (a classifier's head, or an SSL run's online probe)."""
+
+    def __init__(self, meta: Metadata) -> None:
+        super().__init__()
+        self.backbone = backbones.build(meta.backbone, meta.stem, pretrained=False)
+        self.head = nn.Linear(self.backbone.out_dim, meta.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _weights(ckpt: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes) and isinstance(v, torch.Tensor)}
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"the weights in {path} do not fit ({first}). {fix}") from None
+
+
+def load_inference_model(path: str | Path, what: str = "ckpt") -> tuple[InferenceModel, Metadata]:
+    """The checkpoint's classifier in eval mode, built from its validated metadata."""
+    path = Path(path).expanduser()
+    ckpt = load_checkpoint(path, what)
+    meta = read_metadata(ckpt, path)
+    model = InferenceModel(meta)
+    _load_state(model, _weights(ckpt, ("backbone.", "head.")), path, "The file does not match its own metadata.")
+    return model.eval(), meta
+
+
+def load_ssl_backbone(backbone: nn.Module, path: str | Path) -> None:
+    """Copy an SSL checkpoint's backbone weights into `backbone`, refusing anything else."""
+    path = Path(path).expanduser()
+    ckpt = load_checkpoint(path, "model.pretrained_ckpt")
+    meta = read_metadata(ckpt, path)
+    if meta.kind not in SSL_KINDS:
+        raise UserError(
+            f"model.pretrained_ckpt={path} is a {meta.kind} checkpoint, not an SSL one. Pass a checkpoint written "
+            "by an SSL model (model=simclr; its run dir's checkpoints/*.ckpt), or leave pretrained_ckpt unset to "
+            "pretrain first."
+        )
+    state = {k.removeprefix("backbone."): v for k, v in _weights(ckpt, ("backbone.",)).items()}
+    _load_state(backbone, state, path, "Use the same model.backbone settings (name, stem) as the SSL run that wrote it.")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

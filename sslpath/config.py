@@ -1,15 +1,16 @@
-"""OmegaConf resolvers and small config helpers shared by the entrypoints."""
+"""OmegaConf resolvers used by the configs. Import-light: torch is imported only when resolved."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 
 def auto_precision() -> str:
     """bf16 autocast where it is fast and safe (CUDA with bf16), full precision elsewhere."""
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"

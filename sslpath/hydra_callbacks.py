@@ -16,6 +16,14 @@ class CheckOutputDir(Callback):
     """Fails in a clear paragraph, before any training, when the run or sweep dir is not writable."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        resume = config.get("resume")
+        if resume is not None and not (Path(str(resume)) / "config.yaml").is_file():
+            print(
+                f"sslpath.train: error: resume={resume} is not a run dir of sslpath.train (no config.yaml there); "
+                "nothing was created. Pass the dir of the interrupted run (outputs/runs/<time>_<name>).",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
         self._check(config.hydra.run.dir)
 
@@ -47,7 +55,7 @@ class SweepReport(Callback):
         from sslpath.errors import exit_on_user_error
         from sslpath.files import read_json
         from sslpath.report import REPORT_DIR, load_run, write_report, write_sweep_results
-        from sslpath.train import ssl_run_dir
+        from sslpath.chain import ssl_run_dir
 
         if not config.get("report", True):
             return

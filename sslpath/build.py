@@ -1,0 +1,77 @@
+"""Instantiate a run's parts from its config: the data module, the model and the trainer.
+
+The model node's `input` says how the data layer must prepare this model's training batches
+(augmentation, number of views); `pretrained_ckpt` names weights loaded after construction. Both
+are taken out before the model class is instantiated, so models stay pure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sslpath.backbones import check_input_size
+from sslpath.callbacks import CheckpointMetadata, TestResults
+from sslpath.checkpoints import Metadata, load_ssl_backbone
+from sslpath.data.datamodule import ArrayDataModule
+from sslpath.models.base import ImageModel
+
+NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
+
+
+def model_class(cfg: DictConfig) -> type[ImageModel]:
+    return get_class(cfg.model._target_)
+
+
+def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
+    model_input = OmegaConf.to_container(cfg.model.input, resolve=True)
+    augment = instantiate(model_input.pop("augment"), _convert_="all")
+    return instantiate(
+        cfg.data, augment=augment, keep_unlabelled=model_class(cfg).trains_on_unlabelled, **model_input, _convert_="all"
+    )
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> ImageModel:
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    pretrained = node.get("pretrained_ckpt")
+    check_input_size(node["backbone"]["name"], node["backbone"]["stem"], cfg.data.size)
+    model = instantiate({k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}, num_classes=num_classes, _convert_="all")
+    if pretrained:
+        load_ssl_backbone(model.backbone, pretrained)
+    return model
+
+
+def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) -> Metadata:
+    return Metadata(
+        kind=model.kind,
+        backbone=cfg.model.backbone.name,
+        stem=cfg.model.backbone.stem,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        image_size=int(cfg.data.size),
+        mean=[float(v) for v in cfg.data.mean],
+        std=[float(v) for v in cfg.data.std],
+    )
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers)
+
+
+def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, TestResults]:
+    """Everything `trainer.fit` and `trainer.test` need, plus the callback that holds test results."""
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.num_classes)
+    results = TestResults(cfg.paths.output_dir, seed=cfg.seed)
+    meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
+    return datamodule, model, build_trainer(cfg, [results, meta]), results
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The whole resolved config, for the loggers' hyperparameter records."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,86 @@
+"""Chaining: a fine-tune given no SSL checkpoint pretrains one first, once per SSL settings.
+
+The SSL stage runs in `<paths.pretrain_dir>/<method>-<key>`; the key hashes what shapes its
+weights (model, data, trainer, seed), so fine-tunes that share them (label fractions and linear
+probes in a sweep, a resumed chain) reuse one pretraining. Its checkpoint is the last epoch's,
+chosen without labels, and its probe sees every label: the stage is the same whichever job ran it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sslpath.files import read_json
+from sslpath.runs import check_writable
+
+log = logging.getLogger(__name__)
+
+STAGE_RUN_NAME = "ssl-pretrain"  # its own report row: a sweep may also hold model=simclr jobs
+
+
+def needs_pretraining(cfg: DictConfig) -> bool:
+    return "pretrained_ckpt" in cfg.model and cfg.model.pretrained_ckpt is None
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """Identity of an SSL stage: what shapes its weights, not where its files go."""
+    stage = stage_config(cfg, Path("."))
+    payload = OmegaConf.to_container(stage, resolve=True)
+    payload = {key: payload[key] for key in ("model", "data", "trainer", "seed")}
+    payload["trainer"].pop("default_root_dir", None)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stage_dir(cfg: DictConfig) -> Path:
+    """Readable in TensorBoard: the method's name, then the settings key."""
+    method = str(cfg.pretrain._target_).rsplit(".", 1)[-1].lower()
+    return Path(cfg.paths.pretrain_dir) / f"{method}-{pretrain_key(cfg)}"
+
+
+def stage_config(cfg: DictConfig, out: Path) -> DictConfig:
+    """The SSL stage of a chained fine-tune: same data, trainer and seed; `pretrain` as the model."""
+    stage = copy.deepcopy(cfg)
+    with open_dict(stage):
+        stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
+        stage.run_name = STAGE_RUN_NAME
+        stage.paths.output_dir = str(out)
+        if not stage.model.get("joint"):
+            stage.data.label_fraction = 1.0  # the detached probe's labels never reach the backbone
+        # The last epoch, not the probe's best: a label-free choice (see module docstring).
+        stage.callbacks.model_checkpoint.monitor = None
+        stage.callbacks.model_checkpoint.filename = "epoch{epoch:03d}"
+        stage.optimized_metric = "val/loss"
+        stage.resume = None
+        stage.ckpt_path = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None
+    return stage
+
+
+def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], dict[str, Any]]) -> str:
+    """The SSL stage's checkpoint for cfg: trained now by `fit_and_test`, or reused if it exists.
+
+    A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
+    """
+    out = stage_dir(cfg)
+    check_writable(out.parent, "pretrain dir (paths.pretrain_dir)")
+    with FileLock(out.with_suffix(".lock")):
+        if (out / "metrics.json").is_file():
+            ckpt = read_json(out / "metrics.json")["ckpt_path"]
+            log.info("reusing SSL pretraining %s (same SSL settings)", ckpt)
+            return ckpt
+        log.info("no model.pretrained_ckpt: pretraining SSL first in %s", out)
+        return fit_and_test(stage_config(cfg, out))["ckpt_path"]
+
+
+def ssl_run_dir(metrics: dict[str, Any]) -> Path:
+    """The run dir of the SSL stage a fine-tune started from (<dir>/checkpoints/<file>.ckpt)."""
+    return Path(metrics["pretrained_ckpt"]).parents[1]

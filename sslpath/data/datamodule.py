@@ -1,0 +1,195 @@
+"""LightningDataModules: splits held as tensors, served by BatchLoader, prepared on the device.
+
+The data layer does all data work: it loads and checks the splits, keeps the labelled share of
+the training set, and in `on_after_batch_transfer` (Lightning's hook for on-device batch work)
+turns uint8 batches into normalised float batches, augmented views for training. Models receive
+`(x, y)` (supervised) or `(view_1, …, view_k, y)` (SSL) and do no data work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from sslpath.augment import BatchTransform
+from sslpath.data.download import class_names, download, official_filename, official_source
+from sslpath.data.loader import BatchLoader
+from sslpath.data.npz import read_npz
+from sslpath.data.splits import Split, stratified_subset
+from sslpath.data.synthetic import synthetic_splits
+from sslpath.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Train/val/test as tensors, served in whole batches.
+
+    `keep_unlabelled=True` (SSL pretraining) keeps every training image and marks labels outside
+    `label_fraction` with -1; otherwise the training split is the labelled subset itself.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        batch_size: int,
+        eval_batch_size: int,
+        label_fraction: float = 1.0,
+        on_device: bool | str = "auto",
+        seed: int = 0,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channels_last: bool = True,
+        augment: nn.Module | None = None,
+        views: int = 1,
+        clean_first_view: bool = False,
+        keep_unlabelled: bool = False,
+    ) -> None:
+        super().__init__()
+        if on_device not in (True, False, "auto"):
+            raise UserError(f"data.on_device={on_device!r}; use auto, true or false.")
+        self.num_classes, self.batch_size, self.eval_batch_size = num_classes, batch_size, eval_batch_size
+        self.label_fraction, self.on_device, self.seed = label_fraction, on_device, seed
+        self.keep_unlabelled = keep_unlabelled
+        self.transform = BatchTransform(augment, views, clean_first_view, mean, std, channels_last)
+        self.splits: dict[str, Split] | None = None
+        self.pin_memory = False
+
+    @property
+    def class_names(self) -> list[str]:
+        return [f"class {i}" for i in range(self.num_classes)]
+
+    def load_splits(self) -> dict[str, Split]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        splits = self.load_splits()
+        train = splits["train"]
+        keep = stratified_subset(train.labels, self.label_fraction, self.num_classes, self.seed)
+        if self.keep_unlabelled:
+            labels = torch.full_like(train.labels, -1)
+            labels[keep] = train.labels[keep]
+            splits["train"] = Split(train.images, labels)
+        else:
+            splits["train"] = Split(train.images[keep], train.labels[keep])
+        self.splits = self._place(splits)
+
+    def _place(self, splits: dict[str, Split]) -> dict[str, Split]:
+        """Move every split to the training device when it fits; else pin host memory."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cpu":
+            return splits
+        nbytes = sum(s.images.numel() + s.labels.numel() * 8 for s in splits.values())
+        fits = nbytes < 0.5 * torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else True
+        if self.on_device is True or (self.on_device == "auto" and fits):
+            return {k: Split(s.images.to(device), s.labels.to(device)) for k, s in splits.items()}
+        self.pin_memory = device.type == "cuda"
+        return splits
+
+    def loader(self, split: str, shuffle: bool) -> BatchLoader:
+        if self.splits is None:
+            raise RuntimeError("setup() must run before batches are served")
+        trainer = self.trainer
+        return BatchLoader(
+            self.splits[split],
+            self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> BatchLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> BatchLoader:
+        return self.loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            return (*self.transform.train_views(images), labels)
+        return self.transform(images), labels
+
+
+class MedMNISTDataModule(ArrayDataModule):
+    """The official MedMNIST file for `flag` under `root`, or any MedMNIST-format npz at `path`."""
+
+    def __init__(
+        self,
+        flag: str = "pathmnist",
+        root: str = "~/.medmnist",
+        path: str | None = None,
+        size: int = 28,
+        download: bool = False,
+        url: str | None = None,
+        md5: str | None = None,
+        num_classes: int | None = None,
+        download_timeout_s: float = 20,
+        **kwargs: Any,
+    ) -> None:
+        if num_classes is None:  # official sets: the flag says how many classes
+            num_classes = len(class_names(flag))
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.flag, self.root, self.path, self.size = flag, Path(root).expanduser(), path, size
+        self.download, self.url, self.md5, self.download_timeout_s = download, url, md5, download_timeout_s
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.path is None:
+            return class_names(self.flag)
+        return super().class_names  # a custom file says nothing of its classes
+
+    @property
+    def file(self) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        return self.root / official_filename(self.flag, self.size)
+
+    def prepare_data(self) -> None:
+        """Download once (Lightning calls this on one process per node, before setup)."""
+        if self.path is not None or self.file.is_file():
+            return
+        url, md5 = official_source(self.flag, self.size)
+        url, md5 = self.url or url, self.md5 or md5
+        if not self.download:
+            raise UserError(
+                f"{self.flag} not found at {self.file}. Download it (CC BY 4.0) with data.download=true (from "
+                f"{url}, MD5-verified), or copy the file there, or set data.root=DIR to where it lives. "
+                "Offline you can train on any MedMNIST-format npz with data.path=FILE (see the README's "
+                "'Data' section: scripts/make_sample.py cuts a small one) or use data=synthetic."
+            )
+        log.info("downloading %s to %s", url, self.file)
+        download(url, md5, self.file, self.download_timeout_s)
+
+    def load_splits(self) -> dict[str, Split]:
+        if not self.file.is_file():
+            self.prepare_data()  # outside a Trainer (evaluate, benchmark) nobody called it yet
+        return read_npz(self.file, self.num_classes, self.size)
+
+
+class SyntheticDataModule(ArrayDataModule):
+    """Deterministic offline data for tests and dry runs; never used in place of missing real data."""
+
+    def __init__(self, size: int = 28, train_count: int = 288, val_count: int = 96, test_count: int = 96, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = size
+        self.counts = {"train": train_count, "val": val_count, "test": test_count}
+
+    def load_splits(self) -> dict[str, Split]:
+        return synthetic_splits(self.size, self.num_classes, self.counts, self.seed)

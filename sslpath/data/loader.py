@@ -1,0 +1,73 @@
+"""Batches by indexing whole-split tensors: one gather per batch, no workers, no collation.
+
+At 28 px PathMNIST is ~250 MB, so per-image Python and worker processes would cost more than the
+model; a split lives as one uint8 tensor (on the training device when it fits).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+from sslpath.data.splits import Split
+
+log = logging.getLogger(__name__)
+
+PAD_LABEL = -1  # evaluation padding under DDP: metrics ignore it, so no image counts twice
+
+
+class BatchLoader:
+    """Under DDP each rank takes an equal, disjoint share of a shared permutation. Evaluation pads
+    the shares to equal length like DistributedSampler, but marks the padding with label -1, so
+    metrics skip it. Shuffling is seeded by (seed, epoch): a resumed run sees the same order as an
+    uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
+        self.split, self.shuffle, self.seed, self.epoch = split, shuffle, seed, epoch
+        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
+        n = len(split)
+        # Training drops the ragged last batch (BatchNorm and contrastive losses need full batches);
+        # evaluation keeps every image.
+        self.per_rank = n // world_size if shuffle else math.ceil(n / world_size)
+        self.batch_size = min(batch_size, self.per_rank) if shuffle else batch_size
+        if shuffle and self.batch_size < batch_size:
+            log.warning("training split has %d images per rank: batch size %d -> %d", n, batch_size, self.batch_size)
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, labels = len(self.split), self.split.labels
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            image_idx = torch.randperm(n, generator=gen)[: self.per_rank * self.world_size]
+            label_idx = image_idx
+        else:  # positions n, n+1, … are padding: they repeat the first images, with label -1
+            pad = self.per_rank * self.world_size - n
+            image_idx = torch.cat([torch.arange(n), torch.arange(pad)])
+            label_idx = torch.arange(n + pad)
+            labels = torch.cat([labels, labels.new_full((pad,), PAD_LABEL)])
+        image_idx = image_idx[self.rank :: self.world_size].to(self.split.images.device)
+        label_idx = label_idx[self.rank :: self.world_size].to(labels.device)
+        for i in range(len(self)):
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            images, batch_labels = self.split.images[image_idx[batch]], labels[label_idx[batch]]
+            if self.pin_memory:
+                images, batch_labels = images.pin_memory(), batch_labels.pin_memory()
+            yield images, batch_labels

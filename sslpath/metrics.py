@@ -1,0 +1,90 @@
+"""Evaluation metrics: test results over the classes present, and the kNN monitor of SSL runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.functional.classification import multiclass_auroc
+
+
+def classification_results(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, macro AUC and per-class accuracy of one split.
+
+    A class absent from the split has no accuracy and no AUC: it is reported as null and listed in
+    `absent_classes`, and the macro AUC averages the present classes only (never a silent 0.0).
+    """
+    num_classes = len(class_names)
+    probs = logits.float().softmax(dim=1)
+    preds = probs.argmax(dim=1)
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    per_class: dict[str, float | None] = {}
+    for c, name in enumerate(class_names):
+        per_class[name] = float((preds[labels == c] == c).float().mean()) if present[c] else None
+    auc: float | None = None
+    if int(present.sum()) > 1:
+        per_class_auc = multiclass_auroc(probs, labels, num_classes, average=None)
+        auc = float(per_class_auc[present].mean())
+    return {
+        "test_loss": float(F.cross_entropy(logits.float(), labels)),
+        "test_acc": float((preds == labels).float().mean()),
+        "test_auc": auc,
+        "per_class_acc": per_class,
+        "absent_classes": [name for c, name in enumerate(class_names) if not present[c]],
+    }
+
+
+class WeightedKNN(Metric):
+    """Weighted kNN accuracy (Wu et al. 2018, as solo-learn's WeightedKNNClassifier).
+
+    Training features and validation features are collected during an epoch (states are
+    concatenated across ranks, so the accuracy pools every rank's counts); `compute` votes each
+    validation feature's k most similar training features, weighted by exp(similarity / T).
+    """
+
+    full_state_update = False
+
+    def __init__(self, k: int = 20, temperature: float = 0.07, num_classes: int = 2, chunk: int = 1024) -> None:
+        super().__init__()
+        self.k, self.temperature, self.num_classes, self.chunk = k, temperature, num_classes, chunk
+        for name in ("train_feats", "train_labels", "test_feats", "test_labels"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        train_feats: torch.Tensor | None = None,
+        train_labels: torch.Tensor | None = None,
+        test_feats: torch.Tensor | None = None,
+        test_labels: torch.Tensor | None = None,
+    ) -> None:
+        if train_feats is not None:
+            keep = train_labels >= 0  # unlabelled (-1) images vote for nothing
+            self.train_feats.append(F.normalize(train_feats[keep].detach().float(), dim=1))
+            self.train_labels.append(train_labels[keep])
+        if test_feats is not None:
+            keep = test_labels >= 0  # evaluation padding under DDP
+            self.test_feats.append(F.normalize(test_feats[keep].detach().float(), dim=1))
+            self.test_labels.append(test_labels[keep])
+
+    @property
+    def ready(self) -> bool:
+        """Both sides collected something this epoch (on this rank)."""
+        return bool(self.train_feats) and bool(self.test_feats)
+
+    def compute(self) -> torch.Tensor:
+        def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+            return torch.cat(state) if isinstance(state, list) else state
+
+        bank, bank_labels = cat(self.train_feats), cat(self.train_labels)
+        feats, labels = cat(self.test_feats), cat(self.test_labels)
+        correct = 0
+        for start in range(0, len(feats), self.chunk):
+            sim = feats[start : start + self.chunk] @ bank.T
+            top_sim, top_idx = sim.topk(min(self.k, bank.shape[0]), dim=1)
+            votes = torch.zeros(sim.shape[0], self.num_classes, device=sim.device)
+            votes.scatter_add_(1, bank_labels[top_idx], (top_sim / self.temperature).exp())
+            correct += int((votes.argmax(dim=1) == labels[start : start + self.chunk]).sum())
+        return torch.tensor(correct / max(1, len(labels)))

@@ -1,0 +1,1 @@
+"""LightningModules: pure models (backbone, heads, losses, metrics). Data work lives in sslpath.data."""

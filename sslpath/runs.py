@@ -1,0 +1,114 @@
+"""A run dir's life: claimed by one process, cleaned of torn saves, resumed only with the same settings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from sslpath.errors import UserError
+
+LOCK = ".sslpath.lock"
+INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM / Ctrl-C
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Hold the run dir for this process; a second run into it fails at once, naming the first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, "run dir")
+    lock = FileLock(run_dir / LOCK)
+    owner = run_dir / f"{LOCK}.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = owner.read_text().strip() if owner.is_file() else "unknown"
+        raise UserError(
+            f"the run dir {run_dir} is in use by another sslpath process (pid {pid}). Two runs in one dir would "
+            "mix their logs, checkpoints and results: wait for it to finish, or choose another dir "
+            "(hydra.run.dir=…), or resume it later with resume=RUN_DIR."
+        ) from None
+    try:
+        owner.write_text(f"{os.getpid()}\n")
+        remove_torn_saves(run_dir)
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def remove_torn_saves(run_dir: Path) -> list[Path]:
+    """Temp files a killed atomic save left behind (`.name.XXXX.tmp`): partial, never needed."""
+    torn = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for path in torn:
+        path.unlink(missing_ok=True)
+    return torn
+
+
+def check_writable(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"cannot write the {what} {path} ({err.strerror or err}). Point paths.log_dir (or the "
+            "SSLPATH_LOG_DIR environment variable) at a writable folder."
+        ) from None
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest of last.ckpt and interrupted.ckpt in the run dir."""
+    candidates = [run_dir / "checkpoints" / f"{name}.ckpt" for name in ("last", INTERRUPTED)]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        raise UserError(
+            f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt (the run stopped before its first "
+            "epoch ended). Start it again without resume=/ckpt_path=last."
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
+    """Resuming with other settings would silently mix two experiments in one run dir.
+
+    Paths are left out of the comparison, so a run dir that was moved or copied resumes.
+    """
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved_cfg = OmegaConf.load(saved_file)
+    saved = settings(saved_cfg, str(saved_cfg.get("paths", {}).get("output_dir", "")))
+    current = settings(cfg, str(run_dir))
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
+        raise UserError(
+            f"cannot resume {run_dir}: its settings differ from this command's ({shown}). Repeat the "
+            f"interrupted run's overrides (its resolved config is {saved_file}), or start a new run."
+        )
+
+
+def settings(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
+    """Leaf key -> value, minus how the run was started and where its files live."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, sub in node.items():
+                walk(sub, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    skip_roots = ("ckpt_path", "resume", "paths")
+    return {
+        k: v for k, v in flat.items()
+        if k.split(".")[0] not in skip_roots and not (isinstance(v, str) and run_dir and v.startswith(run_dir))
+    }

@@ -1,0 +1,66 @@
+"""Checks of the user-facing settings, run before any data is read or any model is built.
+
+Hydra passes command-line values through as given (`trainer.max_epochs=abc` is a string), so each
+key the user may set gets its type and range checked here, with a message naming the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sslpath.errors import UserError
+
+INT, FLOAT = "an integer", "a number"
+# key -> (kind, lowest, highest, open_low): None bounds are unbounded; open_low excludes `lowest`.
+RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
+    "seed": (INT, 0, 2**32 - 1, False),
+    "data.batch_size": (INT, 1, None, False),
+    "data.eval_batch_size": (INT, 1, None, False),
+    "data.size": (INT, 8, 1024, False),
+    "data.label_fraction": (FLOAT, 0, 1, True),
+    "data.train_count": (INT, 1, None, False),
+    "data.val_count": (INT, 1, None, False),
+    "data.test_count": (INT, 1, None, False),
+    "data.num_classes": (INT, 2, 10_000, False),
+    "data.val_fraction": (FLOAT, 0, 1, True),
+    "data.test_fraction": (FLOAT, 0, 1, True),
+    "trainer.max_epochs": (INT, 1, None, False),
+    "trainer.check_val_every_n_epoch": (INT, 1, None, False),
+    "optimizer.lr": (FLOAT, 0, None, True),
+    "optimizer.weight_decay": (FLOAT, 0, None, False),
+    "model.temperature": (FLOAT, 0, None, True),
+    "model.knn_k": (INT, 0, None, False),
+    "pretrain.temperature": (FLOAT, 0, None, True),
+    "pretrain.knn_k": (INT, 0, None, False),
+}
+
+
+def _describe(kind: str, lo: float | None, hi: float | None, open_low: bool) -> str:
+    low = "" if lo is None else (f"> {lo}" if open_low else f">= {lo}")
+    high = "" if hi is None else f"<= {hi}"
+    return f"{kind} {' and '.join(b for b in (low, high) if b)}".strip()
+
+
+def check_value(key: str, value: Any, kind: str, lo: float | None, hi: float | None, open_low: bool) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and (kind == FLOAT or isinstance(value, int))
+    if ok:
+        ok = (lo is None or (value > lo if open_low else value >= lo)) and (hi is None or value <= hi)
+    if not ok:
+        raise UserError(
+            f"{key}={value!r} is not valid: it must be {_describe(kind, lo, hi, open_low)}. Fix the override "
+            f"on the command line (or in your experiment config)."
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every rule whose key the config has; raises UserError at the first bad value."""
+    for key, rule in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check_value(key, value, *rule)
+    if cfg.get("ckpt_path") not in (None, "last") and not isinstance(cfg.ckpt_path, str):
+        raise UserError(f"ckpt_path={cfg.ckpt_path!r} is not valid: pass a .ckpt file, `last`, or leave it unset.")
