@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sslpath.data.loader import PAD_LABEL
 from sslpath.errors import UserError
-from sslpath.files import atomic_write_bytes, atomic_write_text
 from sslpath.metrics import classification_results
+from sslpath.results import write_examples, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +55,8 @@ class TestResults(L.Callback):
             logger.log_metrics(scalars, step=trainer.global_step)
         if trainer.is_global_zero:
             probs = logits.softmax(dim=1).numpy()
-            self._write_predictions(probs, labels.numpy(), class_names)
-            self._write_examples(trainer.datamodule.splits["test"], probs)
-
-    def _write_predictions(self, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
-        """One row per test image: index, true label, predicted label, probability per class."""
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["index", "label", "pred"] + [f"p_{name}" for name in class_names])
-        for i, (p, y) in enumerate(zip(probs, labels)):
-            writer.writerow([i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p])
-        atomic_write_text(self.dirpath / "test_predictions.csv", buf.getvalue())
-
-    def _write_examples(self, split: Any, probs: np.ndarray) -> None:
-        """A seeded handful of test images with labels and predictions, for the report's grids."""
-        gen = torch.Generator().manual_seed(self.seed)
-        idx = torch.randperm(len(split), generator=gen)[: self.examples].sort().values
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            index=idx.numpy(),
-            images=split.images[idx.to(split.images.device)].permute(0, 2, 3, 1).cpu().numpy(),  # N×H×W×3 RGB
-            labels=split.labels[idx.to(split.labels.device)].cpu().numpy(),
-            probs=probs[idx.numpy()],
-        )
-        atomic_write_bytes(self.dirpath / "test_examples.npz", buf.getvalue())
+            write_predictions(self.dirpath, probs, labels.numpy(), class_names)
+            write_examples(self.dirpath, trainer.datamodule.splits["test"], probs, self.examples, self.seed)
 
 
 class CheckpointMetadata(L.Callback):
@@ -162,11 +136,40 @@ class FiniteLoss(L.Callback):
             )
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's OnExceptionCheckpoint for pre-emption (SIGTERM) and Ctrl-C only: a NaN loss or a
-    bug must never become the checkpoint a resume starts from. Removed after a successful fit."""
+class InterruptCheckpoint(L.Callback):
+    """Saves `<dirpath>/<filename>.ckpt` when SIGTERM (pre-emption) or Ctrl-C stops a fit.
+
+    Not Lightning's OnExceptionCheckpoint: it also saves after a NaN loss or a bug (a checkpoint a
+    resume must never start from), and its presence makes `fit(ckpt_path=None)` silently resume
+    from the newest checkpoint in the run dir, bypassing sslpath's checks.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
-            super().on_exception(trainer)
-            log.warning("interrupted: saved %s; resume with resume=RUN_DIR", self.ckpt_path)
+            trainer.save_checkpoint(self.path)
+            log.warning("interrupted: saved %s; resume with resume=RUN_DIR", self.path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.path.unlink(missing_ok=True)  # a finished fit's last.ckpt supersedes it
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that survives a moved or copied run dir.
+
+    On resume it maps the paths recorded in the checkpoint (best, last, top-k) from the old run dir
+    to the new one, so best-model tracking continues instead of restarting (which would also leave
+    a stale best file and a `last-v1.ckpt` beside the real one).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = str(state_dict.get("dirpath", self.dirpath)), str(self.dirpath)
+        if old != new:
+            move = lambda p: new + p[len(old):] if isinstance(p, str) and p.startswith(old) else p  # noqa: E731
+            state_dict = {k: move(v) for k, v in state_dict.items()}
+            state_dict["best_k_models"] = {move(k): v for k, v in state_dict.get("best_k_models", {}).items()}
+            state_dict["dirpath"] = new
+        super().load_state_dict(state_dict)

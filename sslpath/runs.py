@@ -78,7 +78,8 @@ def resume_checkpoint(run_dir: Path) -> Path:
 def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
     """Resuming with other settings would silently mix two experiments in one run dir.
 
-    Paths are left out of the comparison, so a run dir that was moved or copied resumes.
+    Paths are left out of the comparison, so a run dir that was moved or copied resumes; so are
+    callbacks, loggers and the report switch, which watch a run without changing what it learns.
     """
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
@@ -96,7 +97,7 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def settings(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
-    """Leaf key -> value, minus how the run was started and where its files live."""
+    """Leaf key -> value, minus how the run was started, where its files live and what only watches it."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -107,7 +108,7 @@ def settings(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
             flat[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
-    skip_roots = ("ckpt_path", "resume", "paths")
+    skip_roots = ("ckpt_path", "resume", "paths", "callbacks", "logger", "report")
     return {
         k: v for k, v in flat.items()
         if k.split(".")[0] not in skip_roots and not (isinstance(v, str) and run_dir and v.startswith(run_dir))

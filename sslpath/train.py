@@ -157,6 +157,9 @@ def main(cfg: DictConfig) -> float | None:
     """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from sslpath.console import quiet_third_party
+
+    quiet_third_party()
     with exit_on_user_error("sslpath.train"):
         try:
             return train(cfg)["optimized_value"]

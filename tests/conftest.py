@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-# Small enough for 2 CPU cores: 16 px synthetic tiles, a handful of batches, one epoch.
+# Small enough for 2 CPU cores: 16 px synthetic tiles, a handful of batches, one epoch, and a
+# few-thousand-parameter CNN. Real-size ResNet-18 runs live in the `slow` tier.
 TINY_DATA = [
     "data=synthetic",
     "data.size=16",
@@ -23,6 +25,7 @@ TINY_DATA = [
     "data.batch_size=24",
 ]
 TINY_TRAINER = [
+    "model.backbone.name=tiny",
     "trainer=cpu",
     "trainer.max_epochs=1",
     "+trainer.enable_model_summary=false",
@@ -46,6 +49,10 @@ def compose_cfg(out_dir: Path, overrides: list[str] = (), tiny: bool = True) -> 
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def cli_env() -> dict[str, str]:

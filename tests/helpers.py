@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import lightning as L
 import torch
 
@@ -15,13 +18,14 @@ class RecordBackbone(L.Callback):
         RECORDED[pl_module.kind] = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
 
 
-class SlowSteps(L.Callback):
-    """Stretches each training step so a test can signal a run mid-epoch."""
+class SignalAt(L.Callback):
+    """Sends `signum` to its own process after training batch `batch` of epoch `epoch`: a
+    deterministic stand-in for pre-emption or a kill, with no sleeps or timing races."""
 
-    def __init__(self, seconds: float = 0.3) -> None:
-        self.seconds = seconds
+    def __init__(self, epoch: int, batch: int, signum: str = "SIGKILL") -> None:
+        self.epoch, self.batch, self.signum = epoch, batch, getattr(signal, signum)
 
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        import time
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
 
-        time.sleep(self.seconds)

@@ -19,6 +19,7 @@ from torch import nn
 
 from sslpath.augment import BatchTransform
 from sslpath.data.download import class_names, download, official_filename, official_source
+from sslpath.data.folder import TileFolder
 from sslpath.data.loader import BatchLoader
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
@@ -112,7 +113,11 @@ class ArrayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> BatchLoader:
-        return self.loader("train", shuffle=True)
+        loader = self.loader("train", shuffle=True)
+        if self.trainer is not None and len(loader) < self.trainer.log_every_n_steps:
+            # Step-level curves at least once an epoch on small data (and no warning about it).
+            self.trainer.log_every_n_steps = max(1, len(loader))
+        return loader
 
     def val_dataloader(self) -> BatchLoader:
         return self.loader("val", shuffle=False)
@@ -151,9 +156,10 @@ class MedMNISTDataModule(ArrayDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        if self.path is None:
-            return class_names(self.flag)
-        return super().class_names  # a custom file says nothing of its classes
+        names = class_names(self.flag)
+        # A custom file (data.path) with the flag's class count is taken to be a cut of that set, as
+        # the PathMNIST sample is; any other count says nothing of its classes.
+        return names if len(names) == self.num_classes else super().class_names
 
     @property
     def file(self) -> Path:
@@ -193,3 +199,51 @@ class SyntheticDataModule(ArrayDataModule):
 
     def load_splits(self) -> dict[str, Split]:
         return synthetic_splits(self.size, self.num_classes, self.counts, self.seed)
+
+
+class FolderDataModule(ArrayDataModule):
+    """Your own tiles: class subfolders of `dir` in any PIL format and size (see data/folder.py).
+
+    They are converted once to size×size into a cached npz under `cache_dir`. Tiles under
+    `unlabeled_dir` join the training split with label -1 when `keep_unlabelled` (SSL
+    pretraining) and are left out otherwise.
+    """
+
+    def __init__(
+        self,
+        dir: str,
+        unlabeled_dir: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        size: int = 28,
+        cache_dir: str = "~/.medmnist/folder_cache",
+        num_classes: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.tiles = TileFolder(dir, unlabeled_dir, size, val_fraction, test_fraction, seed, cache_dir)
+        found = len(self.tiles.class_names)
+        if num_classes not in (None, found):
+            raise UserError(
+                f"data.num_classes={num_classes} but {dir} has {found} class folders "
+                f"({', '.join(self.tiles.class_names)}); set data.num_classes={found} or null."
+            )
+        super().__init__(num_classes=found, seed=seed, **kwargs)
+        self.size = size
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.tiles.class_names
+
+    def prepare_data(self) -> None:
+        """Convert once (Lightning calls this on one process per node, before setup)."""
+        self.tiles.prepare()
+
+    def load_splits(self) -> dict[str, Split]:
+        cache = self.tiles.prepare()  # a no-op after prepare_data; outside a Trainer nobody called that yet
+        splits = read_npz(cache, self.num_classes, self.size, unlabeled=self.keep_unlabelled)
+        extra = splits.pop("unlabeled", None)
+        if extra is not None:
+            train = splits["train"]
+            splits["train"] = Split(torch.cat([train.images, extra.images]), torch.cat([train.labels, extra.labels]))
+        return splits

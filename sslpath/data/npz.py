@@ -109,6 +109,23 @@ def read_arrays(path: str | Path, size: int | None = None, unlabeled: bool = Fal
         return {key: _load(zf, path, key) for key in keys}
 
 
+def read_images(path: str | Path, split: str, size: int) -> torch.Tensor:
+    """One split's images alone (for predict, which needs no labels) as uint8 N×3×size×size tiles,
+    after the same header and memory checks as `read_arrays`."""
+    path = Path(path).expanduser()
+    key = f"{split}_images"
+    with _open(path) as zf:
+        members = sorted(name.removesuffix(".npy") for name in zf.namelist() if name.endswith(".npy"))
+        if key not in members:
+            raise UserError(f"{path} has no {key} (it has {members}); choose split=train, val or test to match it.")
+        shape, dtype = _header(zf, path, key)
+        _check_images(path, key, shape, dtype)
+        if shape[0] == 0:
+            raise UserError(f"{path}: {key} holds no images; choose another split= or pass another file.")
+        _check_memory(path, [shape], size)
+        return to_tiles(_load(zf, path, key), size)
+
+
 def read_npz(path: str | Path, num_classes: int, size: int | None = None, unlabeled: bool = False) -> dict[str, Split]:
     """train/val/test Splits of uint8 N×3×size×size tiles (None keeps the stored size).
 

@@ -1,0 +1,30 @@
+"""Console hygiene: known third-party noise is filtered, real warnings still show."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# (logger name, message prefix) of INFO lines that advertise or chatter rather than inform.
+NOISY_LOG_LINES = (("lightning.pytorch.utilities.rank_zero", "💡 Tip"),)
+# Deprecations inside libraries we call, not in anything a user wrote.
+NOISY_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_third_party() -> None:
+    for name, prefix in NOISY_LOG_LINES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropPrefix(prefix))
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "Directory watcher advancing…" per file
