@@ -1,24 +1,35 @@
-"""Compare finished runs: results table, validation curves, example grids and confusion matrices.
+"""Compare finished runs: results table, validation curves, example grids, confusion matrices.
 
-    python -m sslpath.report RUN_DIR... [--out DIR]
+    python -m sslpath.report RUN_DIR... [--out DIR] [--formats png,pdf] [--dpi 300] [--no-tensorboard]
 
 Reads only what sslpath.train leaves in a run dir (metrics.json, test_predictions.csv,
 test_examples.npz, tb/), so a report can be rebuilt at any time without checkpoints or a GPU.
-Figures are drawn on matplotlib's Agg canvas without pyplot: no GUI, no global backend state.
+Every input is checked before anything is written, and the report is built in a temporary dir
+beside its destination and renamed into place: a bad input or a failed write leaves the previous
+report (or none), never half of one. Figures are drawn on matplotlib's Agg canvas without pyplot:
+no GUI, no global backend state.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
+import json
 import os
 import re
+import reprlib
+import secrets
+import shutil
 import textwrap
+import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,43 +39,124 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.errors import UserError, exit_on_user_error
-from sslpath.files import atomic_write_bytes, atomic_write_text, read_json
+from sslpath.files import atomic_write_bytes, atomic_write_text
 
 REPORT_DIR = "report"
 SWEEP_RESULTS = "sweep_results"  # .md and .csv in the sweep dir
-LABEL_EFFICIENCY_PNG = "label_efficiency.png"  # in the sweep's report dir
-SWEEP_COLUMNS = ("Test accuracy", "Test AUC")  # of COLUMNS
+LABEL_EFFICIENCY = "label_efficiency"  # figure stem, in the report dir
+TB_REPORT = "report"  # <run>/tb/report/: the report's images, rewritten whole by every report
 RUN_FILES = ("metrics.json", "test_predictions.csv", "test_examples.npz")
+FORMATS = ("png", "pdf", "svg")
 GRID = 3  # the qualitative figure shows GRID × GRID test images
-# output file -> (TensorBoard tag, y label, scale)
+ACC_TAG = "val/acc"
+# figure stem -> (TensorBoard tag, y label, scale)
 VAL_PLOTS = {
-    "val_accuracy.png": ("val/acc", "validation accuracy (%)", 100.0),
-    "val_loss.png": ("val/loss", "validation loss", 1.0),
+    "val_accuracy": (ACC_TAG, "validation accuracy (%)", 100.0),
+    "val_loss": ("val/loss", "validation loss", 1.0),
 }
+RERUN = (
+    "Re-run the run's test stage with the current sslpath.train (`python -m sslpath.train ckpt_path=last "
+    "hydra.run.dir=<run dir>` plus its original overrides), or leave the run out of the report."
+)
+
+# One colour per model kind in every figure: Paul Tol's "muted" scheme (colour-blind safe).
+KIND_COLOURS = {
+    "baseline": "#555555", "ssl": "#CC6677", "simclr": "#CC6677", "finetune": "#117733", "probe": "#88CCEE",
+    "byol": "#DDCC77", "mocov3": "#332288", "barlowtwins": "#AA4499", "vicreg": "#44AA99", "dino": "#882255",
+}
+FALLBACK_COLOURS = ("#999933", "#E69F00", "#56B4E9", "#D55E00", "#0072B2", "#009E73")
+SSL_KINDS = frozenset({"ssl", "simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino"})
+LINESTYLES = ("-", "--", ":", "-.")  # lines of one kind (other names or label fractions) differ in dash and marker
+MARKERS = ("o", "s", "^", "D", "v")
+# The abbreviations of Kather et al. (2019), whose NCT-CRC-HE-100K tiles PathMNIST is made of.
+PATHMNIST_ABBREVIATIONS = {
+    "adipose": "ADI", "background": "BACK", "debris": "DEB", "lymphocytes": "LYM", "mucus": "MUC",
+    "smooth muscle": "MUS", "normal colon mucosa": "NORM", "cancer-associated stroma": "STR",
+    "colorectal adenocarcinoma epithelium": "TUM",
+}
+SHORT_NAME = 10  # longest class name shown as is in ticks and grid titles
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and checking runs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_rate(value: Any) -> bool:
+    return _is_number(value) and 0 <= value <= 1
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+# metrics.json key -> (check, what it must be). Optional keys may be missing (older runs), not malformed.
+REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (_is_name, "the model kind, a non-empty string"),
+    "run_name": (_is_name, "a non-empty string"),
+    "seed": (_is_int, "an integer"),
+    "label_fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "test_loss": (_is_number, "a number"),
+    "test_acc": (_is_rate, "a number from 0 to 1"),
+    "test_auc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
+    "epochs": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "wall_seconds": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+}
+OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "val_knn_acc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
+    "absent_classes": (lambda v: isinstance(v, list) and all(map(_is_name, v)), "a list of class names"),
+    "per_class_acc": (
+        lambda v: isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values()),
+        "an object {class name: accuracy or null}",
+    ),
+    "train_labels_per_class": (lambda v: _is_number(v) and v > 0, "a positive number"),
+}
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+class Examples(NamedTuple):
+    """The first GRID × GRID images of test_examples.npz with their labels and class probabilities."""
+
+    images: np.ndarray  # uint8 N×H×W×3
+    labels: np.ndarray  # int N
+    probs: np.ndarray  # float N×C
 
 
 @dataclass
 class Run:
-    """One finished run: its metrics, test labels and predictions, and validation curves."""
+    """One finished run, checked: metrics, test labels and predictions, example images, validation curves."""
 
     dir: Path
     metrics: dict[str, Any]
     class_names: list[str]
     labels: np.ndarray
     preds: np.ndarray
+    examples: Examples
     curves: dict[str, dict[int, float]]  # TensorBoard tag -> {epoch (1-based): value}
 
     @property
     def name(self) -> str:
-        return self.metrics.get("run_name") or self.metrics["model"]
+        return self.metrics["run_name"]
+
+    @property
+    def kind(self) -> str:
+        return self.metrics["model"].lower()
+
+    @property
+    def fraction(self) -> float:
+        return float(self.metrics["label_fraction"])
 
     @property
     def title(self) -> str:
-        return f"{self.name} (seed {self.metrics.get('seed')}, {self.dir.name})"
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding and reading runs
+        """What a reader needs (model, labels, seed), not dir names or hashes."""
+        return f"{self.name} · {percent(self.fraction)} labels · seed {self.metrics['seed']}"
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
@@ -85,6 +177,8 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> Run:
+    """Read a run dir and check every file against the others; UserError on the first problem."""
+    run_dir = Path(run_dir)
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise UserError(
@@ -92,18 +186,148 @@ def load_run(run_dir: Path) -> Run:
             "comes from an older sslpath. Re-run its test stage with the current sslpath.train, or "
             "leave it out of the report."
         )
-    predictions = run_dir / "test_predictions.csv"
-    with predictions.open(newline="") as f:
-        header = next(csv.reader(f))
-    label_pred = np.loadtxt(predictions, delimiter=",", skiprows=1, usecols=(1, 2), dtype=np.int64, ndmin=2)
+    metrics = read_metrics(run_dir / "metrics.json")
+    class_names, labels, preds = read_predictions(run_dir / "test_predictions.csv")
+    check_consistency(run_dir, metrics, class_names, labels, preds)
     return Run(
         dir=run_dir,
-        metrics=read_json(run_dir / "metrics.json"),
-        class_names=[h.removeprefix("p_") for h in header[3:]],
-        labels=label_pred[:, 0],
-        preds=label_pred[:, 1],
+        metrics=metrics,
+        class_names=class_names,
+        labels=labels,
+        preds=preds,
+        examples=read_examples(run_dir / "test_examples.npz", len(class_names)),
         curves=read_val_curves(run_dir / "tb"),
     )
+
+
+def _invalid(path: Path, problem: str) -> UserError:
+    return UserError(f"{path} {problem}. {RERUN}")
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """metrics.json as a dict whose keys the report uses all have the expected types and ranges."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _invalid(path, f"cannot be read as JSON ({err})") from None
+    if not isinstance(metrics, dict):
+        raise _invalid(path, f"holds {JSON_TYPES.get(type(metrics), 'null')}, not an object of metrics")
+    problems = [f"`{key}` is missing" for key in REQUIRED_METRICS if key not in metrics]
+    for key, (check, what) in (REQUIRED_METRICS | OPTIONAL_METRICS).items():
+        if key in metrics and not check(metrics[key]):
+            problems.append(f"`{key}` is {reprlib.repr(metrics[key])}, not {what}")
+    if problems:
+        raise _invalid(path, "is incomplete or malformed: " + "; ".join(problems))
+    return metrics
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names (from the p_<name> columns) and the label and pred columns, every row checked."""
+    try:
+        with path.open(newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise _invalid(path, f"cannot be read as CSV ({err})") from None
+    if not rows:
+        raise _invalid(path, "is empty")
+    header = rows[0]
+    names = [column.removeprefix("p_") for column in header[3:]]
+    if (
+        header[:3] != ["index", "label", "pred"]
+        or len(names) < 2
+        or not all(column.startswith("p_") and column != "p_" for column in header[3:])
+        or len(set(names)) < len(names)
+    ):
+        raise _invalid(
+            path,
+            f"starts with {reprlib.repr(','.join(header))}, not the header index,label,pred followed by one "
+            "p_<class name> column per class (at least two classes, each named once)",
+        )
+    if len(rows) == 1:
+        raise _invalid(path, "has a header but no predictions")
+    if short := next((i for i, row in enumerate(rows[1:], start=1) if len(row) != len(header)), None):
+        raise _invalid(path, f"has {len(rows[short])} fields in data row {short}, but {len(header)} columns")
+    table = np.array(rows[1:])
+    try:
+        ints, probs = table[:, :3].astype(np.int64), table[:, 3:].astype(np.float64)
+    except ValueError as err:
+        raise _invalid(path, f"has a value that is not a number ({err})") from None
+    classes = len(names)
+    bad_rows = {
+        f"label or pred outside 0..{classes - 1} (the {classes} classes)": (ints[:, 1:] < 0) | (ints[:, 1:] >= classes),
+        "a probability outside 0..1": ~((probs >= 0) & (probs <= 1)),
+    }
+    for what, bad in bad_rows.items():
+        if bad.any():
+            raise _invalid(path, f"has {what} in data row {int(bad.any(axis=1).argmax()) + 1}")
+    return names, ints[:, 1], ints[:, 2]
+
+
+def check_consistency(
+    run_dir: Path, metrics: dict[str, Any], class_names: list[str], labels: np.ndarray, preds: np.ndarray
+) -> None:
+    """metrics.json must describe these predictions: the same classes, and the accuracy they give.
+
+    An edited or stale metrics.json would otherwise put numbers in the report that no prediction supports.
+    """
+    path = run_dir / "metrics.json"
+    per_class = list(metrics.get("per_class_acc", class_names))
+    if sorted(per_class) != sorted(class_names):
+        raise _invalid(
+            path,
+            f"has per_class_acc for {len(per_class)} classes ({reprlib.repr(per_class)}), but "
+            f"test_predictions.csv has {len(class_names)} ({reprlib.repr(class_names)}): the two files come "
+            "from different runs or datasets",
+        )
+    absent = metrics.get("absent_classes", [])
+    present = {class_names[i] for i in np.unique(labels)}
+    if wrong := [name for name in absent if name not in class_names or name in present]:
+        raise _invalid(path, f"lists {reprlib.repr(wrong)} in absent_classes: test_predictions.csv has images of them")
+    correct = int((labels == preds).sum())
+    if abs(correct / len(labels) - metrics["test_acc"]) > 1e-6:
+        raise UserError(
+            f"run {metrics['run_name']!r} ({run_dir}): metrics.json says test_acc = {metrics['test_acc']:.6f}, but "
+            f"test_predictions.csv has {correct} of {len(labels)} predictions right ({correct / len(labels):.6f}). "
+            "One of the files was edited or comes from another evaluation, so the report would show a number the "
+            f"predictions do not support. {RERUN}"
+        )
+
+
+def _describe(array: np.ndarray) -> str:
+    return f"{array.dtype} of shape {array.shape}"
+
+
+def read_examples(path: Path, num_classes: int) -> Examples:
+    """The example grid's images, checked; never unpickled (allow_pickle=False), whatever the file holds."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise _invalid(path, "is a single .npy array, not an .npz archive of images, labels and probs")
+        with npz:
+            arrays = {key: npz[key] for key in ("images", "labels", "probs") if key in npz.files}
+    except ValueError:  # numpy's text would suggest allow_pickle=True: never for a file of unknown origin
+        raise _invalid(
+            path, "cannot be read as plain NumPy arrays: it is damaged, not an .npz file, or holds pickled Python "
+            "objects, which the report never loads"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise _invalid(path, f"is not a readable .npz archive ({type(err).__name__}: {err})") from None
+    if missing := [key for key in ("images", "labels", "probs") if key not in arrays]:
+        raise _invalid(path, f"lacks the arrays {', '.join(missing)}")
+    images, labels, probs = arrays["images"], arrays["labels"], arrays["probs"]
+    n = len(images) if images.ndim else 0
+    problems = []
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or n == 0:
+        problems.append(f"`images` is {_describe(images)}, not uint8 N×H×W×3 (RGB) with N ≥ 1")
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        problems.append(f"`labels` is {_describe(labels)}, not {n} integers")
+    elif not ((labels >= 0) & (labels < num_classes)).all():
+        problems.append(f"`labels` has values outside 0..{num_classes - 1}")
+    if probs.dtype.kind != "f" or probs.shape != (n, num_classes):
+        problems.append(f"`probs` is {_describe(probs)}, not floats of shape ({n}, {num_classes}) (one per class)")
+    if problems:
+        raise _invalid(path, "does not hold what the report shows: " + "; ".join(problems))
+    return Examples(images[: GRID * GRID], labels[: GRID * GRID], probs[: GRID * GRID])
 
 
 def read_val_curves(tb_dir: Path) -> dict[str, dict[int, float]]:
@@ -124,22 +348,60 @@ def read_val_curves(tb_dir: Path) -> dict[str, dict[int, float]]:
     }
 
 
-def group_by_name(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs sharing a name (seeds of one model) form one row; rows keep first-seen order."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.name, []).append(run)
-    for name, group in groups.items():
-        if any(run.class_names != group[0].class_names for run in group):
-            raise UserError(
-                f"runs named {name!r} have different classes ({[str(r.dir) for r in group]}); give runs on "
-                "different data different run_name values."
-            )
-    return groups
-
-
 # ----------------------------------------------------------------------------------------------
-# Results table
+# Grouping: one row per (run name, label fraction), seeds pooled
+
+
+def percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+@dataclass
+class Group:
+    """Runs pooled into one table row and one confusion matrix: one run name and label fraction, any seeds."""
+
+    name: str
+    fraction: float
+    runs: list[Run]
+
+    @property
+    def kind(self) -> str:
+        return self.runs[0].kind
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.runs[0].class_names
+
+    @property
+    def title(self) -> str:
+        seeds = sorted({run.metrics["seed"] for run in self.runs})
+        pooled = f"seed {seeds[0]}" if len(self.runs) == 1 else f"seeds {', '.join(map(str, seeds))} (pooled)"
+        return f"{self.name} · {percent(self.fraction)} labels · {pooled}"
+
+    def label(self, with_fraction: bool) -> str:
+        return f"{self.name}, {percent(self.fraction)} labels" if with_fraction else self.name
+
+    def values(self, key: str) -> list[float]:
+        """The runs' values of a metric; runs without it (or with null) are left out."""
+        return [run.metrics[key] for run in self.runs if run.metrics.get(key) is not None]
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name."""
+    by_key: dict[tuple[str, float], list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.name, run.fraction), []).append(run)
+    names = dict.fromkeys(name for name, _ in by_key)
+    groups = [Group(name, f, by_key[name, f]) for name in names for n, f in sorted(by_key) if n == name]
+    for group in groups:
+        for what, attribute in (("classes", "class_names"), ("model kinds", "kind")):
+            if any(getattr(run, attribute) != getattr(group.runs[0], attribute) for run in group.runs):
+                raise UserError(
+                    f"runs named {group.name!r} with {percent(group.fraction)} labels have different {what} "
+                    f"({', '.join(str(run.dir) for run in group.runs)}), so they cannot be pooled as seeds of one "
+                    "model. Give runs of different models or data different run_name values."
+                )
+    return groups
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -147,147 +409,128 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _cell(values: Sequence[float], fmt: str, scale: float = 1.0, unit: str = "") -> str:
-    mean, std = mean_std(values)
-    text = fmt.format(mean * scale)
-    if len(values) > 1:
-        text += " ± " + fmt.format(std * scale)
-    return text + unit
+# ----------------------------------------------------------------------------------------------
+# Tables: results.md/.csv and sweep_results.md/.csv share one builder, with different columns
 
 
-def _wall_cell(values: Sequence[float]) -> str:
-    if np.mean(values) >= 120:
-        return _cell(values, "{:.1f}", 1 / 60, " min")
-    return _cell(values, "{:.1f}", 1.0, " s")
+@dataclass(frozen=True)
+class Column:
+    """A table column: a metrics.json key shown as mean ± std, times scale, with `digits` decimals."""
+
+    header: str
+    key: str
+    scale: float = 1.0
+    digits: int = 4
+
+    def cell(self, group: Group) -> str:
+        values = group.values(self.key)
+        if not values:
+            return "—"
+        mean, std = mean_std(values)
+        text = f"{mean * self.scale:.{self.digits}f}"
+        if len(values) > 1:
+            text += f" ± {std * self.scale:.{self.digits}f}"
+        return text + (f" (n={len(values)})" if len(values) < len(group.runs) else "")
 
 
-# header -> (metrics.json key, cell formatter)
-COLUMNS: dict[str, tuple[str, Callable[[Sequence[float]], str]]] = {
-    "Test loss": ("test_loss", lambda v: _cell(v, "{:.4f}")),
-    "Test accuracy": ("test_acc", lambda v: _cell(v, "{:.2f}", 100.0, "%")),
-    "Test AUC": ("test_auc", lambda v: _cell(v, "{:.4f}")),
-    "Epochs": ("epochs", lambda v: _cell(v, "{:.3g}")),
-    "Wall time": ("wall_seconds", _wall_cell),
-}
+COLUMNS = (
+    Column("Test accuracy (%)", "test_acc", 100.0, 2),
+    Column("Test AUC", "test_auc"),
+    Column("Val kNN accuracy (%)", "val_knn_acc", 100.0, 2),
+    Column("Test loss", "test_loss"),
+    Column("Epochs", "epochs", digits=0),
+    Column("Wall time (min)", "wall_seconds", 1 / 60, 1),
+)
+SWEEP_COLUMNS = COLUMNS[:2]
 
 
-def markdown_table(groups: dict[str, list[Run]]) -> str:
-    lines = ["| Model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
-    for name, runs in groups.items():
-        label = name.replace("|", "\\|") + (f" (n={len(runs)})" if len(runs) > 1 else "")
-        cells = [fmt([run.metrics[key] for run in runs]) for key, fmt in COLUMNS.values()]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+def markdown_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
+    header = ["Model", "Label fraction", "n", *(column.header for column in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for group in groups:
+        cells = [group.name.replace("|", "\\|"), f"{group.fraction:g}", str(len(group.runs))]
+        lines.append("| " + " | ".join(cells + [column.cell(group) for column in columns]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(groups: dict[str, list[Run]]) -> str:
-    """The table's numbers unformatted: mean and std per metric (std empty for a single run)."""
+def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
+    """The table's numbers unformatted: mean and std per metric (std empty below two values, both without any)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    keys = [key for key, _ in COLUMNS.values()]
-    writer.writerow(["model", "n"] + [f"{key}_{stat}" for key in keys for stat in ("mean", "std")])
-    for name, runs in groups.items():
-        row: list[Any] = [name, len(runs)]
-        for key in keys:
-            mean, std = mean_std([run.metrics[key] for run in runs])
-            row += [mean, std if len(runs) > 1 else ""]
+    stats = [f"{column.key}_{stat}" for column in columns for stat in ("mean", "std")]
+    writer.writerow(["model", "kind", "label_fraction", "n", *stats])
+    for group in groups:
+        row: list[Any] = [group.name, group.kind, group.fraction, len(group.runs)]
+        for column in columns:
+            values = group.values(column.key)
+            mean, std = mean_std(values) if values else ("", "")
+            row += [mean, std if len(values) > 1 else ""]
         writer.writerow(row)
     return buf.getvalue()
-
-
-def results_markdown(groups: dict[str, list[Run]], figures: dict[str, list[str]]) -> str:
-    parts = [
-        "# Results\n",
-        markdown_table(groups),
-        "Test metrics of each run's best checkpoint (by validation accuracy). Rows with n > 1 show "
-        "mean ± sample std over the n runs sharing that model name (e.g. seeds).\n",
-        "## Validation curves\n",
-        "\n".join(f"![{Path(f).stem}]({f})" for f in VAL_PLOTS) + "\n",
-    ]
-    for name, files in figures.items():
-        parts += [f"## {name}\n", " ".join(f"![{Path(f).stem}]({f})" for f in files) + "\n"]
-    parts += ["## Runs\n", "".join(f"- {run.name}: `{run.dir}`\n" for runs in groups.values() for run in runs)]
-    return "\n".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# Sweep results: one row per (model, label fraction)
-
-
-def label_fraction(run: Run) -> float:
-    return float(run.metrics.get("label_fraction", 1.0))  # a metrics.json without it: every label
-
-
-def group_by_fraction(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
-    """(run name, label fraction) -> its runs (seeds); models keep first-seen order, fractions ascend."""
-    return {
-        (name, fraction): [run for run in group if label_fraction(run) == fraction]
-        for name, group in group_by_name(runs).items()
-        for fraction in sorted({label_fraction(run) for run in group})
-    }
-
-
-def sweep_markdown(cells: dict[tuple[str, float], list[Run]], figure: str | None) -> str:
-    lines = ["| Model | Label fraction | n | " + " | ".join(SWEEP_COLUMNS) + " |", "|---|---:|---:|" + "---:|" * len(SWEEP_COLUMNS)]
-    for (name, fraction), runs in cells.items():
-        values = [COLUMNS[column][1]([run.metrics[COLUMNS[column][0]] for run in runs]) for column in SWEEP_COLUMNS]
-        label = name.replace("|", "\\|")
-        lines.append(f"| {label} | {fraction:g} | {len(runs)} | " + " | ".join(values) + " |")
-    parts = [
-        "# Sweep results\n",
-        "\n".join(lines) + "\n",
-        "Test metrics of each job's best checkpoint (by validation accuracy): mean ± sample std over the n "
-        "jobs (seeds) that share a model and a label fraction (`data.label_fraction`).\n",
-    ]
-    if figure:
-        parts += ["## Label efficiency\n", f"![label efficiency]({figure})\n"]
-    return "\n".join(parts)
-
-
-def sweep_csv(cells: dict[tuple[str, float], list[Run]]) -> str:
-    """The sweep table unformatted: mean and std per metric (std empty for a single run)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    keys = [COLUMNS[column][0] for column in SWEEP_COLUMNS]
-    writer.writerow(["model", "label_fraction", "n"] + [f"{key}_{stat}" for key in keys for stat in ("mean", "std")])
-    for (name, fraction), runs in cells.items():
-        row: list[Any] = [name, fraction, len(runs)]
-        for key in keys:
-            mean, std = mean_std([run.metrics[key] for run in runs])
-            row += [mean, std if len(runs) > 1 else ""]
-        writer.writerow(row)
-    return buf.getvalue()
-
-
-def write_sweep_results(runs: list[Run], sweep_dir: Path, report_dir: Path) -> Path:
-    """sweep_results.md/.csv in sweep_dir; label_efficiency.png in report_dir when fractions differ."""
-    cells = group_by_fraction(runs)
-    figure = None
-    if len({fraction for _, fraction in cells}) > 1:
-        save_png(label_efficiency_figure(cells), report_dir / LABEL_EFFICIENCY_PNG)
-        figure = os.path.relpath(report_dir / LABEL_EFFICIENCY_PNG, sweep_dir)
-    atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.csv", sweep_csv(cells))
-    return atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.md", sweep_markdown(cells, figure))
 
 
 # ----------------------------------------------------------------------------------------------
 # Figures
 
 
-def _figure(size: tuple[float, float]) -> Figure:
+def kind_colour(kind: str) -> str:
+    """The kind's fixed colour; an unknown kind gets one chosen by a hash of its name, the same every time."""
+    kind = kind.lower()
+    return KIND_COLOURS.get(kind) or FALLBACK_COLOURS[zlib.crc32(kind.encode()) % len(FALLBACK_COLOURS)]
+
+
+def line_styles(kinds: Sequence[str]) -> list[dict[str, str]]:
+    """Plot styles for lines of these kinds: the kind's colour; lines sharing a kind get other dashes and markers."""
+    seen: Counter[str] = Counter()
+    styles = []
+    for kind in kinds:
+        i = seen[kind]
+        seen[kind] += 1
+        dash, marker = LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]
+        styles.append({"color": kind_colour(kind), "linestyle": dash, "marker": marker})
+    return styles
+
+
+def short_class_names(names: Sequence[str]) -> list[str]:
+    """Labels that fit a matrix cell or a grid title: PathMNIST's abbreviations, else names of up to
+    SHORT_NAME characters as they are, else each name's first word, else the class index."""
+    if all(name in PATHMNIST_ABBREVIATIONS for name in names):
+        return [PATHMNIST_ABBREVIATIONS[name] for name in names]
+    first_words = [re.split(r"[\s_-]+", name.strip())[0] for name in names]
+    for candidate in (list(names), first_words):
+        if all(0 < len(short) <= SHORT_NAME for short in candidate) and len(set(candidate)) == len(names):
+            return candidate
+    return [str(i) for i in range(len(names))]
+
+
+def class_legend(names: Sequence[str]) -> str:
+    """'ADI = adipose; BACK = background; …' for the short names that differ; '' when none does."""
+    pairs = [f"{short} = {name}" for short, name in zip(short_class_names(names), names) if short != name]
+    # no-break spaces keep each pair on one line when the legend wraps
+    return textwrap.fill("; ".join(pair.replace(" ", "\u00a0") for pair in pairs), 100)
+
+
+def _figure(size: tuple[float, float], legend: str = "") -> Figure:
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
+    if legend:
+        fig.supxlabel(legend, fontsize=7, color="0.25")
     return fig
 
 
-def curves_figure(groups: dict[str, list[Run]], tag: str, ylabel: str, scale: float) -> Figure:
-    """One line per model (mean over its runs, ±std band when there are several)."""
-    fig = _figure((7, 4.5))
+def curves_figure(groups: Sequence[Group], tag: str, ylabel: str, scale: float) -> Figure:
+    """One line per group (mean over its runs, ±std band when there are several).
+
+    An SSL model's val/acc is its online linear probe's (a linear head on detached features), not a
+    fine-tuned network's, and its legend says so.
+    """
+    fig = _figure((6.4, 4.0))
     ax = fig.add_subplot()
+    with_fraction = len({group.fraction for group in groups}) > 1
     last_epoch = 1
-    for name, runs in groups.items():
+    for group, style in zip(groups, line_styles([group.kind for group in groups])):
         by_epoch: dict[int, list[float]] = {}
-        for run in runs:
+        for run in group.runs:
             for epoch, value in run.curves.get(tag, {}).items():
                 by_epoch.setdefault(epoch, []).append(value * scale)
         if not by_epoch:
@@ -295,104 +538,136 @@ def curves_figure(groups: dict[str, list[Run]], tag: str, ylabel: str, scale: fl
         epochs = sorted(by_epoch)
         last_epoch = max(last_epoch, epochs[-1])
         mean, std = np.array([mean_std(by_epoch[e]) for e in epochs]).T
-        label = name + (f" (n={len(runs)})" if len(runs) > 1 else "")
-        (line,) = ax.plot(epochs, mean, marker="o", markersize=4, label=label)
-        if len(runs) > 1:
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        label = group.label(with_fraction) + (f" (n={len(group.runs)})" if len(group.runs) > 1 else "")
+        if tag == ACC_TAG and group.kind in SSL_KINDS:
+            label += " — online linear probe"
+        ax.plot(epochs, mean, markersize=4, label=label, **style)
+        if len(group.runs) > 1:
+            ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, last_epoch + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend()
+        ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, f"no {tag} in the runs' TensorBoard logs", ha="center", transform=ax.transAxes)
     return fig
 
 
-def label_efficiency_figure(cells: dict[tuple[str, float], list[Run]]) -> Figure:
-    """Test accuracy against label fraction (log x): one line per model, error bars = std over seeds."""
-    fig = _figure((7, 4.5))
+def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
+    """Test accuracy against labels per class (log x): one line per model name run at several label
+    fractions, error bars = std over seeds, a dotted chance line at 1 / number of classes. None when no
+    model was run at several fractions.
+
+    x is metrics.json's `train_labels_per_class` (labelled training images per class: label fraction ×
+    training-set size / classes) when every plotted run has it. Runs from before that key lack it; then x
+    is the label fraction and the axis is labelled "label fraction".
+    """
+    lines = {name: [g for g in groups if g.name == name] for name in dict.fromkeys(g.name for g in groups)}
+    lines = {name: line for name, line in lines.items() if len(line) > 1}
+    if not lines:
+        return None
+    per_class = all("train_labels_per_class" in run.metrics for line in lines.values() for g in line for run in g.runs)
+
+    def x(group: Group) -> float:
+        return float(np.mean(group.values("train_labels_per_class"))) if per_class else group.fraction
+
+    fig = _figure((6.4, 4.0))
     ax = fig.add_subplot()
-    for name in dict.fromkeys(name for name, _ in cells):
-        fractions = [fraction for n, fraction in cells if n == name]
-        stats = np.array([mean_std([run.metrics["test_acc"] * 100 for run in cells[name, f]]) for f in fractions])
-        seeds = sorted({len(cells[name, f]) for f in fractions})
+    for (name, line), style in zip(lines.items(), line_styles([line[0].kind for line in lines.values()])):
+        stats = np.array([mean_std([100 * run.metrics["test_acc"] for run in g.runs]) for g in line])
+        seeds = sorted({len(g.runs) for g in line})
         label = name + (f" (n={'/'.join(map(str, seeds))})" if seeds != [1] else "")
-        ax.errorbar(fractions, stats[:, 0], yerr=stats[:, 1], marker="o", markersize=5, capsize=4, label=label)
-    all_fractions = sorted({fraction for _, fraction in cells})
+        ax.errorbar([x(g) for g in line], stats[:, 0], yerr=stats[:, 1], markersize=5, capsize=3, label=label, **style)
+    classes = len(next(iter(lines.values()))[0].class_names)
+    ax.axhline(100 / classes, color="0.4", linestyle=(0, (1, 2)), linewidth=1.2, label=f"chance (1/{classes})")
+    ticks = sorted({x(g) for line in lines.values() for g in line})
     ax.set_xscale("log")
-    ax.set_xticks(all_fractions, [f"{f:g}" for f in all_fractions])
+    ax.set_xticks(ticks, [(f"{t:.0f}" if t >= 10 else f"{t:.2g}") if per_class else percent(t) for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("label fraction (share of training labels, log scale)")
+    ax.set_xlabel(f"{'labels per class' if per_class else 'label fraction'} (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Label efficiency: mean ± std over seeds", fontsize=11)
+    ax.set_ylim(0, 100)
+    ax.set_title("Label efficiency: mean ± std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return fig
 
 
-def examples_figure(run: Run, title: str) -> Figure:
-    """A grid of test images titled predicted / ground truth; wrong predictions in red."""
-    with np.load(run.dir / "test_examples.npz", allow_pickle=False) as examples:
-        images = examples["images"][: GRID * GRID]
-        labels = examples["labels"][: GRID * GRID]
-        probs = examples["probs"][: GRID * GRID]
-    names = run.class_names
-    fig = _figure((8.5, 9.5))
-    fig.suptitle(f"{title}\npredicted (probability) / ground truth; red = wrong", fontsize=11)
-    for ax, image, label, prob in zip(fig.subplots(GRID, GRID).flat, images, labels, probs):
+def examples_figure(run: Run) -> Figure:
+    """A grid of test images titled predicted (probability) / true class; wrong predictions framed in red."""
+    short = short_class_names(run.class_names)
+    fig = _figure((6.4, 7.0), class_legend(run.class_names))
+    fig.suptitle(f"{run.title}\npredicted (probability) / true class; red = wrong", fontsize=10)
+    for ax, image, label, prob in zip(fig.subplots(GRID, GRID).flat, *run.examples):
         pred = int(prob.argmax())
-        colour = "black" if pred == label else "red"
+        colour = "black" if pred == label else "#C00000"
         ax.imshow(image, interpolation="nearest")  # uint8 RGB as saved; nearest keeps pixels sharp
-        text = f"{names[pred]} ({prob[pred]:.0%}) / {names[int(label)]}"
-        ax.set_title(textwrap.fill(text, 34), fontsize=9, color=colour)
+        ax.set_title(f"{short[pred]} ({prob[pred]:.0%}) / {short[int(label)]}", fontsize=9, color=colour)
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_color(colour)
-            spine.set_linewidth(4 if pred != label else 0.5)
-    for ax in fig.axes[len(images) :]:
+            spine.set_linewidth(3 if pred != label else 0.5)
+    for ax in fig.axes[len(run.examples.images) :]:
         ax.axis("off")
     return fig
 
 
-def confusion_figure(runs: list[Run], title: str) -> Figure:
-    """Row-normalised confusion matrix (each row: where one true class went), pooled over runs."""
+def confusion_figure(runs: Sequence[Run], title: str) -> Figure:
+    """Confusion matrix pooled over runs: each cell the count and its row rate (where one true class went)."""
     names = runs[0].class_names
-    counts = np.zeros((len(names), len(names)))
+    short = short_class_names(names)
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
     for run in runs:
         np.add.at(counts, (run.labels, run.preds), 1)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure((8, 7))
+    totals = counts.sum(axis=1)
+    rates = counts / np.maximum(totals[:, None], 1)
+    side = min(3 + 0.3 * len(names), 10)
+    fig = _figure((side + 1, side), class_legend(names))
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fontsize = 7 if len(names) <= 12 else 5
     for (i, j), rate in np.ndenumerate(rates):
-        ax.text(j, i, f"{rate:.2f}", ha="center", va="center", fontsize=8, color="white" if rate > 0.5 else "black")
-    ticks = range(len(names))
-    wrapped = [textwrap.fill(n, 20) for n in names]
-    ax.set_xticks(ticks, wrapped, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
-    ax.set_yticks(ticks, wrapped, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    ax.set_title(f"{title}\n{int(counts.sum())} test images, rows sum to 1", fontsize=11)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+        if counts[i, j]:  # a zero stays blank, so the confusions stand out
+            colour = "white" if rate > 0.5 else "black"
+            ax.text(j, i, f"{counts[i, j]}\n{rate:.0%}", ha="center", va="center", fontsize=fontsize, color=colour)
+    ax.set_xticks(range(len(names)), short, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_yticks(range(len(names)), [f"{s} ({t})" for s, t in zip(short, totals)], fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (test images)")
+    what = "test images" if len(runs) == 1 else f"predictions of {len(runs)} runs"
+    ax.set_title(f"{title}\naccuracy {np.trace(counts) / counts.sum():.2%} · {counts.sum()} {what}", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="row rate")
     return fig
 
 
-def save_png(fig: Figure, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str], dpi: int) -> None:
+    """stem.<format> for each format, each written atomically."""
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi)
+        atomic_write_bytes(stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue())
 
 
-def log_figures(run: Run, figures: dict[str, Figure]) -> None:
-    """Into the run's own TensorBoard (Images tab), next to its training curves."""
-    writer = SummaryWriter(log_dir=str(run.dir / "tb"))
+def _embed(stem: str, formats: Sequence[str]) -> str:
+    """Markdown showing a figure: PNG or SVG inline, else a link to the PDF."""
+    shown = next((fmt for fmt in ("png", "svg") if fmt in formats), None)
+    name = Path(stem).name
+    return f"![{name}]({stem}.{shown})" if shown else f"[{name} (PDF)]({stem}.pdf)"
+
+
+def log_figures(run: Run, log_dir: Path) -> None:
+    """The run's example grid and confusion matrix as TensorBoard images (Images tab) in log_dir."""
+    writer = SummaryWriter(log_dir=str(log_dir))
     try:
+        figures = {"report/qualitative": examples_figure(run), "report/confusion": confusion_figure([run], run.title)}
         for tag, fig in figures.items():
-            writer.add_figure(tag, fig, global_step=run.metrics.get("epochs"), close=False)
+            fig.canvas.draw()
+            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+            writer.add_image(tag, pixels, global_step=run.metrics["epochs"], dataformats="HWC")
     finally:
         writer.close()
 
@@ -401,31 +676,176 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def group_stems(groups: Sequence[Group]) -> list[str]:
+    """A unique file stem per group: its name, plus the label fraction when the name has several."""
+    fractions = Counter(group.name for group in groups)
+    stems: list[str] = []
+    for group in groups:
+        stem = slug(group.name) + (f"_{group.fraction * 100:g}pct" if fractions[group.name] > 1 else "")
+        stems.append(stem if stem not in stems else f"{stem}_{len(stems)}")
+    return stems
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: options, staging dirs, markdown
+
+
+def check_figure_options(formats: str | Sequence[str], dpi: int) -> tuple[str, ...]:
+    """The formats as a tuple ("png,pdf" or ["png", "pdf"]), after checking them and dpi."""
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    chosen = tuple(dict.fromkeys(fmt.strip().lower().lstrip(".") for fmt in formats if fmt.strip()))
+    if not chosen or not set(chosen) <= set(FORMATS):
+        raise UserError(
+            f"figure formats {','.join(formats)!r} are not all known: choose one or more of {', '.join(FORMATS)}, "
+            "comma-separated (--formats png,pdf)."
+        )
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 1200:
+        raise UserError(f"dpi {dpi!r} is out of range: pass a whole number from 10 to 1200 (150 screen, 300 print).")
+    return chosen
+
+
+def _staging_dir(dest: Path, fix: str) -> Path:
+    """An empty dir beside dest (so on its filesystem, to be renamed onto it), created with the umask's mode."""
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} is a file, so no report dir can be written there. {fix}")
+    staged = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        staged.mkdir(parents=True)
+    except OSError as err:
+        raise UserError(f"cannot write {dest} ({err.strerror or err}). {fix}") from None
+    return staged
+
+
+def _replace_dir(staged: Path, dest: Path) -> None:
+    """Rename staged to dest. An old dest is moved aside first and deleted once staged is in place; if
+    another process puts its own dest there in between (two reports of one run), it is replaced in turn."""
+    aside = staged.with_name(staged.name + ".old")
+    for _ in range(5):
+        shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            dest.rename(aside)
+        try:
+            staged.rename(dest)
+        except OSError:
+            if dest.exists():
+                continue
+            with contextlib.suppress(OSError):
+                aside.rename(dest)  # put the old one back
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise UserError(f"{dest} kept being replaced by another process while this report was written; run it again.")
+
+
+def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: bool, formats: Sequence[str]) -> str:
+    with_fraction = len({group.fraction for group in groups}) > 1
+    parts = [
+        "# Results\n",
+        markdown_table(groups, COLUMNS),
+        "Test metrics of each run's best checkpoint (by validation accuracy). A row pools the n runs (seeds) "
+        "that share a model name and a label fraction: mean ± sample std. Val kNN accuracy: weighted k-nearest-"
+        "neighbour classification of validation images by the SSL backbone's features (— for other models). "
+        "Wall time: training and testing, in minutes.\n",
+    ]
+    absent = sorted({name for g in groups for run in g.runs for name in run.metrics.get("absent_classes", [])})
+    if absent:
+        parts.append(f"Absent from the test split of some runs: {', '.join(absent)} (empty confusion-matrix rows).\n")
+    parts += ["## Validation curves\n", " ".join(_embed(stem, formats) for stem in VAL_PLOTS) + "\n"]
+    if any(group.kind in SSL_KINDS for group in groups):
+        parts.append("An SSL model's validation accuracy is that of its online linear probe.\n")
+    if efficiency:
+        parts += ["## Label efficiency\n", _embed(LABEL_EFFICIENCY, formats) + "\n"]
+    for group, stem in zip(groups, stems):
+        figures = (_embed(f"{kind}_{stem}", formats) for kind in ("qualitative", "confusion"))
+        parts += [f"## {group.label(with_fraction)}\n", " ".join(figures) + "\n"]
+    runs = [f"- {run.title}: `{run.dir}`\n" for group in groups for run in group.runs]
+    return "\n".join([*parts, "## Runs\n", "".join(runs)])
+
+
+def _render_report(groups: Sequence[Group], out: Path, formats: Sequence[str], dpi: int) -> None:
+    for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
+        save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
+    efficiency = label_efficiency_figure(groups)
+    if efficiency is not None:
+        save_figure(efficiency, out / LABEL_EFFICIENCY, formats, dpi)
+    stems = group_stems(groups)
+    for group, stem in zip(groups, stems):
+        save_figure(examples_figure(group.runs[0]), out / f"qualitative_{stem}", formats, dpi)
+        save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
+    atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS))
+    atomic_write_text(out / "results.md", results_markdown(groups, stems, efficiency is not None, formats))
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry points
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: Path) -> Path:
-    """Write the report for these runs (dirs are expanded as by find_run_dirs); returns results.md."""
-    groups = group_by_name([load_run(d) for d in find_run_dirs(run_dirs)])
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    formats: str | Sequence[str] = ("png",),
+    dpi: int = 150,
+    tensorboard: bool = True,
+) -> Path:
+    """Write the report for these runs (dirs are expanded as by find_run_dirs); returns results.md.
+
+    With tensorboard, each run's tb/report/ is rewritten with its example grid and confusion matrix, so
+    TensorBoard shows one image per tag however often the report is rebuilt. Every dir is filled beside
+    its destination and renamed into place only once all are complete.
+    """
+    formats = check_figure_options(formats, dpi)
+    groups = group_runs([load_run(d) for d in find_run_dirs(run_dirs)])
     out_dir = Path(out_dir)
-    for filename, (tag, ylabel, scale) in VAL_PLOTS.items():
-        save_png(curves_figure(groups, tag, ylabel, scale), out_dir / filename)
-    figures: dict[str, list[str]] = {}
-    for name, runs in groups.items():
-        files = [f"qualitative_{slug(name)}.png", f"confusion_{slug(name)}.png"]
-        pooled = f"{name}, {len(runs)} runs pooled" if len(runs) > 1 else runs[0].title
-        save_png(examples_figure(runs[0], runs[0].title), out_dir / files[0])
-        save_png(confusion_figure(runs, pooled), out_dir / files[1])
-        figures[name] = files
-        for run in runs:
-            per_run = {
-                "report/qualitative": examples_figure(run, run.title),
-                "report/confusion": confusion_figure([run], run.title),
-            }
-            log_figures(run, per_run)
-    atomic_write_text(out_dir / "results.csv", csv_table(groups))
-    return atomic_write_text(out_dir / "results.md", results_markdown(groups, figures))
+    staged: dict[Path, Path] = {}  # destination -> temporary dir being filled
+    try:
+        fix = "Pass a writable --out DIR."
+        staged[out_dir] = _staging_dir(out_dir, fix)
+        try:
+            _render_report(groups, staged[out_dir], formats, dpi)
+        except OSError as err:
+            raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
+        if tensorboard:
+            for run in (run for group in groups for run in group.runs):
+                fix = f"Make {run.dir} writable, or leave the TensorBoard images out (--no-tensorboard)."
+                tmp = staged[run.dir / "tb" / TB_REPORT] = _staging_dir(run.dir / "tb" / TB_REPORT, fix)
+                try:
+                    log_figures(run, tmp)
+                except OSError as err:
+                    raise UserError(f"cannot write images in {tmp} ({err.strerror or err}). {fix}") from None
+    except BaseException:
+        for tmp in staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for dest, tmp in reversed(staged.items()):  # the report last: once it is in place, everything is
+        _replace_dir(tmp, dest)
+    return out_dir / "results.md"
+
+
+def write_sweep_results(
+    runs: Sequence[Run], sweep_dir: Path, report_dir: Path, *, formats: str | Sequence[str] = ("png",), dpi: int = 150
+) -> Path:
+    """sweep_results.md/.csv in sweep_dir (test accuracy and AUC per model and label fraction, mean ± std
+    over seeds); the label-efficiency figure in report_dir when a model was run at several fractions."""
+    formats = check_figure_options(formats, dpi)
+    groups = group_runs(runs)
+    figure = label_efficiency_figure(groups)
+    parts = [
+        "# Sweep results\n",
+        markdown_table(groups, SWEEP_COLUMNS),
+        "Test metrics of each job's best checkpoint (by validation accuracy): mean ± sample std over the n "
+        "jobs (seeds) that share a model and a label fraction (`data.label_fraction`).\n",
+    ]
+    try:
+        if figure is not None:
+            save_figure(figure, report_dir / LABEL_EFFICIENCY, formats, dpi)
+            link = os.path.relpath(report_dir / LABEL_EFFICIENCY, sweep_dir)
+            parts += ["## Label efficiency\n", _embed(link, formats) + "\n"]
+        atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.csv", csv_table(groups, SWEEP_COLUMNS))
+        return atomic_write_text(sweep_dir / f"{SWEEP_RESULTS}.md", "\n".join(parts))
+    except OSError as err:
+        raise UserError(f"cannot write in {sweep_dir} ({err.strerror or err}); make it writable.") from None
 
 
 def default_out_dir(run_dirs: Sequence[Path]) -> Path:
@@ -437,15 +857,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="sslpath.report",
         description="Compare finished sslpath runs: results.md/.csv, validation curves, example grids, "
-        "confusion matrices. Every run dir at or below each RUN_DIR is included (a sweep's jobs, a chained "
-        "fine-tune's pretrain/).",
+        "confusion matrices, label efficiency. Every run dir at or below each RUN_DIR is included (a sweep's "
+        "jobs, a chained fine-tune's pretrain/).",
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, help="output dir (default: report/ under the runs' common parent)")
+    parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {','.join(FORMATS)}; default png")
+    parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150; 300 for print)")
+    parser.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write images to each run's tb/report/"
+    )
     args = parser.parse_args(argv)
     with exit_on_user_error("sslpath.report"):
         run_dirs = find_run_dirs(args.run_dirs)
-        results = write_report(run_dirs, args.out or default_out_dir(run_dirs))
+        out = args.out or default_out_dir(run_dirs)
+        results = write_report(run_dirs, out, formats=args.formats, dpi=args.dpi, tensorboard=args.tensorboard)
     print(f"sslpath.report: {len(run_dirs)} run(s) -> {results}")
 
 

@@ -19,7 +19,15 @@ INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM 
 
 @contextlib.contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
-    """Hold the run dir for this process; a second run into it fails at once, naming the first."""
+    """Hold the run dir for this process; a second run into it fails at once, naming the first.
+
+    Under DDP the processes of one run share its dir: rank 0 holds it for all of them.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     check_writable(run_dir, "run dir")
     lock = FileLock(run_dir / LOCK)

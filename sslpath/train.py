@@ -76,6 +76,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "run_name": cfg.run_name,
             "seed": cfg.seed,
             "label_fraction": cfg.data.label_fraction,
+            "train_labels_per_class": datamodule.train_labels_per_class,
             **results.results,
             "best_val_acc": float(trainer.checkpoint_callback.best_model_score or 0) if best else None,
             **({"val_knn_acc": float(knn)} if knn is not None else {}),

@@ -1,6 +1,12 @@
-"""sslpath.report on tiny finished runs: every output, numbers that match the predictions, the CLI."""
+"""sslpath.report on hand-made run dirs: every output, numbers that match the predictions, the figures, the CLI.
+
+The runs are written here as sslpath.train leaves them (fake_run), so no test trains a model.
+"""
+
+from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -8,21 +14,100 @@ import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
-from conftest import compose_cfg, run_cli
+from conftest import run_cli
 from sslpath.errors import UserError
-from sslpath.report import main, write_report
-from sslpath.train import run
+from sslpath.report import (
+    KIND_COLOURS,
+    confusion_figure,
+    curves_figure,
+    examples_figure,
+    group_runs,
+    kind_colour,
+    label_efficiency_figure,
+    load_run,
+    main,
+    short_class_names,
+    write_report,
+)
 
-RUNS = {"baseline_s1": ["model=baseline", "seed=1"], "baseline_s2": ["model=baseline", "seed=2"], "ssl": ["model=ssl"]}
+PATHMNIST = [
+    "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+    "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
+]
+ABBREVIATIONS = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
+
+
+def fake_run(
+    run_dir: Path,
+    *,
+    model: str = "baseline",
+    run_name: str | None = None,
+    seed: int = 0,
+    fraction: float = 1.0,
+    right: int = 60,
+    n: int = 90,
+    classes: list[str] = PATHMNIST,
+    wall_seconds: float = 150.0,
+    epochs: int = 3,
+    **metrics: object,
+) -> Path:
+    """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
+    metrics.json agreeing with them, example images and validation curves in tb/."""
+    labels = np.arange(n) % len(classes)
+    preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
+    probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "model": model, "run_name": run_name or model, "seed": seed, "label_fraction": fraction,
+        "test_loss": 1.0 - right / n, "test_acc": right / n, "test_auc": 0.9, "best_val_acc": 0.7,
+        "per_class_acc": dict.fromkeys(classes, 0.5), "epochs": epochs, "wall_seconds": wall_seconds,
+        "ckpt_path": str(run_dir / "checkpoints" / "best.ckpt"), **metrics,
+    }))
+    rows = ["index,label,pred," + ",".join(f"p_{name}" for name in classes)]
+    rows += [f"{i},{y},{p}," + ",".join(f"{v:.6f}" for v in prob) for i, (y, p, prob) in enumerate(zip(labels, preds, probs))]
+    (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    rng = np.random.default_rng(seed)
+    np.savez(
+        run_dir / "test_examples.npz", index=np.arange(12), images=rng.integers(0, 256, (12, 28, 28, 3), dtype=np.uint8),
+        labels=labels[:12], probs=probs[:12],
+    )
+    writer = SummaryWriter(str(run_dir / "tb"))
+    for epoch in range(epochs):
+        step = 10 * (epoch + 1)
+        writer.add_scalar("epoch", epoch, step)
+        writer.add_scalar("val/acc", 0.3 + 0.1 * epoch + 0.01 * seed, step)
+        writer.add_scalar("val/loss", 2.0 - 0.3 * epoch, step)
+    writer.close()
+    return run_dir
+
+
+def table(results_md: Path) -> list[dict[str, str]]:
+    """The first markdown table of a file, one {column: cell} per row."""
+    lines = [line for line in results_md.read_text().split("\n\n## ")[0].splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(rows[0], row)) for row in rows[2:]]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def nonblank_png(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and len(np.unique(np.asarray(image.convert("L")))) > 10, f"{path.name} looks blank"
+        return image.size
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """Two seeds of the baseline and one SSL run side by side, as in a sweep dir."""
     root = tmp_path_factory.mktemp("sweep")
-    for name, overrides in RUNS.items():
-        run(compose_cfg(root / name, overrides))
+    fake_run(root / "0_baseline", seed=0, right=60, wall_seconds=120.0)
+    fake_run(root / "1_baseline", seed=1, right=72, wall_seconds=180.0)
+    fake_run(root / "2_ssl", model="ssl", right=45, wall_seconds=30.0, val_knn_acc=0.8125)
     return root
 
 
@@ -31,70 +116,221 @@ def report(runs) -> Path:
     return write_report([runs], runs / "report")
 
 
-def table(results_md: Path) -> dict[str, dict[str, str]]:
-    """results.md's markdown table as {model cell: {column: cell}}."""
-    lines = [line for line in results_md.read_text().splitlines() if line.startswith("|")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return {row[0]: dict(zip(rows[0], row)) for row in rows[2:]}
-
-
-def recount(run_dir: Path) -> float:
-    with (run_dir / "test_predictions.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return float(np.mean([row["label"] == row["pred"] for row in rows]))
-
-
 def test_report_writes_every_file(report):
     out = report.parent
     assert report == out / "results.md"
-    names = ["results.csv", "val_accuracy.png", "val_loss.png"]
-    names += [f"{kind}_{model}.png" for kind in ("qualitative", "confusion") for model in ("baseline", "ssl")]
-    for name in names:
-        assert (out / name).is_file(), name
-    for png in out.glob("*.png"):
-        with Image.open(png) as image:
-            assert image.format == "PNG" and image.mode == "RGBA"
-            assert 500 <= image.width <= 1200 and 350 <= image.height <= 1200, (png.name, image.size)
-            assert len(set(image.convert("L").getdata())) > 10, f"{png.name} looks blank"
+    pngs = ["val_accuracy.png", "val_loss.png"]
+    pngs += [f"{kind}_{model}.png" for kind in ("qualitative", "confusion") for model in ("baseline", "ssl")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "results.csv", "results.md"])
+    for name in pngs:
+        width, height = nonblank_png(out / name)
+        assert 700 <= width <= 1400 and 500 <= height <= 1400, (name, width, height)  # 150 dpi
+        assert f"]({name})" in report.read_text()
+    assert not list(out.parent.glob(".report.*")), "staging dirs left behind"
 
 
-def test_accuracy_matches_recount_and_seeds_are_pooled(runs, report):
+def test_table_pools_seeds_in_consistent_units(report):
     rows = table(report)
-    assert list(rows) == ["baseline (n=2)", "ssl"]
-    assert rows["ssl"]["Test accuracy"] == f"{100 * recount(runs / 'ssl'):.2f}%"
-    accs = [recount(runs / name) for name in ("baseline_s1", "baseline_s2")]
-    assert rows["baseline (n=2)"]["Test accuracy"] == f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}%"
-    assert all(" ± " in cell for cell in list(rows["baseline (n=2)"].values())[1:])
-    assert rows["ssl"]["Epochs"] == "1" and rows["ssl"]["Wall time"].endswith(" s")
+    assert [(r["Model"], r["Label fraction"], r["n"]) for r in rows] == [("baseline", "1", "2"), ("ssl", "1", "1")]
+    baseline, ssl = rows
+    accs = [60 / 90, 72 / 90]
+    assert baseline["Test accuracy (%)"] == f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}"
+    assert ssl["Test accuracy (%)"] == "50.00" and ssl["Test AUC"] == "0.9000"
+    assert baseline["Val kNN accuracy (%)"] == "—" and ssl["Val kNN accuracy (%)"] == "81.25"
+    assert baseline["Wall time (min)"] == f"2.5 ± {np.std([2, 3], ddof=1):.1f}" and ssl["Wall time (min)"] == "0.5"
+    assert baseline["Epochs"] == "3 ± 0"
 
-    with (report.parent / "results.csv").open(newline="") as f:
-        numbers = {row["model"]: row for row in csv.DictReader(f)}
+    numbers = {row["model"]: row for row in read_csv(report.parent / "results.csv")}
     assert numbers["baseline"]["n"] == "2" and numbers["ssl"]["n"] == "1" and numbers["ssl"]["test_acc_std"] == ""
-    assert float(numbers["baseline"]["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-6)
-    assert float(numbers["baseline"]["test_acc_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+    assert numbers["ssl"]["kind"] == "ssl" and float(numbers["ssl"]["label_fraction"]) == 1.0
+    assert float(numbers["baseline"]["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
+    assert float(numbers["baseline"]["test_acc_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
+    assert numbers["baseline"]["val_knn_acc_mean"] == "" and float(numbers["ssl"]["val_knn_acc_mean"]) == 0.8125
+    assert float(numbers["baseline"]["wall_seconds_mean"]) == 150.0  # the CSV keeps seconds, unrounded
 
 
-def test_figures_are_logged_to_each_runs_tensorboard(runs, report):
-    for name in RUNS:
-        events = EventAccumulator(str(runs / name / "tb"))
-        events.Reload()
-        assert {"report/qualitative", "report/confusion"} <= set(events.Tags()["images"]), name
+def test_rows_per_model_and_label_fraction(tmp_path):
+    job = 0
+    for model in ("baseline", "finetune"):
+        for fraction, right in ((0.01, 20), (0.1, 40), (1.0, 70)):
+            for seed in (0, 1):
+                fake_run(tmp_path / "sweep" / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right + seed)
+                job += 1
+    results = write_report([tmp_path / "sweep"], tmp_path / "out", tensorboard=False)
+
+    expected = [(m, f) for m in ("baseline", "finetune") for f in ("0.01", "0.1", "1")]
+    assert [(r["Model"], r["Label fraction"]) for r in table(results)] == expected
+    assert all(r["n"] == "2" for r in table(results))
+    cells = read_csv(tmp_path / "out" / "results.csv")
+    assert [(r["model"], float(r["label_fraction"])) for r in cells] == [(m, f) for m in ("baseline", "finetune") for f in (0.01, 0.1, 1.0)]
+    assert float(cells[1]["test_acc_mean"]) == pytest.approx(np.mean([40 / 90, 41 / 90]), abs=1e-12)
+    for model in ("baseline", "finetune"):
+        for pct in ("1pct", "10pct", "100pct"):
+            assert (tmp_path / "out" / f"confusion_{model}_{pct}.png").is_file()
+    text = results.read_text()
+    assert "## baseline, 10% labels\n" in text and "![label_efficiency](label_efficiency.png)" in text
+    nonblank_png(tmp_path / "out" / "label_efficiency.png")
+
+
+def test_confusion_matrix_shows_counts_rates_and_accuracy(runs):
+    baseline = [load_run(runs / "0_baseline"), load_run(runs / "1_baseline")]
+    (group,) = group_runs(baseline)
+    ax = confusion_figure(group.runs, group.title).axes[0]
+    counts = np.zeros((9, 9), dtype=int)
+    for run in group.runs:
+        np.add.at(counts, (run.labels, run.preds), 1)
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert texts[0, 0] == f"{counts[0, 0]}\n{counts[0, 0] / counts[0].sum():.0%}"
+    assert texts[0, 1] == f"{counts[0, 1]}\n{counts[0, 1] / counts[0].sum():.0%}"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ABBREVIATIONS
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == f"ADI ({counts[0].sum()})"
+    title = ax.get_title()
+    assert title.startswith("baseline · 100% labels · seeds 0, 1 (pooled)")
+    assert f"accuracy {np.trace(counts) / counts.sum():.2%}" in title and "180 predictions of 2 runs" in title
+    assert str(runs) not in title and "0_baseline" not in title
+    legend = ax.figure.get_supxlabel().replace("\u00a0", " ").replace("\n", " ")
+    assert "ADI = adipose" in legend and "TUM = colorectal adenocarcinoma epithelium" in legend
+
+
+def test_example_grid_uses_short_names_and_a_legend(runs):
+    run = load_run(runs / "2_ssl")
+    fig = examples_figure(run)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 9 and titles[0] == "ADI (82%) / ADI"
+    assert fig._suptitle.get_text().startswith("ssl · 100% labels · seed 0\n")
+    assert "BACK = background" in fig.get_supxlabel().replace("\u00a0", " ")
+
+
+def test_short_class_names():
+    assert short_class_names(PATHMNIST) == ABBREVIATIONS
+    assert short_class_names(["cat", "dog"]) == ["cat", "dog"]
+    assert short_class_names(["benign tissue sample", "malignant tissue sample"]) == ["benign", "malignant"]
+    assert short_class_names(["tissue type one", "tissue type two"]) == ["0", "1"]
+
+
+def test_fixed_colour_per_model_kind(runs, tmp_path):
+    assert kind_colour("ssl") == kind_colour("SimCLR") == KIND_COLOURS["ssl"]
+    assert len({kind_colour(k) for k in ("baseline", "ssl", "finetune", "probe", "byol", "mocov3", "barlowtwins", "vicreg", "dino")}) == 9
+    assert kind_colour("mystery") == kind_colour("mystery")  # unknown kinds: stable
+
+    fake_run(tmp_path / "a", model="finetune", fraction=0.1, right=30)
+    fake_run(tmp_path / "b", model="finetune", fraction=1.0, right=60)
+    fake_run(tmp_path / "c", model="baseline", fraction=1.0, right=50)
+    groups = group_runs([load_run(tmp_path / d) for d in "abc"])
+    lines = curves_figure(groups, "val/acc", "acc", 100.0).axes[0].lines
+    assert [line.get_color() for line in lines] == [KIND_COLOURS["finetune"]] * 2 + [KIND_COLOURS["baseline"]]
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()  # one kind, two fractions: told apart by dashes
+    (line, *_), *_ = label_efficiency_figure(groups).axes[0].containers
+    assert line.get_color() == KIND_COLOURS["finetune"]
+
+
+def test_ssl_accuracy_curve_is_labelled_online_linear_probe(runs):
+    groups = group_runs([load_run(runs / d) for d in ("0_baseline", "1_baseline", "2_ssl")])
+    ax = curves_figure(groups, "val/acc", "validation accuracy (%)", 100.0).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=2)", "ssl — online linear probe"]
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[1, 30.5], [2, 40.5], [3, 50.5]], atol=1e-4)
+    ax = curves_figure(groups, "val/loss", "validation loss", 1.0).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=2)", "ssl"]
+
+
+@pytest.mark.parametrize("per_class", [True, False])
+def test_label_efficiency_axis_and_chance_line(tmp_path, per_class):
+    for i, (fraction, right) in enumerate(((0.01, 20), (0.1, 40), (1.0, 70))):
+        extra = {"train_labels_per_class": 1000 * fraction} if per_class else {}
+        fake_run(tmp_path / f"{i}", fraction=fraction, right=right, **extra)
+    ax = label_efficiency_figure(group_runs([load_run(tmp_path / f"{i}") for i in range(3)])).axes[0]
+    (line, _, _), = ax.containers
+    xs = [10, 100, 1000] if per_class else [0.01, 0.1, 1.0]
+    np.testing.assert_allclose(line.get_xydata(), np.c_[xs, [100 * 20 / 90, 100 * 40 / 90, 100 * 70 / 90]])
+    assert ax.get_xlabel() == ("labels per class (log scale)" if per_class else "label fraction (log scale)")
+    assert [t.get_text() for t in ax.get_xticklabels()] == (["10", "100", "1000"] if per_class else ["1%", "10%", "100%"])
+    chance = [ln for ln in ax.lines if ln.get_label() == "chance (1/9)"]
+    assert len(chance) == 1 and chance[0].get_ydata()[0] == pytest.approx(100 / 9)
+    assert "chance (1/9)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_one_fraction_per_model_has_no_label_efficiency_figure(runs):
+    assert label_efficiency_figure(group_runs([load_run(runs / "0_baseline")])) is None
+
+
+def test_formats_and_dpi(runs, tmp_path):
+    write_report([runs / "2_ssl"], tmp_path / "hi", formats="png,pdf,svg", dpi=300, tensorboard=False)
+    for stem in ("val_accuracy", "confusion_ssl"):
+        assert (tmp_path / "hi" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in (tmp_path / "hi" / f"{stem}.svg").read_bytes()[:2000]
+    write_report([runs / "2_ssl"], tmp_path / "lo", dpi=150, tensorboard=False)
+    hi, lo = nonblank_png(tmp_path / "hi" / "confusion_ssl.png"), nonblank_png(tmp_path / "lo" / "confusion_ssl.png")
+    assert hi[0] == pytest.approx(2 * lo[0], abs=2) and hi[1] == pytest.approx(2 * lo[1], abs=2)
+    assert not list((tmp_path / "lo").glob("*.pdf"))
+
+    results = write_report([runs / "2_ssl"], tmp_path / "pdf", formats=["pdf"], tensorboard=False)
+    assert "[confusion_ssl (PDF)](confusion_ssl.pdf)" in results.read_text() and not list((tmp_path / "pdf").glob("*.png"))
+    for bad in ({"formats": "png,jpg"}, {"formats": ""}, {"dpi": 0}):
+        with pytest.raises(UserError, match="png, pdf, svg|dpi"):
+            write_report([runs / "2_ssl"], tmp_path / "bad", **{"formats": "png", **bad})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_tensorboard_images_are_replaced_not_duplicated(runs, report, tmp_path):
+    run = runs / "2_ssl"
+    before = sorted((run / "tb").glob("events.*"))
+    write_report([run], tmp_path / "again")
+    write_report([run], tmp_path / "again")
+    (event_file,) = (run / "tb" / "report").iterdir()  # one event file: the last report's
+    assert event_file.name.startswith("events.")
+    events = EventAccumulator(str(run / "tb" / "report"), size_guidance={"images": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"report/qualitative", "report/confusion"}
+    assert all(len(events.Images(tag)) == 1 for tag in events.Tags()["images"])
+    assert sorted((run / "tb").glob("events.*")) == before  # the training curves are left alone
+    assert load_run(run).curves["val/acc"] == pytest.approx({1: 0.3, 2: 0.4, 3: 0.5})
+    assert [p.name for p in (run / "tb").iterdir() if p.is_dir()] == ["report"]
+
+
+def test_existing_report_dir_is_replaced_whole(runs, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "confusion_old_model.png").write_bytes(b"stale")
+    write_report([runs / "2_ssl"], out, tensorboard=False)
+    assert not (out / "confusion_old_model.png").exists() and (out / "confusion_ssl.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_runs_with_different_classes_or_models_are_not_pooled(tmp_path):
+    fake_run(tmp_path / "a", run_name="x")
+    fake_run(tmp_path / "b", run_name="x", classes=["c0", "c1", "c2"])
+    with pytest.raises(UserError, match="runs named 'x' with 100% labels have different classes"):
+        group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "b")])
+    fake_run(tmp_path / "c", run_name="x", model="ssl")
+    with pytest.raises(UserError, match="different model kinds"):
+        group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "c")])
+
+
+def test_other_dataset_gets_index_names_and_a_legend(tmp_path):
+    classes = ["tissue type one", "tissue type two", "tissue type three"]
+    fake_run(tmp_path / "run", classes=classes, right=7, n=12)
+    ax = confusion_figure([load_run(tmp_path / "run")], "t").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    assert "0 = tissue type one" in ax.figure.get_supxlabel().replace("\u00a0", " ")
 
 
 def test_cli_regenerates_the_same_table(runs, report):
     expected = {name: (report.parent / name).read_text() for name in ("results.md", "results.csv")}
+    names = ("0_baseline", "1_baseline", "2_ssl")
     # Run dirs named one by one: the default output is report/ under their common parent.
-    result = run_cli(*(str(runs / name) for name in RUNS), cwd=runs, module="sslpath.report", timeout=120)
+    result = run_cli(*(str(runs / name) for name in names), "--formats", "png,pdf", "--dpi", "100", cwd=runs,
+                     module="sslpath.report", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(runs / "report" / "results.md") in result.stdout
     assert {name: (report.parent / name).read_text() for name in expected} == expected
+    assert (runs / "report" / "confusion_ssl.pdf").is_file()
 
 
 def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
     chain = tmp_path / "chain"  # a chained fine-tune stopped after its SSL stage: only pretrain/ is done
-    shutil.copytree(runs / "ssl", chain / "pretrain")
+    shutil.copytree(runs / "2_ssl", chain / "pretrain")
     results = write_report([chain], tmp_path / "out")
-    assert list(table(results)) == ["ssl"] and (tmp_path / "out" / "confusion_ssl.png").is_file()
+    assert [r["Model"] for r in table(results)] == ["ssl"] and (tmp_path / "out" / "confusion_ssl.png").is_file()
 
     empty = tmp_path / "unfinished"
     (empty / "checkpoints").mkdir(parents=True)

@@ -17,34 +17,16 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, compose_cfg, run_cli
+from test_report import fake_run
 from sslpath.errors import UserError
 from sslpath.hydra_callbacks import SweepReport, job_order
-from sslpath.report import group_by_fraction, label_efficiency_figure, load_run
-from sslpath.train import main, optimized_metric
+from sslpath.report import group_runs, label_efficiency_figure, load_run
+from sslpath.train import check_optimized_metric, main
 
-CLASSES = 3
+CLASSES = ["c0", "c1", "c2"]
 
 # ----------------------------------------------------------------------------------------------
 # Aggregation on hand-made sweep dirs: known numbers in, their mean ± std out
-
-
-def fake_job(job: Path, run_name: str, fraction: float, seed: int, acc: float, auc: float) -> None:
-    """A finished job as sslpath.train leaves it (the files the report reads)."""
-    job.mkdir(parents=True)
-    metrics = {
-        "model": run_name, "run_name": run_name, "seed": seed, "label_fraction": fraction,
-        "test_acc": acc, "test_auc": auc, "test_loss": 1.0, "epochs": 1, "wall_seconds": 1.0,
-    }
-    (job / "metrics.json").write_text(json.dumps(metrics))
-    labels = np.arange(12) % CLASSES
-    rows = ["index,label,pred," + ",".join(f"p_c{c}" for c in range(CLASSES))]
-    rows += [f"{i},{y},{y}," + ",".join("1.0" if c == y else "0.0" for c in range(CLASSES)) for i, y in enumerate(labels)]
-    (job / "test_predictions.csv").write_text("\n".join(rows) + "\n")
-    rng = np.random.default_rng(seed)
-    np.savez(
-        job / "test_examples.npz", index=np.arange(9), images=rng.integers(0, 255, (9, 8, 8, 3), dtype=np.uint8),
-        labels=labels[:9], probs=np.eye(CLASSES)[labels[:9]],
-    )
 
 
 def fake_sweep(root: Path, fractions: tuple[float, ...], seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
@@ -55,8 +37,10 @@ def fake_sweep(root: Path, fractions: tuple[float, ...], seeds: tuple[int, ...] 
     for model in ("baseline", "finetune"):
         for fraction in fractions:
             for seed in seeds:
-                acc, auc = float(rng.uniform(0.2, 0.9)), float(rng.uniform(0.5, 1.0))
-                fake_job(root / f"{job}_{model}", model, fraction, seed, acc, auc)
+                right, auc = int(rng.integers(20, 90)), float(rng.uniform(0.5, 1.0))
+                acc = right / 100  # what the 100 predictions recount to
+                fake_run(root / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right, n=100,
+                         classes=CLASSES, test_auc=auc)
                 numbers.setdefault((model, fraction), []).append((acc, auc))
                 job += 1
     return numbers
@@ -89,27 +73,27 @@ def test_sweep_results_mean_std_per_model_and_label_fraction(tmp_path):
         assert float(row["test_auc_std"]) == pytest.approx(statistics.stdev(aucs), abs=1e-12)
 
     table = markdown_rows(sweep / "sweep_results.md")
-    assert table[0] == ["Model", "Label fraction", "n", "Test accuracy", "Test AUC"]
+    assert table[0] == ["Model", "Label fraction", "n", "Test accuracy (%)", "Test AUC"]
     cells = {(row[0], row[1]): row for row in table[2:]}
     assert list(cells) == [(m, f) for m in ("baseline", "finetune") for f in ("0.01", "0.1", "1")]
     accs = [v[0] for v in numbers["finetune", 0.1]]
     aucs = [v[1] for v in numbers["finetune", 0.1]]
-    acc_cell = f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}%"
+    acc_cell = f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}"
     assert cells["finetune", "0.1"][2:] == ["3", acc_cell, f"{statistics.mean(aucs):.4f} ± {statistics.stdev(aucs):.4f}"]
 
     figure = sweep / "report" / "label_efficiency.png"
     assert "](report/label_efficiency.png)" in (sweep / "sweep_results.md").read_text()
     with Image.open(figure) as image:
-        assert image.format == "PNG" and len(set(image.convert("L").getdata())) > 10
+        assert image.format == "PNG" and len(np.unique(np.asarray(image.convert("L")))) > 10
     assert (sweep / "report" / "results.md").is_file()  # the comparison report is still written
 
 
 def test_label_efficiency_figure_plots_mean_and_std_on_log_x(tmp_path):
     numbers = fake_sweep(tmp_path, (0.01, 0.1, 1.0))
-    cells = group_by_fraction([load_run(job) for job in sorted(tmp_path.iterdir(), key=job_order)])
-    ax = label_efficiency_figure(cells).axes[0]
-    assert ax.get_xscale() == "log"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=3)", "finetune (n=3)"]
+    groups = group_runs([load_run(job) for job in sorted(tmp_path.iterdir(), key=job_order)])
+    ax = label_efficiency_figure(groups).axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "label fraction (log scale)"  # no train_labels_per_class
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["chance (1/3)", "baseline (n=3)", "finetune (n=3)"]
     for container, model in zip(ax.containers, ("baseline", "finetune")):
         line, _, (bars,) = container
         stats = [numbers[model, f] for f in (0.01, 0.1, 1.0)]
@@ -173,7 +157,7 @@ def test_label_efficiency_pretrains_once_per_seed(tmp_path):
 
 
 def test_one_percent_of_the_real_sample_keeps_a_label_per_class(sample_npz):
-    from sslpath.data import stratified_subset
+    from sslpath.data.splits import stratified_subset
 
     with np.load(sample_npz) as data:
         labels = torch.from_numpy(data["train_labels"].reshape(-1).astype(np.int64))
@@ -196,10 +180,10 @@ def test_one_percent_of_the_real_sample_keeps_a_label_per_class(sample_npz):
 ])
 def test_optimized_metric_names_per_model(tmp_path, model, valid):
     for name in valid:
-        assert optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"])) == name
+        check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))  # accepted
     for name in {"val/nope", "val/knn_acc", "test/acc", "train/loss"} - set(valid):
         with pytest.raises(UserError) as err:
-            optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))
+            check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))
         assert f"optimized_metric={name} " in str(err.value) and f"valid names for this model: {', '.join(valid)}." in str(err.value)
 
 

@@ -71,6 +71,13 @@ class ArrayDataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, Split]:
         raise NotImplementedError
 
+    @property
+    def train_labels_per_class(self) -> float:
+        """Labelled training images per class (the label-efficiency plot's x-axis)."""
+        if self.splits is None:
+            raise RuntimeError("setup() must run first")
+        return float((self.splits["train"].labels >= 0).sum()) / self.num_classes
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
