@@ -12,6 +12,8 @@ import collections
 import errno
 import math
 import pickle
+import reprlib
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ torch.serialization.add_safe_globals([collections.Counter])
 SUPERVISED_KINDS = ("baseline", "finetune")
 SSL_KINDS = ("simclr",)
 FORMAT = 2  # version of the metadata schema below
+MAX_DEPTH = 4  # the schema nests a list in a dict; deeper metadata is refused before it can exhaust the stack
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -40,6 +43,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{what}: checkpoint not found: {path}. Check the path (run dirs keep them in checkpoints/).")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load would try anything else as a bare pickle
+        raise _unreadable(what, path, "not a zip archive")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -51,13 +56,17 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         ) from None
     except Exception as err:  # torch raises RuntimeError, OSError, KeyError, EOFError… for non-checkpoints
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(
-            f"{what}: {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}). It may be "
-            "truncated (a run killed while saving) or not a checkpoint at all: pass a .ckpt written by sslpath.train."
-        ) from None
+        raise _unreadable(what, path, f"{type(err).__name__}: {first}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{what}: {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by sslpath.train.")
     return ckpt
+
+
+def _unreadable(what: str, path: Path, reason: str) -> UserError:
+    return UserError(
+        f"{what}: {path} is not a readable PyTorch checkpoint ({reason}). It may be truncated (a run killed "
+        "while saving) or not a checkpoint at all: pass a .ckpt written by sslpath.train."
+    )
 
 
 def check_resumable(path: str | Path, what: str = "ckpt_path") -> None:
@@ -98,17 +107,19 @@ def _refuse(path: Path, problem: str) -> UserError:
     )
 
 
-def _no_code(node: Any, path: Path) -> None:
-    """No `_target_` key and no `${` interpolation anywhere, however deeply nested."""
+def _no_code(node: Any, path: Path, depth: int = 0) -> None:
+    """No `_target_` key and no `${` interpolation anywhere, and no nesting deeper than MAX_DEPTH."""
+    if isinstance(node, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        raise _refuse(path, f"nests values more than {MAX_DEPTH} levels deep")
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "_target_":
                 raise _refuse(path, "names code to instantiate (_target_)")
-            _no_code(key, path)
-            _no_code(value, path)
+            _no_code(key, path, depth + 1)
+            _no_code(value, path, depth + 1)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            _no_code(value, path)
+            _no_code(value, path, depth + 1)
     elif isinstance(node, str) and "${" in node:
         raise _refuse(path, "holds a config interpolation (${…})")
 
@@ -126,14 +137,14 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     names = {f.name for f in fields(Metadata)}
     unknown = sorted(set(map(str, meta)) - names)
     if unknown:
-        raise _refuse(path, f"has unknown keys {unknown}")
+        raise _refuse(path, f"has unknown keys {reprlib.repr(unknown)}")
     missing = sorted(names - {"format"} - set(meta))
     if missing:
         raise _refuse(path, f"lacks {missing} (written by an older sslpath? retrain or re-export it)")
 
     def check(ok: bool, key: str, allowed: str) -> None:
         if not ok:
-            raise _refuse(path, f"has {key}={meta[key]!r}; allowed: {allowed}")
+            raise _refuse(path, f"has {key}={reprlib.repr(meta[key])}; allowed: {allowed}")
 
     def is_int(v: Any, lo: int, hi: int) -> bool:
         return type(v) is int and lo <= v <= hi
@@ -150,13 +161,14 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     check(is_int(meta["num_classes"], 2, 10_000), "num_classes", "an integer from 2 to 10000")
     check(
         isinstance(meta["class_names"], list) and len(meta["class_names"]) == meta["num_classes"]
-        and all(isinstance(n, str) and 0 < len(n) <= 200 for n in meta["class_names"]),
-        "class_names", f"a list of {meta['num_classes']} non-empty strings",
+        and all(isinstance(n, str) and 0 < len(n) <= 200 for n in meta["class_names"])
+        and len(set(meta["class_names"])) == len(meta["class_names"]),
+        "class_names", f"a list of {meta['num_classes']} distinct non-empty strings",
     )
     check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
     check(is_floats(meta["mean"], positive=False), "mean", "3 finite numbers")
     check(is_floats(meta["std"], positive=True), "std", "3 positive numbers")
-    check(meta.get("format", FORMAT) == FORMAT, "format", str(FORMAT))
+    check(is_int(meta.get("format", FORMAT), FORMAT, FORMAT), "format", str(FORMAT))
     return Metadata(**{k: meta[k] for k in names if k in meta})
 
 

@@ -22,18 +22,35 @@ GROUP_OPTIONS = [
 ] + [(f"augment@augment.{slot}", option) for slot in ("train", "ssl") for option in options("augment")]
 
 
+REQUIRED = {"data=folder": ["data.dir=/tiles"]}  # options with a mandatory key
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_and_resolves(tmp_path, group, option):
-    cfg = compose_cfg(tmp_path, [f"{group}={option}"], tiny=False)
+    choice = f"{group}={option}"
+    cfg = compose_cfg(tmp_path, [choice, *REQUIRED.get(choice, [])], tiny=False)
     OmegaConf.resolve(cfg)
-    assert cfg.model._target_.startswith("sslpath.models.")
+    file = CONF / group.split("@")[0] / f"{option}.yaml"
+    own = OmegaConf.load(file)
+    # the option took effect: every key its own file sets (outside `defaults`) is in the composed config
+    node = cfg if "@package _global_" in file.read_text() else OmegaConf.select(cfg, group.split("@")[-1])
+    for key in set(own.keys()) - {"defaults", "hydra"}:
+        assert key in node, (choice, key)
+    if "_target_" in own:
+        assert node._target_ == own._target_
+
+
+MODEL_CLASSES = {"baseline": "Supervised", "finetune": "FineTune", "probe": "FineTune", "simclr": "SimCLR", "ssl": "SimCLR"}
 
 
 @pytest.mark.parametrize("model", options("model"))
 def test_models_instantiate(tmp_path, model):
+    from sslpath.build import build_model
+
     cfg = compose_cfg(tmp_path, [f"model={model}"])
-    module = instantiate(cfg.model, _convert_="all")
-    assert module.head.out_features == 9
+    module = build_model(cfg, num_classes=9)
+    assert type(module).__name__ == MODEL_CLASSES[model] and module.head.out_features == 9
+    assert getattr(module, "freeze_backbone", False) is (model == "probe")
 
 
 @pytest.mark.parametrize("option", options("augment"))

@@ -42,3 +42,18 @@ def test_nt_xent_matches_naive_loop():
 def test_nt_xent_rejects_mismatched_views():
     with pytest.raises(ValueError):
         nt_xent(torch.zeros(3, 4), torch.zeros(2, 4), 0.5)
+
+
+def test_module_equals_function_and_stays_fp32_under_bf16_autocast():
+    from sslpath.losses import NTXentLoss
+
+    gen = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen)
+    expected, _ = nt_xent(z1, z2, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = NTXentLoss(0.2)(z1.bfloat16(), z2.bfloat16())
+    assert got.dtype == torch.float32
+    # bf16 inputs lose precision, but the logits and softmax ran in fp32: close to the fp32 loss
+    assert got.item() == pytest.approx(expected.item(), abs=2e-2)
+    with pytest.raises(ValueError, match="temperature"):
+        NTXentLoss(0.0)

@@ -1,37 +1,44 @@
-"""sslpath.predict on a tiny trained checkpoint: npz and image-folder inputs, bad files, bad arguments."""
+"""sslpath.predict on a tiny trained checkpoint: npz, image-folder and single-image inputs, hostile
+file and class names, bad files and bad arguments."""
+
+from __future__ import annotations
 
 import csv
-import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 from PIL import Image
 
 from conftest import compose_cfg, run_cli
-from sslpath.data import synthetic_splits
-from sslpath.predict import main
-from sslpath.train import run
+from sslpath.augment import BatchTransform
+from sslpath.checkpoints import load_inference_model
+from sslpath.data.preprocess import to_tiles
+from sslpath.data.synthetic import synthetic_splits
+from sslpath.errors import UserError
+from sslpath.predict import predict, spreadsheet_safe
+from sslpath.train import train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    """A tiny baseline run plus its own synthetic data saved as a MedMNIST-format npz."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose_cfg(out, ["model=baseline"])
-    data = cfg.data
-    counts = {"train": data.train_count, "val": data.val_count, "test": data.test_count}
-    splits = synthetic_splits(data.size, data.num_classes, counts, cfg.seed)
-    metrics = run(cfg)
+def tiny_run(out: Path, epochs: int = 3) -> dict:
+    """A tiny baseline run that tells the synthetic classes apart, plus its data saved as a
+    MedMNIST-format npz (the tests of predict, evaluate and checkpoints share it)."""
+    cfg = compose_cfg(out, ["model=baseline", f"trainer.max_epochs={epochs}", "optimizer.lr=0.01"])
+    counts = {split: cfg.data[f"{split}_count"] for split in ("train", "val", "test")}
+    splits = synthetic_splits(cfg.data.size, cfg.data.num_classes, counts, cfg.seed)
+    metrics = train(cfg)
     npz = out / "synthetic.npz"
     np.savez(
         npz,
         **{f"{k}_images": s.images.permute(0, 2, 3, 1).numpy() for k, s in splits.items()},
         **{f"{k}_labels": s.labels.numpy()[:, None] for k, s in splits.items()},
     )
-    with (out / "test_predictions.csv").open(newline="") as f:
-        preds = [int(row["pred"]) for row in csv.DictReader(f)]
-    return {"ckpt": metrics["ckpt_path"], "npz": npz, "splits": splits, "preds": preds}
+    return {"dir": out, "ckpt": Path(metrics["ckpt_path"]), "npz": npz, "splits": splits, "metrics": metrics}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -39,68 +46,175 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def predicted_index(row: dict[str, str]) -> int:
-    return int(row["predicted"].removeprefix("class "))
+def compose_predict(*overrides: str) -> DictConfig:
+    """conf/predict.yaml with these overrides, as `python -m sslpath.predict` composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sslpath.conf", version_base="1.3"):
+        return compose("predict", overrides=list(overrides))
 
 
-def test_npz_predictions_match_the_runs_test_predictions(trained, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    run = tiny_run(tmp_path_factory.mktemp("run"))
+    run["test_predictions"] = read_csv(run["dir"] / "test_predictions.csv")
+    assert len({row["pred"] for row in run["test_predictions"]}) > 3, "the tiny model must tell classes apart"
+    return run
+
+
+def expected_probs(ckpt: Path, tiles: torch.Tensor) -> np.ndarray:
+    """What training's evaluation path gives for uint8 tiles: its transform, then the model."""
+    model, meta = load_inference_model(ckpt)
+    with torch.no_grad():
+        return model(BatchTransform(mean=meta.mean, std=meta.std, channels_last=False)(tiles)).softmax(dim=1).numpy()
+
+
+def probs_of(rows: list[dict[str, str]], columns: list[str]) -> np.ndarray:
+    return np.array([[float(row[c]) for c in columns] for row in rows])
+
+
+def test_npz_predictions_equal_the_runs_test_predictions(trained, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    main([f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "batch_size=10"])
-    rows = read_csv(out)
-    assert list(rows[0]) == ["file", "predicted"] + [f"class {i}" for i in range(9)]
+    predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "batch_size=10", "device=cpu"))
+    rows, names = read_csv(out), [f"class {i}" for i in range(9)]
+    assert list(rows[0]) == ["file", "predicted", *names]
     assert [row["file"] for row in rows] == [f"synthetic.npz:test[{i}]" for i in range(36)]
-    assert [predicted_index(row) for row in rows] == trained["preds"]
-    probs = np.array([[float(row[f"class {i}"]) for i in range(9)] for row in rows])
-    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    run = trained["test_predictions"]
+    assert [row["predicted"] for row in rows] == [names[int(row["pred"])] for row in run]
+    assert np.abs(probs_of(rows, names) - probs_of(run, [f"p_{n}" for n in names])).max() <= 2e-6
     assert "36 images" in capsys.readouterr().out
 
-    main([f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "split=val"])
+    predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "split=val"))
     assert read_csv(out)[-1]["file"] == "synthetic.npz:val[35]"
 
 
-def test_image_folder_of_any_size_skips_corrupt_files(trained, tmp_path):
+def test_image_folder_of_mixed_sizes_skips_corrupt_files_and_leaves_nothing_else(trained, tmp_path):
+    """One CLI run: Hydra must leave no outputs/, .hydra/ or log file, only the predictions."""
     tiles = trained["splits"]["test"].images.permute(0, 2, 3, 1).numpy()
     folder = tmp_path / "tiles"
     (folder / "sub").mkdir(parents=True)
-    Image.fromarray(tiles[0]).save(folder / "a_native.png")  # model size, lossless: must match the npz
-    Image.fromarray(tiles[1]).resize((40, 40), Image.Resampling.NEAREST).save(folder / "b_large.jpg", quality=95)
+    Image.fromarray(tiles[0]).save(folder / "a_native.png")  # model size, lossless: as the npz
+    large = np.array(Image.fromarray(tiles[1]).resize((40, 40), Image.Resampling.NEAREST))
+    Image.fromarray(large).save(folder / "b_large.png")
     Image.fromarray(tiles[2]).resize((31, 23)).convert("RGBA").save(folder / "sub" / "c_wide.tiff")
+    Image.fromarray(tiles[3]).convert("L").save(folder / "d_gray.bmp")
     (folder / "broken.png").write_bytes(b"not an image at all")
-    buf = io.BytesIO()
-    Image.fromarray(tiles[3]).resize((64, 64)).save(buf, format="PNG")
-    (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "truncated.jpg").write_bytes((folder / "a_native.png").read_bytes()[:60])
     (folder / "notes.txt").write_text("not an image suffix: ignored")
 
-    result = run_cli(f"ckpt={trained['ckpt']}", "input=tiles", cwd=tmp_path, module="sslpath.predict", timeout=120)
+    result = run_cli(f"ckpt={trained['ckpt']}", "input=tiles", "device=cpu", cwd=tmp_path, module="sslpath.predict", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "tiles"]
     rows = read_csv(tmp_path / "predictions.csv")
-    assert [row["file"] for row in rows] == ["a_native.png", "b_large.jpg", "sub/c_wide.tiff"]
-    assert predicted_index(rows[0]) == trained["preds"][0]
+    assert [row["file"] for row in rows] == ["a_native.png", "b_large.png", "d_gray.bmp", "sub/c_wide.tiff"]
+    names = [f"class {i}" for i in range(9)]
+    expected = expected_probs(trained["ckpt"], torch.cat([to_tiles(tiles[:1], 16), to_tiles(large[None], 16)]))
+    assert np.abs(probs_of(rows[:2], names) - expected).max() <= 2e-6  # the training resize, not PIL's
+    assert rows[0]["predicted"] == names[int(trained["test_predictions"][0]["pred"])]
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
-    assert len(skipped) == 2 and "broken.png" in skipped[0] and "truncated.png" in skipped[1]
-    assert "3 images" in result.stdout and "2 skipped" in result.stdout and "Traceback" not in result.stderr
+    assert len(skipped) == 2 and "broken.png" in skipped[0] and "truncated.jpg" in skipped[1]
+    assert "4 images" in result.stdout and "2 skipped" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_nothing_readable_exits_2_without_output(trained, tmp_path, capsys):
+def test_nothing_readable_exits_2_and_writes_nothing(trained, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
-    with pytest.raises(SystemExit) as exit_info:
-        main([f"ckpt={trained['ckpt']}", f"input={folder}", f"out={tmp_path / 'p.csv'}"])
-    assert exit_info.value.code == 2 and not (tmp_path / "p.csv").exists()
-    err = capsys.readouterr().err
-    assert "skipped" in err and "broken.jpg" in err and f"no readable images in {folder}" in err
+    result = run_cli(f"ckpt={trained['ckpt']}", f"input={folder}", "out=p.csv", cwd=tmp_path, module="sslpath.predict", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"sslpath.predict: error: no readable images in {folder}") and "nothing was written" in error
+
+
+def test_one_image_file(trained, tmp_path):
+    image = tmp_path / "one.png"
+    Image.fromarray(trained["splits"]["test"].images[5].permute(1, 2, 0).numpy()).save(image)
+    out = predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={image}", f"out={tmp_path / 'o.csv'}"))
+    rows = read_csv(out)
+    assert [row["file"] for row in rows] == ["one.png"]
+    assert rows[0]["predicted"] == f"class {trained['test_predictions'][5]['pred']}"
+
+
+def test_formula_cells_are_escaped(trained, tmp_path):
+    """File names come from the user's disk and class names from the checkpoint: neither may become a formula."""
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["sslpath"]["class_names"] = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", *[f"c{i}" for i in range(5)]]
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(ckpt, hostile)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("=cmd.png", "+a.png", "-b.png", "@c.png", "plain.png"):
+        Image.fromarray(trained["splits"]["test"].images[0].permute(1, 2, 0).numpy()).save(folder / name)
+    out = predict(compose_predict(f"ckpt={hostile}", f"input={folder}", f"out={tmp_path / 'p.csv'}"))
+    with out.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:6] == ["file", "predicted", "'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)"]
+    assert sorted(row[0] for row in rows[1:]) == ["'+a.png", "'-b.png", "'=cmd.png", "'@c.png", "plain.png"]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+    assert [spreadsheet_safe(c) for c in ("\tx", "\rx", "x=1", "0.5")] == ["'\tx", "'\rx", "x=1", "0.5"]
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "make_out, message",
     [
-        (["ckpt=x.ckpt", "input=y", "colour=red"], "unknown argument 'colour=red'; valid keys are ckpt=, input=, out="),
+        (lambda tmp: tmp, "is a folder; pass a file name"),
+        (lambda tmp: tmp / "file.txt" / "p.csv", "which is a file, not a folder"),
+        (lambda tmp: Path("/proc/sslpath-test/p.csv"), "cannot be written: /proc is not writable"),
+    ],
+    ids=["existing-dir", "under-a-file", "unwritable-parent"],
+)
+def test_out_is_checked_before_any_work(make_out, message, tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    cfg = compose_predict("ckpt=missing.ckpt", "input=missing", f"out={make_out(tmp_path)}")
+    with pytest.raises(UserError, match=message) as err:  # out is refused before the missing ckpt is noticed
+        predict(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
         (["input=y"], "missing ckpt="),
+        ([], "missing ckpt=, input="),
+        (["ckpt=x.ckpt", "input=y", "+colour=red"], "unknown setting(s) colour; predict takes ckpt=, input="),
         (["ckpt=x.ckpt", "input=y", "batch_size=0"], "batch_size=0 is not a positive integer"),
+        (["ckpt=x.ckpt", "input=y", "batch_size=abc"], "batch_size=abc is not a positive integer"),
+        (["ckpt=x.ckpt", "input=y", "batch_size=2.5"], "batch_size=2.5 is not a positive integer"),
+        (["ckpt=x.ckpt", "input=y", "batch_size=true"], "batch_size=True is not a positive integer"),
+        (["ckpt=x.ckpt", "input=y", "split=holdout"], "split=holdout is not one of train, val, test"),
+        (["ckpt=x.ckpt", "input=y", "device=tpu"], "device=tpu is not"),
+        (["ckpt=x.ckpt", "input=nowhere"], "input=nowhere does not exist"),
+        (["ckpt=nowhere.ckpt", "input=."], "ckpt: checkpoint not found: nowhere.ckpt"),
     ],
 )
-def test_bad_arguments_list_the_valid_keys(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+def test_bad_arguments_are_one_paragraph(overrides, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        predict(compose_predict(*overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_npz_is_read_through_header_checks(trained, tmp_path):
+    """A forged header declaring a huge split is refused before any allocation; other splits are never read."""
+    forged = tmp_path / "forged.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 16, 16, 3), np.uint8))
+    header["shape"] = (10**9, 512, 512, 3)
+    with np.load(trained["npz"]) as data, zipfile.ZipFile(forged, "w") as zf:
+        with zf.open("test_images.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+        with zf.open("val_images.npy", "w") as f:
+            np.lib.format.write_array(f, data["val_images"])
+    args = [f"ckpt={trained['ckpt']}", f"input={forged}", f"out={tmp_path / 'p.csv'}"]
+    with pytest.raises(UserError, match="declares arrays needing .* GiB"):
+        predict(compose_predict(*args))
+    assert len(read_csv(predict(compose_predict(*args, "split=val")))) == 36
+    with pytest.raises(UserError, match="has no train_images"):
+        predict(compose_predict(*args, "split=train"))
+
+
+def test_help_page_writes_nothing(tmp_path):
+    result = run_cli("--help", cwd=tmp_path, module="sslpath.predict", timeout=120)
+    assert result.returncode == 0 and "ckpt=PATH input=FILE_OR_DIR" in result.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,156 @@
+"""Test a trained checkpoint on a data set, as the training run's test stage did.
+
+    python -m sslpath.evaluate ckpt=PATH [data=OPTION] [data.KEY=VALUE ...] [split=test] [out=DIR]
+                               [device=auto] [report=true]
+
+The model is rebuilt only from the checkpoint's validated metadata and weights; the data comes
+from training's own data configs, resized to the checkpoint's image size and normalised with its
+mean and std. `out` gets what a training run dir holds after testing (metrics.json,
+test_predictions.csv, test_examples.npz, written by the same code), so `sslpath.report` reads it
+like a run, and the run's best checkpoint on the same data gives the run's test accuracy. Heavy
+libraries are imported inside functions so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sslpath.errors import UserError, exit_on_user_error
+
+if TYPE_CHECKING:
+    from sslpath.checkpoints import Metadata
+    from sslpath.data.datamodule import ArrayDataModule
+
+PROG = "sslpath.evaluate"
+USAGE = "python -m sslpath.evaluate ckpt=PATH [data=OPTION] [split=test] [out=DIR] [device=auto] [report=true]"
+
+
+def check_args(cfg: DictConfig) -> tuple[Path, Path]:
+    """The checkpoint and the output folder, after every setting is checked and before any work."""
+    from sslpath.data.splits import SPLITS
+    from sslpath.results import check_writable
+
+    if cfg.get("ckpt") in (None, ""):  # `???`, null or empty
+        raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
+    if cfg.get("split") not in SPLITS:
+        raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
+    if not isinstance(cfg.get("report"), bool):
+        raise UserError(f"report={cfg.get('report')} is not true or false.")
+    if type(cfg.data.get("eval_batch_size")) is not int or cfg.data.eval_batch_size < 1:
+        raise UserError(f"data.eval_batch_size={cfg.data.get('eval_batch_size')} is not a positive integer; use e.g. 1024.")
+    if cfg.get("run_name") is not None and not str(cfg.run_name).strip():
+        raise UserError("run_name is empty; give the report's row a name, or leave it unset for the model kind.")
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    if cfg.out is None:
+        out = Path(cfg.paths.log_dir).expanduser() / "evaluations" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{ckpt.stem}"
+    else:
+        out = Path(str(cfg.out)).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"out={out} already exists and is {'a file' if not out.is_dir() else 'not empty'}; evaluate never mixes its "
+            "results with other files. Pass a new or empty folder, or leave out= unset for a fresh one under "
+            "paths.log_dir/evaluations."
+        )
+    check_writable(out, "out")
+    return ckpt, out
+
+
+def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataModule:
+    """`cfg.data` at the checkpoint's image size and normalisation, without augmentation, its classes
+    checked against the checkpoint's before any data is read."""
+    from hydra.utils import instantiate
+
+    size = meta.image_size if cfg.data.size is None else cfg.data.size
+    if size != meta.image_size:
+        raise UserError(
+            f"data.size={size}, but {ckpt} was trained on {meta.image_size} px tiles. Leave data.size unset: "
+            f"evaluate resizes the data to {meta.image_size} px as training did."
+        )
+    with open_dict(cfg.data):
+        cfg.data.size, cfg.data.mean, cfg.data.std = meta.image_size, list(meta.mean), list(meta.std)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    check_classes(datamodule, meta, ckpt)
+    return datamodule
+
+
+def check_classes(datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> None:
+    """Same class count; same names too, unless the data names none of its own (a custom npz's
+    placeholders `class i`), when the checkpoint's names are used."""
+    from sslpath.data.datamodule import ArrayDataModule
+
+    names = datamodule.class_names
+    placeholders = ArrayDataModule.class_names.fget(datamodule)
+    if datamodule.num_classes != meta.num_classes or names not in (placeholders, meta.class_names):
+        raise UserError(
+            f"{ckpt} classifies {meta.num_classes} classes ({', '.join(meta.class_names)}), but the data has "
+            f"{datamodule.num_classes} ({', '.join(names)}). Evaluate it on data with the classes it was trained "
+            "on (the data= option and data.path of its training run; a custom npz may set data.num_classes)."
+        )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
+    import torch
+
+    from sslpath.checkpoints import load_inference_model
+    from sslpath.devices import resolve_device
+    from sslpath.files import atomic_write_json
+    from sslpath.metrics import classification_results
+    from sslpath.results import class_logits, write_examples, write_predictions
+
+    start = time.perf_counter()
+    ckpt, out = check_args(cfg)
+    device = resolve_device(str(cfg.device))
+    model, meta = load_inference_model(ckpt, "ckpt")
+    model.to(device)
+    datamodule = build_datamodule(cfg, meta, ckpt)
+    datamodule.setup("test")
+    split = datamodule.splits[cfg.split]
+    if len(split) == 0:
+        raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
+    logits = torch.cat(
+        [class_logits(model, datamodule.transform, images, device) for images in split.images.split(cfg.data.eval_batch_size)]
+    )
+    probs = logits.softmax(dim=1).numpy()
+    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
+    write_examples(out, split, probs, seed=cfg.seed)
+    metrics = {
+        "model": meta.kind,
+        "run_name": str(cfg.run_name or meta.kind),
+        "seed": cfg.seed,
+        "label_fraction": cfg.data.label_fraction,
+        **classification_results(logits, split.labels, meta.class_names),
+        "ckpt_path": str(ckpt.resolve()),
+        "evaluated_split": cfg.split,
+        "num_images": len(split),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "epochs": 0,  # an evaluation trains nothing
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
+    if cfg.report:
+        from sslpath.report import write_report  # matplotlib and tensorboard: only when asked for
+
+        write_report([out], out / "report")
+    print(
+        f"{PROG}: test_acc={metrics['test_acc']:.4f} test_auc={metrics['test_auc']} on {len(split)} {cfg.split} "
+        f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
+        flush=True,
+    )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error(PROG):
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
