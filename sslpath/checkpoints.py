@@ -9,7 +9,6 @@ stored in the file.
 from __future__ import annotations
 
 import collections
-import errno
 import math
 import pickle
 import reprlib
@@ -19,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from sslpath import backbones
 from sslpath.errors import UserError
-from sslpath.files import atomic_output
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])
@@ -219,21 +216,3 @@ def load_ssl_backbone(backbone: nn.Module, path: str | Path) -> None:
         )
     state = {k.removeprefix("backbone."): v for k, v in _weights(ckpt, ("backbone.",)).items()}
     _load_state(backbone, state, path, "Use the same model.backbone settings (name, stem) as the SSL run that wrote it.")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temp file and renamed: a kill or a full disk mid-write leaves the
-    previous checkpoint intact, never a truncated one."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        try:
-            with atomic_output(path) as f:
-                torch.save(checkpoint, f)
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(
-                    f"no space left on the device while saving {path}; nothing was overwritten and earlier "
-                    "checkpoints are intact. Free disk space (or point paths.log_dir elsewhere) and resume "
-                    "with ckpt_path=last."
-                ) from None
-            raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None

@@ -40,7 +40,16 @@ def test_unknown_stem_and_too_small_input_are_user_errors():
     with pytest.raises(UserError, match="stem"):
         backbones.resnet18("vgg")
     with pytest.raises(UserError, match="too small"):
-        backbones.check_input_size("imagenet", 28)
+        backbones.check_input_size("resnet18", "imagenet", 28)
+    backbones.check_input_size("tiny", "imagenet", 16)  # the stem only applies to ResNets
+    with pytest.raises(UserError, match="not one of resnet18, tiny"):
+        backbones.build("vgg16")
+
+
+def test_tiny_backbone_is_small_and_shaped_for_tests():
+    net = backbones.build("tiny")
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, net.out_dim)
+    assert sum(p.numel() for p in net.parameters()) < 10_000
 
 
 def test_pretrained_offline_is_a_clear_error(monkeypatch):

@@ -20,7 +20,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli
-from sslpath import checkpoints, train
+from sslpath import checkpoint_io, train
 from sslpath.checkpoints import load_checkpoint
 from sslpath.errors import UserError
 from sslpath.runs import LOCK
@@ -313,7 +313,7 @@ def test_disk_full_while_saving_keeps_nothing_torn(tmp_path, capsys, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoints.torch, "save", full)
+    monkeypatch.setattr(checkpoint_io.torch, "save", full)
     code, err = cli(tmp_path, capsys=capsys)
     assert code == 2 and "no space left" in err and "ckpt_path=last" in err
     assert leftovers(tmp_path / "run") == []

@@ -1,0 +1,32 @@
+"""How checkpoints are written: whole or not at all. Kept apart from `sslpath.checkpoints` (reading)
+so that evaluate and predict never import Lightning."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from sslpath.errors import UserError
+from sslpath.files import atomic_output
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file and renamed: a kill or a full disk mid-write leaves the
+    previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        try:
+            with atomic_output(path) as f:
+                torch.save(checkpoint, f)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"no space left on the device while saving {path}; nothing was overwritten and earlier "
+                    "checkpoints are intact. Free disk space (or point paths.log_dir elsewhere) and resume "
+                    "with ckpt_path=last."
+                ) from None
+            raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None
