@@ -1,27 +1,30 @@
 #!/usr/bin/env python
-"""Training throughput of each model, fed three ways, in one process.
+"""Training throughput (images/s, peak memory) of the supervised baseline and SimCLR, fed three ways.
 
-    (a) compute bound: one ready, normalised float batch already on the device, fed again and
-        again: no data work at all, the most any pipeline could reach;
-    (b) ours: BatchLoader over a uint8 split held on the device, then the model's own
-        `prepare(..., augment=True)` (kornia, batched, on the device): what `sslpath.train` runs;
-    (c) reference: the notebook's recipe: torchvision per-image PIL transforms in a torch
-        DataLoader (for SimCLR one clean and one augmented view), batches copied to the device.
+    (a) compute bound: ready, augmented, normalised float batches on the device (made once by the
+        data module's own `transform.train_views`, then replayed): no data work at all;
+    (b) real pipeline: the data module exactly as training uses it (BatchLoader over uint8 splits,
+        then `on_after_batch_transfer` augments and normalises on the device);
+    (c) reference loader: the notebook's torch DataLoader with per-image PIL + torchvision
+        transforms (`sslpath.augment.reference_transform`), batches copied to the device.
 
-Every mode runs the module's own `training_step` in a real `lightning.Trainer` (forward, loss,
-metrics, logging, backward, optimizer step, precision plugin), so the three differ only in where
-the batch comes from. For (a) and (c) the batch arrives ready, so the module's augmentation and
-normalisation become pass-throughs (see `take_ready_batches`).
+Configs, data modules, models and trainers come from the Hydra config through `sslpath.build`, as
+`python -m sslpath.train` composes them (SimCLR is the SSL stage a chained fine-tune runs), so all
+three modes run the same model, callbacks and precision; only the batches' source differs (with the
+default `--experiment reference`, (b) and (c) also apply the same augmentation recipe). Each
+mode times `--steps` optimizer steps after `--warmup` untimed ones (allocation, cudnn autotuning,
+torch.compile). One dated section per run is appended to docs/benchmarks.md (or --docs).
 
-    python scripts/benchmark.py --backbone cifar
-    python scripts/benchmark.py --backbone reference --ssl-augment reference --write-docs
+    python scripts/benchmark.py                                   # CUDA if present, else CPU
+    python scripts/benchmark.py --device cuda --precision bf16-mixed --compile --stems cifar
+    python scripts/benchmark.py --data synthetic --train-count 89996   # PathMNIST's training shape
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.resources
+import gc
 import itertools
 import logging
 import os
@@ -31,8 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,137 +42,118 @@ import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from sslpath.augment import reference_transform
-from sslpath.backbones import check_input_size
-from sslpath.config import auto_precision
-from sslpath.data import BatchLoader, Split, read_npz, resize_splits, synthetic_splits
+from sslpath.augment import Pipeline, reference_transform
+from sslpath.build import build_datamodule, build_model, build_trainer
+from sslpath.chain import stage_config
+from sslpath.config import auto_precision, register_resolvers
+from sslpath.data.datamodule import ArrayDataModule
+from sslpath.devices import resolve_device
 from sslpath.errors import UserError, exit_on_user_error
-from sslpath.models import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "ssl", "finetune")
-MODES = {"a": "compute bound", "b": "ours", "c": "reference"}
-AUGMENTS = sorted(
-    p.name.removesuffix(".yaml")
-    for p in (importlib.resources.files("sslpath.conf") / "augment").iterdir()
-    if p.name.endswith(".yaml")
-)
-NUM_CLASSES = 9
-
-DOCS_HEADER = """\
-# Training throughput benchmarks
-
-Rows are appended by `python scripts/benchmark.py --write-docs`; nothing here is typed by hand.
-Each row times one model's Lightning training step (forward, loss, metrics, backward, optimizer
-step) fed three ways, in one process, after warm-up steps:
-
-- **(a) compute bound**: one ready, normalised float batch already on the device, fed again and
-  again: no data work, the ceiling for any pipeline.
-- **(b) ours**: `BatchLoader` over the uint8 split held on the device, then the model's own
-  `prepare(..., augment=True)` (kornia, batched on the device), as `sslpath.train` runs it.
-- **(c) reference**: the notebook's pipeline: torchvision per-image PIL transforms
-  (`sslpath.augment.reference_transform`; for ssl one clean and one augmented view) in a torch
-  `DataLoader` (`workers` processes), batches copied to the device.
-
-Throughput counts source images per second; ssl trains on two views of each image. (b) uses the
-augmentation configs named in *settings* (`ssl_aug` for ssl, `train_aug` for baseline and finetune);
-(c) always uses the reference recipe, so `ssl_aug=reference` is the like-for-like comparison.
-Finetune is `FineTune` without a checkpoint (same compute). Peak memory, in MiB, per mode (a/b/c):
-`torch.cuda.max_memory_allocated` on a GPU (only (b) holds the uint8 split there), the process's
-peak RSS (VmHWM, reset before each mode; `getrusage` high-water mark where that is impossible) on a
-CPU.
-
-Targets: **(b)/(a) ≥ 0.90** everywhere (data work hides behind compute) and **(b)/(c) ≥ 5×** for
-ssl on a GPU.
-
-| date | machine | torch | settings | model | (a) img/s | (b) img/s | (c) img/s | (b)/(a) | (b)/(c) | peak MiB a/b/c |
-|---|---|---|---|---|---:|---:|---:|---:|---:|---|
-"""
-
-
-@dataclass
-class Result:
-    model: str
-    img_per_s: dict[str, float] = field(default_factory=dict)  # by mode
-    peak_mib: dict[str, float] = field(default_factory=dict)
-
-    def ratio(self, num: str, den: str) -> float:
-        return self.img_per_s[num] / self.img_per_s[den]
+MODES = {"a": "compute bound", "b": "real pipeline", "c": "reference loader"}
+MODELS = ("baseline", "simclr")
+BACKBONES = ("resnet18", "tiny")
+STEMS = ("cifar", "imagenet", "reference")
+READY_BATCHES = 8  # distinct batches (a) cycles through
+SECTION = "### Benchmark run"
 
 
 # ----------------------------------------------------------------------------------------------
-# Models and data
+# Configs: what `python -m sslpath.train` would run
 
 
-def compose_model_configs(args: argparse.Namespace) -> tuple[dict[str, DictConfig], dict[str, str]]:
-    """Each model's config as `sslpath.train` composes it (same groups, defaults), and the augment choices."""
+def compose_configs(args: argparse.Namespace, device: torch.device, backbone: str, stem: str) -> dict[str, DictConfig]:
+    """The run config of each model; SimCLR's is the SSL stage of a chained `model=finetune`."""
     overrides = [
-        "data=synthetic",
+        *([f"experiment={args.experiment}"] if args.experiment != "none" else []),
+        "trainer=gpu" if device.type == "cuda" else "trainer=cpu",
+        f"trainer.precision={args.precision}",
+        f"model.backbone.name={backbone}",
+        f"model.backbone.stem={stem}",
+        f"model.compile={str(args.compile).lower()}",
         f"data.size={args.size}",
-        f"model.backbone.stem={args.backbone}",
-        f"model.channels_last={str(args.channels_last).lower()}",
+        f"seed={args.seed}",
+        *([f"data.batch_size={args.batch_size}"] if args.batch_size else []),
     ]
-    if args.ssl_augment:
-        overrides.append(f"augment@augment.ssl={args.ssl_augment}")
-    if args.train_augment:
-        overrides.append(f"augment@augment.train={args.train_augment}")
+    if args.data == "synthetic":
+        overrides += ["data=synthetic", "data.val_count=9", "data.test_count=9"]
+    register_resolvers()
     with initialize_config_module("sslpath.conf", version_base="1.3"):
-        cfgs = {
-            name: compose("train", overrides=[f"model={name}", *overrides], return_hydra_config=True)
-            for name in args.models
+        composed = {
+            "baseline": compose("train", overrides=["model=baseline", *overrides]),
+            "simclr": compose("train", overrides=["model=finetune", *overrides]),
         }
-    choices = next(iter(cfgs.values())).hydra.runtime.choices
-    return {name: cfg.model for name, cfg in cfgs.items()}, {
-        "ssl": choices["augment@augment.ssl"],
-        "train": choices["augment@augment.train"],
-    }
+    cfgs = {}
+    for name in args.models:
+        cfg = composed[name]
+        with open_dict(cfg):
+            if args.data != "synthetic":
+                cfg.data.path = str(Path(args.data).expanduser().resolve())
+            else:  # by default one epoch covers every step: no epoch boundary is timed
+                cfg.data.train_count = args.train_count or cfg.data.batch_size * (args.warmup + args.steps + 1)
+            cfg.paths.output_dir = tempfile.gettempdir()  # replaced per measurement
+        cfgs[name] = stage_config(cfg, Path(cfg.paths.output_dir)) if name == "simclr" else cfg
+    return cfgs
 
 
-def build_model(cfg: DictConfig, seed: int) -> Classifier:
-    """A fresh module per measurement, same seed: no mode inherits another's optimizer state."""
-    torch.manual_seed(seed)
-    return instantiate(cfg, _convert_="all")
+def configure_for_timing(cfg: DictConfig, steps: int, out_dir: Path) -> None:
+    """Stop after `steps`, crossing epochs if the data runs out; no validation; files under out_dir.
+
+    The config's callbacks and logger stay (they run in training too), except the progress bar.
+    """
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.trainer.update(
+            max_steps=steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        if cfg.get("callbacks"):
+            cfg.callbacks.pop("progress_bar", None)
 
 
-def load_train_split(args: argparse.Namespace) -> Split:
-    """The training split as one uint8 N×C×H×W tensor: synthetic by default, or a MedMNIST npz."""
-    if args.data is None:
-        # One pass covers every step (+2 for Lightning's prefetch): no epoch boundary in the timing.
-        count = args.batch_size * (args.warmup + args.steps + 2)
-        return synthetic_splits(args.size, NUM_CLASSES, {"train": count, "val": 1, "test": 1}, args.seed)["train"]
-    return resize_splits(read_npz(args.data, NUM_CLASSES), args.size)["train"]
+# ----------------------------------------------------------------------------------------------
+# Batch sources for (a) and (c)
 
 
-class Repeat:
-    """One ready batch, `n` times: the compute-bound loader."""
+class ReadyBatches:
+    """Prepared batches, cycled for `n` steps per epoch: the compute-bound loader."""
 
-    def __init__(self, batch: tuple[torch.Tensor, ...], n: int) -> None:
-        self.batch, self.n = batch, n
+    def __init__(self, batches: list[tuple[torch.Tensor, ...]], n: int) -> None:
+        self.batches, self.n = batches, n
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return itertools.repeat(self.batch, self.n)
+        return itertools.islice(itertools.cycle(self.batches), self.n)
+
+
+def ready_batches(dm: ArrayDataModule, device: torch.device, count: int) -> list[tuple[torch.Tensor, ...]]:
+    """The first `count` training batches, through the data module's own training transform."""
+    transform = dm.transform.to(device)
+    batches = []
+    with torch.no_grad():
+        for images, labels in itertools.islice(dm.train_dataloader(), count):
+            batches.append((*transform.train_views(images.to(device)), labels.to(device)))
+    return batches
 
 
 class PILDataset(Dataset):
-    """MedMNIST-style dataset: a PIL image per item from H×W×C uint8 arrays, then per-image transforms.
+    """The notebook's dataset: a PIL image per item, one torchvision transform per view."""
 
-    Each transform makes one view; an item is (view, [view, ...], label).
-    """
-
-    def __init__(self, split: Split, transforms: Sequence[Callable[[Image.Image], torch.Tensor]]) -> None:
-        self.images = np.ascontiguousarray(split.images.permute(0, 2, 3, 1).cpu().numpy())
-        self.labels = split.labels.cpu().numpy()
-        self.transforms = transforms
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transforms: Sequence[Any]) -> None:
+        self.images = np.ascontiguousarray(images.permute(0, 2, 3, 1).cpu().numpy())  # N×H×W×C, as stored
+        self.labels, self.transforms = labels.cpu().numpy(), transforms
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -180,60 +163,31 @@ class PILDataset(Dataset):
         return (*(t(image) for t in self.transforms), int(self.labels[i]))
 
 
-class Replay(nn.Module):
-    """Stands in for a model's augmentation when the views arrive ready-made.
-
-    Returns the queued views in turn, then its input. SimCLR calls `augment` once per augmented view
-    (with clean_view its first view is the input itself), so given the batch's first view as input
-    and its second view queued, it trains on exactly those two.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queue: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.queue.pop(0) if self.queue else x
-
-
-def take_ready_batches(model: Classifier) -> None:
-    """Make `model` train on batches (view, [second view,] labels) that are augmented and normalised.
-
-    Its augmentation and normalisation become pass-throughs, so `training_step` does the same
-    model work as in (b) minus the data work; Lightning calls the hook once the batch is on the device.
-    """
-    replay = Replay()
-    model.augment, model.normalize = replay, nn.Identity()
-
-    def split_views(batch: Sequence[torch.Tensor], dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        *views, labels = batch
-        replay.queue = list(views[1:])
-        return views[0], labels
-
-    model.on_after_batch_transfer = split_views
-
-
-def reference_loader(split: Split, cfg: DictConfig, ssl: bool, args: argparse.Namespace) -> DataLoader:
-    """The notebook's input pipeline; for SimCLR its first view is clean, its second augmented."""
-    augmented = reference_transform(cfg.mean, cfg.std)
-    clean = T.Compose([T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
-    dataset = PILDataset(split, [clean, augmented] if ssl else [augmented])
+def reference_loader(dm: ArrayDataModule, cfg: DictConfig, workers: int) -> DataLoader:
+    """Same views as (b) (count, clean first view, none when the config augments nothing), each
+    made by the notebook's per-image recipe."""
+    mean, std = list(cfg.data.mean), list(cfg.data.std)
+    clean, augmented = T.Compose([T.ToTensor(), T.Normalize(mean, std)]), reference_transform(mean, std)
+    t = dm.transform
+    no_augment = isinstance(t.augment, Pipeline) and len(t.augment.ops) == 0
+    views = [clean if no_augment or (i == 0 and t.clean_first_view) else augmented for i in range(t.views)]
+    train = dm.splits["train"]
     return DataLoader(
-        dataset,
-        batch_size=args.batch_size,
+        PILDataset(train.images, train.labels, views),
+        batch_size=dm.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
 # ----------------------------------------------------------------------------------------------
-# Timing
+# Timing and memory
 
 
 class StepTimer(L.Callback):
-    """Wall time and images of optimisation steps warmup+1 … warmup+steps, data loading included."""
+    """Wall time and images of optimizer steps warmup+1 … warmup+steps, data loading included."""
 
     def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
         self.warmup, self.steps, self.device = warmup, steps, device
@@ -251,7 +205,7 @@ class StepTimer(L.Callback):
     ) -> None:
         step = trainer.global_step  # optimizer steps done, this one included
         if self.warmup < step <= self.warmup + self.steps:
-            self.images += len(batch[-1])
+            self.images += len(batch[-1])  # source images: the labels, one per image whatever the views
         if step == self.warmup:
             self.start = self._now()
         elif step == self.warmup + self.steps and self.start is not None:
@@ -269,7 +223,7 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak GPU allocation, or peak RSS (since the last reset where Linux allows it)."""
+    """Peak GPU allocation on CUDA; peak RSS (since the last reset where Linux allows it) on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
@@ -282,62 +236,50 @@ def peak_memory_mib(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def time_training(
-    model: Classifier, loader: Any, args: argparse.Namespace, device: torch.device
-) -> tuple[float, float]:
-    """Images/second and peak memory (MiB) of `args.steps` training steps after `args.warmup`."""
-    timer = StepTimer(args.warmup, args.steps, device)
-    with tempfile.TemporaryDirectory() as root:
-        trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            precision=args.precision,
-            max_steps=args.warmup + args.steps,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            benchmark=device.type == "cuda",  # as trainer=gpu
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[timer],
-            default_root_dir=root,
-        )
-        reset_peak_memory(device)
-        trainer.fit(model, train_dataloaders=loader)
-        peak = peak_memory_mib(device)
-    if timer.seconds is None:
-        raise UserError(
-            f"the loader ran out after {trainer.global_step} steps; lower --steps/--warmup or use more data."
-        )
-    return timer.images / timer.seconds, peak
+def measure(
+    cfg: DictConfig, modes: Sequence[str], args: argparse.Namespace, device: torch.device, work: Path
+) -> dict[str, tuple[float, float]]:
+    """(images/s, peak MiB) per mode, each on a fresh model and trainer.
 
-
-def benchmark_model(name: str, cfg: DictConfig, split: Split, args: argparse.Namespace, device: torch.device) -> Result:
-    """(a), (b) and (c) for one model, each on a fresh copy of it.
-
-    Only (b) holds the split on the device, so (a)'s and (c)'s peak memory leave it out.
+    Data is loaded before the peak-memory reset, so the peak is training's: (b) counts its splits
+    (on the device when they fit, as in training), (a) its ready batches, (c) neither.
     """
-    result = Result(name)
-    for mode in MODES:
-        model = build_model(cfg, args.seed).to(device)
-        loader: Any
-        if mode == "a":
-            images, labels = next(iter(BatchLoader(split, args.batch_size, shuffle=True, seed=args.seed)))
-            with torch.no_grad():
-                ready = model.prepare(images.to(device))  # normalised float, channels_last where the model wants it
-            take_ready_batches(model)
-            loader = Repeat((ready, labels.to(device)), args.warmup + args.steps + 2)
-        elif mode == "b":
-            on_device = Split(split.images.to(device), split.labels.to(device))
-            loader = BatchLoader(on_device, args.batch_size, shuffle=True, seed=args.seed)
+    source: ArrayDataModule | None = None  # (a) and (c): the training split, held on the host
+    results = {}
+    for mode in modes:
+        configure_for_timing(cfg, args.warmup + args.steps, work / mode)
+        timer = StepTimer(args.warmup, args.steps, device)
+        trainer = build_trainer(cfg, [timer])
+        if mode == "b":
+            dm = build_datamodule(cfg)
+            dm.trainer = trainer  # what fit() does first: setup() places the splits on its device
+            dm.setup("fit")
+        elif source is None:
+            dm = source = build_datamodule(cfg)
+            source.setup("fit")
         else:
-            take_ready_batches(model)
-            loader = reference_loader(split, cfg, ssl=name == "ssl", args=args)
-        result.img_per_s[mode], result.peak_mib[mode] = time_training(model, loader, args, device)
-        print(f"  {name:<9}({mode}) {MODES[mode]:<14}{result.img_per_s[mode]:10.1f} img/s", flush=True)
-        del model, loader
-    return result
+            dm = source
+        L.seed_everything(cfg.seed, verbose=False)
+        model = build_model(cfg, dm.num_classes)
+        loader: Any = None
+        if mode == "a":
+            loader = ReadyBatches(ready_batches(source, device, READY_BATCHES), args.warmup + args.steps)
+        elif mode == "c":
+            loader = reference_loader(source, cfg, args.workers)
+        reset_peak_memory(device)
+        if mode == "b":
+            trainer.fit(model, datamodule=dm)  # setup() again is a no-op
+        else:
+            trainer.fit(model, train_dataloaders=loader)
+        if timer.seconds is None:
+            raise UserError(f"mode ({mode}) stopped after {trainer.global_step} steps; lower --steps/--warmup.")
+        results[mode] = (timer.images / timer.seconds, peak_memory_mib(device))
+        print(f"  ({mode}) {MODES[mode]:<17}{results[mode][0]:10.1f} img/s  {results[mode][1]:8.0f} MiB", flush=True)
+        del trainer, model, dm, loader
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +287,7 @@ def benchmark_model(name: str, cfg: DictConfig, split: Split, args: argparse.Nam
 
 
 def machine(device: torch.device) -> str:
-    """CPU model and usable cores (the reference pipeline runs there), plus the GPU if one is used."""
+    """CPU model and usable cores (the reference loader runs there), plus the GPU when one is used."""
     cpu = platform.processor() or "unknown CPU"
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -354,116 +296,149 @@ def machine(device: torch.device) -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     desc = f"{cpu}, {cores} cores"
-    return f"{torch.cuda.get_device_name(device)}; {desc}" if device.type == "cuda" else desc
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); {desc}"
+    return desc
 
 
-def settings(args: argparse.Namespace, augments: dict[str, str]) -> str:
-    return " ".join(
-        [
-            f"stem={args.backbone}",
-            f"size={args.size}",
-            f"batch={args.batch_size}",
-            f"steps={args.steps}",
-            f"warmup={args.warmup}",
-            f"precision={args.precision}",
-            f"channels_last={'on' if args.channels_last else 'off'}",
-            f"ssl_aug={augments['ssl']}",
-            f"train_aug={augments['train']}",
-            f"workers={args.workers}",
-            f"threads={torch.get_num_threads()}",
-            f"data={Path(args.data).name if args.data else 'synthetic'}",
-        ]
+def settings(args: argparse.Namespace, cfgs: dict[str, DictConfig]) -> str:
+    cfg = next(iter(cfgs.values()))
+    data = f"synthetic train_count={cfg.data.train_count}" if args.data == "synthetic" else Path(args.data).name
+    return (
+        f"experiment={args.experiment} device={args.device_used} precision={args.precision} "
+        f"compile={'on' if args.compile else 'off'} size={args.size} batch={cfg.data.batch_size} "
+        f"steps={args.steps} warmup={args.warmup} workers(c)={args.workers} threads={torch.get_num_threads()} "
+        f"data={data} channels_last={cfg.data.channels_last} seed={args.seed}"
     )
 
 
-def print_table(results: list[Result]) -> None:
-    head = ("model", "(a) img/s", "(b) img/s", "(c) img/s", "(b)/(a)", "(b)/(c)", "peak MiB a/b/c")
-    print(f"\n{head[0]:<10}" + "".join(f"{h:>11}" for h in head[1:6]) + f"  {head[6]}")
-    for r in results:
-        speeds = "".join(f"{r.img_per_s[m]:11.1f}" for m in MODES)
-        peaks = "/".join(f"{r.peak_mib[m]:.0f}" for m in MODES)
-        print(f"{r.model:<10}{speeds}{r.ratio('b', 'a'):11.2f}{r.ratio('b', 'c'):10.2f}x  {peaks}")
+def table(rows: list[tuple[str, str, str, dict[str, tuple[float, float]]]], modes: Sequence[str]) -> str:
+    head = ["backbone", "stem", "model", *(f"({m}) img/s" for m in modes)]
+    ratios = [(n, d) for n, d in (("b", "a"), ("b", "c")) if n in modes and d in modes]
+    head += [f"({n})/({d})" for n, d in ratios] + [f"peak MiB {'/'.join(modes)}"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(modes) + len(ratios)) + "---|"]
+    for backbone, stem, model, res in rows:
+        cells = [backbone, stem, model, *(f"{res[m][0]:.1f}" for m in modes)]
+        cells += [f"{res[n][0] / res[d][0]:.2f}" for n, d in ratios]
+        cells.append("/".join(f"{res[m][1]:.0f}" for m in modes))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def append_to_docs(path: Path, results: list[Result], device: torch.device, setting: str) -> None:
-    """Append one row per model; the file and its header are created on first use."""
+def append_to_docs(path: Path, section: str) -> None:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(DOCS_HEADER)
+        path.write_text("# Training throughput benchmarks\n\nSections appended by `scripts/benchmark.py`.\n")
     text = path.read_text()
-    date = datetime.date.today().isoformat()
-    rows = [
-        f"| {date} | {machine(device)} | {torch.__version__} | {setting} | {r.model} | "
-        + " | ".join(f"{r.img_per_s[m]:.1f}" for m in MODES)
-        + f" | {r.ratio('b', 'a'):.2f} | {r.ratio('b', 'c'):.2f}x | "
-        + "/".join(f"{r.peak_mib[m]:.0f}" for m in MODES)
-        + " |"
-        for r in results
-    ]
     with path.open("a") as f:
-        f.write(("" if text.endswith("\n") else "\n") + "\n".join(rows) + "\n")
-    print(f"appended {len(rows)} rows to {path}")
+        f.write(("" if text.endswith("\n") else "\n") + "\n" + section + "\n")
+    print(f"appended to {path}")
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
 
 
+def choices(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: use a comma-separated list of {', '.join(allowed)}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=("cifar", "imagenet", "reference"), default="cifar", help="ResNet-18 stem")
-    p.add_argument("--size", type=int, default=28, help="tile size in pixels")
-    p.add_argument("--batch-size", type=int, default=96, help="images per step (96, the notebook's, keeps (c) comparable)")
-    p.add_argument("--steps", type=int, default=50, help="timed steps per model and mode")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (allocation, cudnn tuning, workers)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("auto", "32", "bf16-mixed"), default="auto", help="auto: bf16-mixed on CUDA")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="model.channels_last")
-    p.add_argument("--ssl-augment", choices=AUGMENTS, help="augment.ssl for ssl's (b) (default: the config's)")
-    p.add_argument("--train-augment", choices=AUGMENTS, help="augment.train for the others' (b) (default: the config's)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for (c) (0, the notebook's)")
-    p.add_argument("--data", metavar="NPZ", help="MedMNIST-format npz to use instead of synthetic tiles")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-docs", action="store_true", help="append the results to --docs")
-    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md", help="results table to append to")
+    p.add_argument("--models", type=choices(MODELS), default=list(MODELS), help="baseline,simclr (default both)")
+    p.add_argument("--backbones", type=choices(BACKBONES), default=["resnet18"], help="resnet18,tiny (tiny ignores the stem)")
+    p.add_argument(
+        "--stems", type=choices(STEMS), default=["cifar", "reference"], help="ResNet-18 stems (default cifar,reference)"
+    )
+    p.add_argument("--modes", type=choices(tuple(MODES)), default=list(MODES), help="a,b,c (default all)")
+    p.add_argument(
+        "--experiment",
+        choices=("reference", "simclr", "none"),
+        default="reference",
+        help="recipe composed in (default reference: (b) augments like (c); none: train.yaml's defaults)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="trainer=gpu or trainer=cpu")
+    p.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed"), default="auto", help="auto: bf16-mixed on CUDA")
+    p.add_argument(
+        "--compile", action="store_true", help="model.compile=true: torch.compile the backbone (compilation falls in the warm-up)"
+    )
+    p.add_argument("--size", type=int, default=28, help="data.size: tile size in pixels (default 28)")
+    p.add_argument("--batch-size", type=int, help="data.batch_size (default: the experiment's, 96 for reference)")
+    p.add_argument("--steps", type=int, default=50, help="timed optimizer steps per model and mode (default 50)")
+    p.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps first: allocation, cudnn autotuning, compilation (default 10)"
+    )
+    p.add_argument("--data", default="synthetic", help="synthetic, or a MedMNIST-format PATH.npz (data=pathmnist data.path=PATH)")
+    p.add_argument(
+        "--train-count", type=int, help="synthetic training images (default: enough for warm-up + steps; 89996 = PathMNIST)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of (c) (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--docs",
+        type=Path,
+        default=REPO / "docs" / "benchmarks.md",
+        help="markdown file the section is appended to (default docs/benchmarks.md)",
+    )
+    p.add_argument("--no-docs", action="store_true", help="print the table only")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1 or args.batch_size < 2:
-        p.error("--steps and --warmup must be >= 1 and --batch-size >= 2")
+    args.modes = [m for m in MODES if m in args.modes]  # columns in the order a, b, c
+    if min(args.steps, args.warmup) < 1 or min(args.batch_size or 2, args.train_count or 2) < 2 or args.workers < 0:
+        p.error("--steps and --warmup must be >= 1, --batch-size and --train-count >= 2, --workers >= 0")
     return args
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but torch sees no CUDA GPU; use --device cpu or auto.")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def main(argv: Sequence[str] | None = None) -> list[Result]:
-    args = parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    # Lightning's notes on choices made here on purpose (no val loader, few workers for (c)).
-    for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*"):
+def quiet() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning's notes on choices made here on purpose (no validation, few workers for (c)).
+    for message in (
+        ".*does not have many workers.*",
+        ".*could not find the monitored key.*",
+        ".*LeafSpec.*",
+        ".*max_epochs=-1.*",
+        ".*limit_val_batches=0.*",
+        ".*val_dataloader.*",
+        ".*logging interval.*",
+    ):
         warnings.filterwarnings("ignore", message)
-    with exit_on_user_error("benchmark"):
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = parse_args(argv)
+    quiet()
+    with exit_on_user_error("benchmark.py"):
         device = resolve_device(args.device)
+        args.device_used = device.type
         if args.precision == "auto":
             args.precision = auto_precision() if device.type == "cuda" else "32-true"
-        elif args.precision == "32":
-            args.precision = "32-true"
-        check_input_size(args.backbone, args.size)
-        cfgs, augments = compose_model_configs(args)
-        split = load_train_split(args)
-        setting = settings(args, augments)
-        print(f"{machine(device)} | torch {torch.__version__} | {setting}", flush=True)
-        results = [benchmark_model(name, cfgs[name], split, args, device) for name in args.models]
-    print_table(results)
-    if args.write_docs:
-        append_to_docs(args.docs, results, device, setting)
-    return results
+        if args.data != "synthetic" and not Path(args.data).expanduser().is_file():
+            raise UserError(f"--data {args.data}: no such file; pass a MedMNIST-format .npz or `synthetic`.")
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="sslpath-bench-") as work:
+            for backbone in args.backbones:
+                for stem in args.stems if backbone == "resnet18" else args.stems[:1]:
+                    cfgs = compose_configs(args, device, backbone, stem)
+                    for name, cfg in cfgs.items():
+                        print(f"{backbone} {stem if backbone == 'resnet18' else '-'} {name}:", flush=True)
+                        res = measure(cfg, args.modes, args, device, Path(work) / f"{backbone}-{stem}-{name}")
+                        rows.append((backbone, stem if backbone == "resnet18" else "-", name, res))
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        section = (
+            f"{SECTION} {date} · {machine(device)} · torch {torch.__version__}\n\n"
+            f"Settings: `{settings(args, cfgs)}`\n\n{table(rows, args.modes)}\n"
+        )
+    print("\n" + section)
+    if not args.no_docs:
+        append_to_docs(args.docs, section)
+    return section
 
 
 if __name__ == "__main__":
