@@ -7,8 +7,6 @@ are taken out before the model class is instantiated, so models stay pure.
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -70,8 +68,3 @@ def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, 
     results = TestResults(cfg.paths.output_dir, seed=cfg.seed)
     meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
     return datamodule, model, build_trainer(cfg, [results, meta]), results
-
-
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The whole resolved config, for the loggers' hyperparameter records."""
-    return OmegaConf.to_container(cfg, resolve=True)

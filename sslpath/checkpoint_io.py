@@ -30,3 +30,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "with ckpt_path=last."
                 ) from None
             raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None
+
+
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "MixedPrecision", "hparams_name")
+
+
+def slim_checkpoint(path: str | Path) -> None:
+    """Rewrite a checkpoint without optimiser, scheduler, loop and callback state (atomically)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in TRAINING_STATE:
+        ckpt.pop(key, None)
+    with atomic_output(path) as f:
+        torch.save(ckpt, f)

@@ -27,4 +27,6 @@ def quiet_third_party() -> None:
             logger.addFilter(_DropPrefix(prefix))
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "Directory watcher advancing…" per file
+    # Per-file or per-table chatter: "Directory watcher advancing…", MLflow's database set-up.
+    for name in ("tensorboard", "mlflow.store", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)

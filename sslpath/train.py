@@ -50,9 +50,10 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from sslpath import runs
-    from sslpath.build import build_run, hparams
+    from sslpath.build import build_run
     from sslpath.checkpoints import check_resumable
     from sslpath.files import atomic_write_json, atomic_write_text
+    from sslpath.tracking import log_run_summary
 
     out = Path(cfg.paths.output_dir)
     with runs.claim(out):
@@ -60,10 +61,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         if resume_from:
             check_resumable(resume_from, "resume" if cfg.resume else "ckpt_path")
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("run dir: %s", out.resolve())
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, model, trainer, results = build_run(cfg)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(hparams(cfg))
 
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -88,6 +88,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             **finetune_fields(cfg),
         }
         if trainer.is_global_zero:
+            log_run_summary(trainer.loggers, cfg, metrics)
             atomic_write_json(out / "metrics.json", metrics)
             log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
         return metrics

@@ -159,11 +159,11 @@ def test_resume_from_a_truncated_last_checkpoint_is_a_clear_error(tmp_path, caps
 def test_chained_resume_does_not_pretrain_again(tmp_path, capsys):
     code, _ = cli(tmp_path, "model=finetune", capsys=capsys)
     assert code == 0
-    pre = list((tmp_path / "logs" / "pretrain").glob("*/metrics.json"))
+    pre = list((tmp_path / "run" / "pretrain").glob("*/metrics.json"))
     stamp = pre[0].stat().st_mtime_ns
     code, err = cli(tmp_path, "model=finetune", f"resume={tmp_path}/run", capsys=capsys)
     assert code == 0, err
-    assert pre[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "logs" / "pretrain").glob("*/metrics.json"))) == 1
+    assert pre[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "run" / "pretrain").glob("*/metrics.json"))) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_reference_experiment_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     baseline, finetune = read_metrics(tmp_path / "sweep" / "0_baseline"), read_metrics(tmp_path / "sweep" / "1_finetune")
-    (stage,) = (tmp_path / "logs" / "pretrain").glob("simclr-*/")
+    (stage,) = (tmp_path / "sweep" / "pretrain").glob("simclr-*/")
     assert finetune["pretrained_ckpt"] == read_metrics(stage)["ckpt_path"]
     assert baseline["model"] == "baseline" and finetune["model"] == "finetune"
     results = (tmp_path / "sweep" / "report" / "results.md").read_text()

@@ -144,7 +144,7 @@ def test_label_efficiency_pretrains_once_per_seed(tmp_path):
         f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (stage,) = (tmp_path / "logs" / "pretrain").glob("*/metrics.json")
+    (stage,) = (tmp_path / "sweep" / "pretrain").glob("*/metrics.json")  # the sweep's jobs share it
     ckpt = json.loads(stage.read_text())["ckpt_path"]
     jobs = [json.loads((tmp_path / "sweep" / job / "metrics.json").read_text()) for job in ("0_finetune", "1_finetune")]
     assert [job["label_fraction"] for job in jobs] == [0.5, 1.0]
@@ -232,4 +232,4 @@ def test_wrong_optimized_metric_fails_before_training(tmp_path):
     assert "sslpath.train: error: optimized_metric=val/nope is not a validation metric that FineTune logs" in result.stderr
     assert "valid names for this model: val/acc, val/loss." in result.stderr
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
-    assert not (tmp_path / "logs" / "pretrain").exists()  # not even the SSL stage started
+    assert not (tmp_path / "sweep" / "pretrain").exists()  # not even the SSL stage started

@@ -55,7 +55,7 @@ def test_finetune_chains_from_the_ssl_stage(tmp_path):
     helpers.RECORDED.clear()
     cfg = compose_cfg(tmp_path, ["model=finetune", "+callbacks.record._target_=helpers.RecordBackbone"])
     metrics = train(cfg)
-    (stage,) = (tmp_path / "logs" / "pretrain").glob("simclr-*/")
+    (stage,) = (tmp_path / "pretrain").glob("simclr-*/")  # a run outside log_dir keeps its stage inside
     pre = read_metrics(stage)
     assert metrics["pretrained_ckpt"] == pre["ckpt_path"] and Path(pre["ckpt_path"]).is_file()
     assert pre["model"] == "simclr" and pre["run_name"] == "ssl-pretrain"
@@ -71,12 +71,12 @@ def test_finetune_chains_from_the_ssl_stage(tmp_path):
 
 
 def test_finetunes_share_one_pretraining_per_ssl_settings(tmp_path):
-    logs = f"paths.log_dir={tmp_path}/logs"
-    first = train(compose_cfg(tmp_path / "a", ["model=finetune", logs, "data.label_fraction=0.5"]))
-    second = train(compose_cfg(tmp_path / "b", ["model=probe", logs, "data.label_fraction=1.0"]))
+    shared = f"paths.pretrain_dir={tmp_path}/shared"
+    first = train(compose_cfg(tmp_path / "a", ["model=finetune", shared, "data.label_fraction=0.5"]))
+    second = train(compose_cfg(tmp_path / "b", ["model=probe", shared, "data.label_fraction=1.0"]))
     assert first["pretrained_ckpt"] == second["pretrained_ckpt"]
-    assert len(list((tmp_path / "logs" / "pretrain").glob("*/metrics.json"))) == 1
-    third = train(compose_cfg(tmp_path / "c", ["model=finetune", logs, "pretrain.temperature=0.5"]))
+    assert len(list((tmp_path / "shared").glob("*/metrics.json"))) == 1
+    third = train(compose_cfg(tmp_path / "c", ["model=finetune", shared, "pretrain.temperature=0.5"]))
     assert third["pretrained_ckpt"] != first["pretrained_ckpt"]
 
 
@@ -90,7 +90,7 @@ def test_finetune_from_given_checkpoint_and_linear_probe(tmp_path):
         )
     )
     assert probe["pretrained_ckpt"] == ssl["ckpt_path"] and probe["freeze_backbone"] is True
-    assert not (tmp_path / "probe" / "logs" / "pretrain").exists()
+    assert not (tmp_path / "probe" / "pretrain").exists()
     final = load_checkpoint(probe["ckpt_path"])["state_dict"]
     for key, value in helpers.RECORDED["finetune"].items():
         assert torch.equal(value, final[f"backbone.{key}"]), f"frozen backbone changed: {key}"
@@ -101,6 +101,15 @@ def test_multirun_baseline_and_simclr(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
     assert runs == ["0_baseline", "1_simclr"]
+
+
+def test_a_chain_with_only_hydra_run_dir_writes_nothing_in_the_current_dir(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_cli("model=finetune", *TINY, f"hydra.run.dir={tmp_path}/elsewhere/run", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    assert read_metrics(tmp_path / "elsewhere" / "run")["pretrained_ckpt"].startswith(f"{tmp_path}/elsewhere/run/pretrain/simclr-")
 
 
 def test_fast_dev_run_tests_the_weights_in_memory(tmp_path):
