@@ -27,7 +27,7 @@ from sslpath.errors import UserError
 torch.serialization.add_safe_globals([collections.Counter])
 
 SUPERVISED_KINDS = ("baseline", "finetune")
-SSL_KINDS = ("simclr",)
+SSL_KINDS = ("simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino")
 FORMAT = 2  # version of the metadata schema below
 MAX_DEPTH = 4  # the schema nests a list in a dict; deeper metadata is refused before it can exhaust the stack
 
@@ -153,8 +153,8 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
         )
 
     check(meta["kind"] in SUPERVISED_KINDS + SSL_KINDS, "kind", ", ".join(SUPERVISED_KINDS + SSL_KINDS))
-    check(meta["backbone"] in backbones.NAMES, "backbone", ", ".join(backbones.NAMES))
-    check(meta["stem"] in backbones.STEMS, "stem", ", ".join(backbones.STEMS))
+    check(backbones.is_known(meta["backbone"]), "backbone", backbones.NAMES_HELP)  # a registry name, never code
+    check(meta["stem"] in backbones.stems_for(meta["backbone"]), "stem", ", ".join(backbones.stems_for(meta["backbone"])))
     check(is_int(meta["num_classes"], 2, 10_000), "num_classes", "an integer from 2 to 10000")
     check(
         isinstance(meta["class_names"], list) and len(meta["class_names"]) == meta["num_classes"]
@@ -174,7 +174,7 @@ class InferenceModel(nn.Module):
 
     def __init__(self, meta: Metadata) -> None:
         super().__init__()
-        self.backbone = backbones.build(meta.backbone, meta.stem, pretrained=False)
+        self.backbone = backbones.build(meta.backbone, meta.stem, pretrained=False, image_size=meta.image_size)
         self.head = nn.Linear(self.backbone.out_dim, meta.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

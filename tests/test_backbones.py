@@ -1,10 +1,17 @@
+"""torchvision backbones (ResNet-18/50 with small-tile stems) and the tiny test CNN.
+timm models: tests/test_backbones_timm.py."""
+
 import urllib.error
 
 import pytest
 import torch
 
 from sslpath import backbones
+from sslpath.checkpoints import load_inference_model
 from sslpath.errors import UserError
+from sslpath.train import train
+
+from conftest import compose_cfg, read_metrics
 
 
 def stage_shapes(net, size):
@@ -42,7 +49,7 @@ def test_unknown_stem_and_too_small_input_are_user_errors():
     with pytest.raises(UserError, match="too small"):
         backbones.check_input_size("resnet18", "imagenet", 28)
     backbones.check_input_size("tiny", "imagenet", 16)  # the stem only applies to ResNets
-    with pytest.raises(UserError, match="not one of resnet18, tiny"):
+    with pytest.raises(UserError, match="not one of resnet18, resnet50, tiny, or timm/<name>"):
         backbones.build("vgg16")
 
 
@@ -52,13 +59,14 @@ def test_tiny_backbone_is_small_and_shaped_for_tests():
     assert sum(p.numel() for p in net.parameters()) < 10_000
 
 
-def test_pretrained_offline_is_a_clear_error(monkeypatch):
+@pytest.mark.parametrize("name, file", [("resnet18", "resnet18-f37072fd"), ("resnet50", "resnet50-11ad3fa6")])
+def test_pretrained_offline_is_a_clear_error(monkeypatch, name, file):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(UserError, match=r"pretrained=true .*resnet18-f37072fd\.pth.*pretrained=false"):
-        backbones.resnet18("cifar", pretrained=True)
+    with pytest.raises(UserError, match=rf"pretrained=true .*ImageNet {name} .*{file}\.pth.*pretrained=false"):
+        backbones.build(name, "cifar", pretrained=True)
 
 
 def test_pretrained_loads_cached_weights(monkeypatch):
@@ -67,3 +75,40 @@ def test_pretrained_loads_cached_weights(monkeypatch):
     net = backbones.resnet18("imagenet", pretrained=True)
     assert torch.equal(net.stages[0][0].conv1.weight, reference["layer1.0.conv1.weight"])
     assert torch.equal(net.stem[0].weight, reference["conv1.weight"])
+
+
+def test_resnet50_cifar_stem_gives_2048_features_at_28px():
+    net = backbones.build("resnet50", "cifar").eval()
+    assert net.out_dim == 2048 and net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    assert isinstance(net.stem[-1], torch.nn.Identity)  # no max-pool
+    with torch.no_grad():  # one 28 px image: a ResNet-50 forward at full resolution is slow on 2 CPU cores
+        assert net(torch.zeros(1, 3, 28, 28)).shape == (1, 2048)
+    assert [stage[0].conv2.stride for stage in net.stages] == [(1, 1), (2, 2), (2, 2), (2, 2)]  # 28, 14, 7, 4
+    assert backbones.build("resnet50", "imagenet").stem[0].kernel_size == (7, 7)
+
+
+def test_small_tile_stem_keeps_resnet18_checkpoint_layout():
+    """Checkpoints written before resnet50 existed hold stem.0 (conv) and stem.1 (BN): still the names."""
+    keys = [k for k in backbones.resnet18("cifar").state_dict() if k.startswith("stem.")]
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    assert keys == ["stem.0.weight", *(f"stem.1.{k}" for k in bn)]
+
+
+def test_reference_stem_is_resnet18_only():
+    with pytest.raises(UserError, match="only applies to model.backbone.name=resnet18, not resnet50"):
+        backbones.build("resnet50", "reference")
+    with pytest.raises(UserError, match="only applies to .*resnet18"):
+        backbones.check_input_size("resnet50", "reference", 28)
+    with pytest.raises(UserError, match="too small"):
+        backbones.check_input_size("resnet50", "imagenet", 28)
+    backbones.check_input_size("resnet50", "cifar", 28)
+
+
+@pytest.mark.slow  # ~30 s on 2 CPU cores
+def test_resnet50_trains_end_to_end(tmp_path):
+    sizes = ["data.train_count=48", "data.val_count=24", "data.test_count=24"]  # 16 px tiles, 2 batches of 24, 1 epoch
+    train(compose_cfg(tmp_path, ["model=baseline", "model.backbone.name=resnet50", *sizes]))
+    saved = read_metrics(tmp_path)
+    model, meta = load_inference_model(saved["ckpt_path"])
+    assert (meta.backbone, meta.stem, meta.image_size) == ("resnet50", "cifar", 16)
+    assert model.backbone.out_dim == 2048 and model(torch.zeros(2, 3, 16, 16)).shape == (2, 9)
