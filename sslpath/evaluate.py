@@ -1,19 +1,22 @@
 """Test a trained checkpoint on a data set, as the training run's test stage did.
 
     python -m sslpath.evaluate ckpt=PATH [data=OPTION] [data.KEY=VALUE ...] [split=test] [out=DIR]
-                               [device=auto] [report=true]
+                               [device=auto] [report=true] [corruptions=pathology]
 
 The model is rebuilt only from the checkpoint's validated metadata and weights; the data comes
 from training's own data configs, resized to the checkpoint's image size and normalised with its
 mean and std. `out` gets what a training run dir holds after testing (metrics.json,
 test_predictions.csv, test_examples.npz, written by the same code), so `sslpath.report` reads it
-like a run, and the run's best checkpoint on the same data gives the run's test accuracy. Heavy
-libraries are imported inside functions so `--help` answers at once.
+like a run, and the run's best checkpoint on the same data gives the run's test accuracy. With
+`corruptions=pathology` it also tests the split under MedMNIST-C-style corruptions at five severities
+(sslpath.corruptions) and writes robustness.{json,csv,md,png} beside metrics.json and into report/.
+Heavy libraries are imported inside functions so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +27,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sslpath.errors import UserError, exit_on_user_error
 
 if TYPE_CHECKING:
+    import torch
+
     from sslpath.checkpoints import Metadata
     from sslpath.data.datamodule import ArrayDataModule
+    from sslpath.data.splits import Split
 
 PROG = "sslpath.evaluate"
-USAGE = "python -m sslpath.evaluate ckpt=PATH [data=OPTION] [split=test] [out=DIR] [device=auto] [report=true]"
+Predict = Callable[["torch.Tensor"], "torch.Tensor"]  # uint8 N×3×H×W batch -> CPU logits
+USAGE = (
+    "python -m sslpath.evaluate ckpt=PATH [data=OPTION] [split=test] [out=DIR] [device=auto] [report=true] "
+    "[corruptions=pathology]"
+)
 
 
 def check_args(cfg: DictConfig) -> tuple[Path, Path]:
@@ -94,19 +104,14 @@ def check_classes(datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> No
         )
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
-    import torch
+def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metadata, Split, Predict]:
+    """The checkpoint's metadata, `cfg.split` of `cfg.data` prepared as training did, and the model as a
+    function from a uint8 batch to CPU logits: one path for clean and corrupted images alike."""
+    from functools import partial
 
     from sslpath.checkpoints import load_inference_model
-    from sslpath.devices import resolve_device
-    from sslpath.files import atomic_write_json
-    from sslpath.metrics import classification_results
-    from sslpath.results import class_logits, write_examples, write_predictions
+    from sslpath.results import class_logits
 
-    start = time.perf_counter()
-    ckpt, out = check_args(cfg)
-    device = resolve_device(str(cfg.device))
     model, meta = load_inference_model(ckpt, "ckpt")
     model.to(device)
     datamodule = build_datamodule(cfg, meta, ckpt)
@@ -114,15 +119,37 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = datamodule.splits[cfg.split]
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
-    logits = torch.cat(
-        [class_logits(model, datamodule.transform, images, device) for images in split.images.split(cfg.data.eval_batch_size)]
-    )
+    return meta, split, partial(class_logits, model, datamodule.transform, device=device)
+
+
+def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of a whole split, batch by batch."""
+    import torch
+
+    return torch.cat([predict(batch) for batch in images.split(batch_size)])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
+    from sslpath.corruptions import benchmark, load_suite
+    from sslpath.devices import resolve_device
+    from sslpath.files import atomic_write_json
+    from sslpath.metrics import classification_results
+    from sslpath.results import write_examples, write_predictions
+
+    start = time.perf_counter()
+    ckpt, out = check_args(cfg)
+    suite = load_suite(cfg.get("corruptions"))
+    device = resolve_device(str(cfg.device))
+    meta, split, predict = load_split(cfg, ckpt, device)
+    logits = predict_split(predict, split.images, cfg.data.eval_batch_size)
     probs = logits.softmax(dim=1).numpy()
     write_predictions(out, probs, split.labels.numpy(), meta.class_names)
     write_examples(out, split, probs, seed=cfg.seed)
+    run_name = str(cfg.run_name or meta.kind)
     metrics = {
         "model": meta.kind,
-        "run_name": str(cfg.run_name or meta.kind),
+        "run_name": run_name,
         "seed": cfg.seed,
         "label_fraction": cfg.data.label_fraction,
         **classification_results(logits, split.labels, meta.class_names),
@@ -131,18 +158,39 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_images": len(split),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "epochs": 0,  # an evaluation trains nothing
-        "wall_seconds": round(time.perf_counter() - start, 2),
     }
+    robustness = None
+    if suite is not None:
+        from sslpath.robustness_report import write_robustness
+
+        robustness = benchmark(
+            suite, split.images, split.labels, meta.class_names, predict, logits, cfg.data.eval_batch_size, device
+        )
+        write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
+        metrics["robustness"] = robustness.summary()
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
     if cfg.report:
         from sslpath.report import write_report  # matplotlib and tensorboard: only when asked for
 
         write_report([out], out / "report")
+        if robustness is not None:
+            from sslpath.robustness_report import copy_robustness
+
+            copy_robustness(out, out / "report")
     print(
         f"{PROG}: test_acc={metrics['test_acc']:.4f} test_auc={metrics['test_auc']} on {len(split)} {cfg.split} "
         f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
+    if robustness is not None:
+        summary = metrics["robustness"]
+        drop = "n/a" if summary["relative_drop"] is None else f"{summary['relative_drop']:.1%}"
+        print(
+            f"{PROG}: mean corruption accuracy {summary['mean_corruption_acc']:.4f} over {len(suite.names)} corruptions x "
+            f"{len(suite.severities)} severities (relative drop {drop}) -> {out / 'robustness.md'}",
+            flush=True,
+        )
     return metrics
 
 

@@ -3,7 +3,10 @@ the files a run dir holds; data that does not fit the checkpoint is refused befo
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +14,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from test_predict import tiny_run
 
-from conftest import TINY_DATA, run_cli
+from sslpath.corruptions import load_suite
 from sslpath.data.download import class_names
 from sslpath.errors import UserError
-from sslpath.evaluate import evaluate
+from sslpath.evaluate import evaluate, load_split, predict_split
+from sslpath.metrics import classification_results
 from sslpath.report import read_predictions
-from test_predict import tiny_run
+from sslpath.robustness_report import SweepRobustness
+from sslpath.robustness_report import main as robustness_main
+
+from conftest import TINY_DATA, run_cli
 
 SYNTHETIC = [o for o in TINY_DATA if not o.startswith(("data.size", "data.batch_size"))]  # size comes from the checkpoint
 
@@ -81,7 +89,8 @@ def relabelled(ckpt: Path, class_names: list[str], dest: Path) -> Path:
 def test_custom_npz_of_the_checkpoints_data_set(trained, tmp_path):
     """data.path=FILE with PathMNIST's class count is read as a cut of PathMNIST, e.g. the sample."""
     ckpt = relabelled(trained["ckpt"], class_names("pathmnist"), tmp_path / "pathmnist.ckpt")
-    metrics = evaluate(compose_evaluate(f"ckpt={ckpt}", f"data.path={trained['npz']}", f"out={tmp_path / 'eval'}", "report=false"))
+    cfg = compose_evaluate(f"ckpt={ckpt}", f"data.path={trained['npz']}", f"out={tmp_path / 'eval'}", "report=false")
+    metrics = evaluate(cfg)
     assert metrics["test_acc"] == trained["metrics"]["test_acc"] and list(metrics["per_class_acc"]) == class_names("pathmnist")
     assert metrics["data"]["path"] == str(trained["npz"])
 
@@ -129,3 +138,115 @@ def test_data_and_settings_that_do_not_fit_are_refused(trained, tmp_path, overri
 def test_missing_ckpt(tmp_path):
     with pytest.raises(UserError, match="missing ckpt=PATH"):
         evaluate(compose_evaluate("data=synthetic", f"paths.log_dir={tmp_path}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# corruptions=pathology: the robustness benchmark
+
+
+ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robustness.png"]
+
+
+@pytest.fixture(scope="module")
+def robust(trained, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("robust") / "eval"
+    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={out}", "device=cpu", "corruptions=pathology")
+    metrics = evaluate(cfg)
+    return {"out": out, "metrics": metrics, "record": json.loads((out / "robustness.json").read_text())}
+
+
+def test_corruption_benchmark_writes_its_table_and_figure(trained, robust):
+    out, metrics, record = robust["out"], robust["metrics"], robust["record"]
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert set(ROBUSTNESS_FILES) <= {p.name for p in out.iterdir()}
+    assert {p.name for p in (out / "report").glob("robustness.*")} == set(ROBUSTNESS_FILES) - {"robustness.json"}
+    assert (out / "report" / "results.md").is_file() and (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+    rows = record["rows"]
+    assert [(r["corruption"], r["severity"]) for r in rows[:2]] == [("clean", 0), ("stain_shift", 1)] and len(rows) == 1 + 11 * 5
+    # the clean row is the evaluation's (and the training run's) test accuracy, exactly
+    assert rows[0]["acc"] == metrics["test_acc"] == trained["metrics"]["test_acc"] and rows[0]["auc"] == metrics["test_auc"]
+    summary = metrics["robustness"]
+    assert summary == record["summary"] and summary["num_images"] == 36 and len(summary["corruptions"]) == 11
+    assert summary["mean_corruption_acc"] == pytest.approx(np.mean([r["acc"] for r in rows[1:]]))
+    assert summary["relative_drop"] == pytest.approx(1 - summary["mean_corruption_acc"] / metrics["test_acc"])
+
+    with (out / "robustness.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and float(table[0]["acc"]) == metrics["test_acc"]
+    assert (table[-1]["corruption"], table[-1]["severity"], table[-1]["param"]) == ("gaussian_noise", "5", "0.26")
+    md = (out / "robustness.md").read_text()
+    assert "| stain_shift |" in md and "| **mean** |" in md and "![robustness](robustness.png)" in md
+    assert f"Clean accuracy {100 * metrics['test_acc']:.1f}%" in md
+
+
+def test_severity_zero_reproduces_the_clean_evaluation_exactly(trained):
+    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", "device=cpu")
+    suite, batch = load_suite(cfg.corruptions), cfg.data.eval_batch_size
+    meta, split, predict = load_split(cfg, trained["ckpt"], torch.device("cpu"))
+    clean = predict_split(predict, split.images, batch)
+    assert classification_results(clean, split.labels, meta.class_names)["test_acc"] == trained["metrics"]["test_acc"]
+    for name in suite.names:
+        assert torch.equal(predict_split(predict, suite.corrupt(split.images, name, 0), batch), clean), name
+        assert not torch.equal(predict_split(predict, suite.corrupt(split.images, name, 5), batch), clean), name
+
+
+def test_unknown_corruption_exits_2_before_any_work(trained, tmp_path):
+    result = run_cli(
+        f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", "corruptions.names=[fog,jpeg_compression]",
+        f"out={tmp_path / 'eval'}", "device=cpu", cwd=tmp_path, module="sslpath.evaluate", timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "sslpath.evaluate: error: corruptions.names lists fog, not among the configured corruptions" in result.stderr
+    assert "Choose from stain_shift, brightness_up" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("corruptions.severities=[0,1]", "corruptions.severities=[0, 1] is not a list of distinct integers from 1 to 5"),
+        ("corruptions.params.pixelate=[0.8]", "corruptions.params.pixelate=[0.8] is not a list of 5 parameters"),
+        ("+corruptions.params.fog=[1,2,3,4,5]", "corruptions.params names unknown corruptions: fog"),
+    ],
+)
+def test_bad_corruption_settings_are_refused(trained, tmp_path, override, message):
+    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", override, f"out={tmp_path / 'e'}")
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluate(cfg)
+    assert not (tmp_path / "e").exists()
+
+
+def test_robustness_report_compares_models_on_the_same_corruptions(trained, robust, tmp_path):
+    probe = tmp_path / "probe"
+    evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={probe}", "device=cpu", "report=false",
+                              "corruptions=pathology", "run_name=probe"))
+    robustness_main([str(robust["out"]), str(probe), "--out", str(tmp_path / "cmp")])
+    md = (tmp_path / "cmp" / "robustness_comparison.md").read_text()
+    assert "| baseline | " in md and "| probe | " in md and "| 0 (clean) |" in md
+    assert (tmp_path / "cmp" / "robustness_comparison.png").is_file()
+    assert len((tmp_path / "cmp" / "robustness_comparison.csv").read_text().splitlines()) == 1 + 2 * (1 + 11 * 5)
+
+    subset = tmp_path / "subset"
+    evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={subset}", "device=cpu", "report=false",
+                              "corruptions=pathology", "corruptions.names=[jpeg_compression]"))
+    with pytest.raises(SystemExit) as exit_info:
+        robustness_main([str(robust["out"]), str(subset), "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_sweep_callback_benchmarks_each_jobs_best_checkpoint(trained, tmp_path):
+    """experiment=robustness's Hydra callback, on a sweep dir holding the tiny run as its job 0."""
+    sweep = tmp_path / "sweep"
+    job = sweep / "0_baseline"
+    job.mkdir(parents=True)
+    for name in ("metrics.json", "config.yaml"):
+        shutil.copy(trained["dir"] / name, job / name)
+    suite = {"params": {"jpeg_compression": [50, 30, 15, 10, 7], "stain_shift": [0.05, 0.1, 0.15, 0.2, 0.25]}}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "robustness": suite})
+    SweepRobustness(device="cpu").on_multirun_end(config)
+    assert sorted(p.name for p in (job / "robustness").iterdir()) == ROBUSTNESS_FILES
+    record = json.loads((job / "robustness" / "robustness.json").read_text())
+    assert record["rows"][0]["acc"] == trained["metrics"]["test_acc"]
+    assert record["summary"]["corruptions"] == list(suite["params"])
+    assert "| baseline | " in (sweep / "robustness" / "robustness_comparison.md").read_text()
