@@ -24,7 +24,7 @@ from sslpath.runs import check_writable
 
 log = logging.getLogger(__name__)
 
-STAGE_RUN_NAME = "ssl-pretrain"  # its own report row: a sweep may also hold model=simclr jobs
+STAGE_RUN_NAME = "ssl-pretrain"  # its own report rows: a sweep may also hold model=simclr jobs
 
 
 def needs_pretraining(cfg: DictConfig) -> bool:
@@ -41,10 +41,14 @@ def pretrain_key(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def method_name(cfg: DictConfig) -> str:
+    """The SSL method of the chain's stage, e.g. "simclr" for sslpath.models.ssl.SimCLR."""
+    return str(cfg.pretrain._target_).rsplit(".", 1)[-1].lower()
+
+
 def stage_dir(cfg: DictConfig) -> Path:
     """Readable in TensorBoard: the method's name, then the settings key."""
-    method = str(cfg.pretrain._target_).rsplit(".", 1)[-1].lower()
-    return Path(cfg.paths.pretrain_dir) / f"{method}-{pretrain_key(cfg)}"
+    return Path(cfg.paths.pretrain_dir) / f"{method_name(cfg)}-{pretrain_key(cfg)}"
 
 
 def stage_config(cfg: DictConfig, out: Path) -> DictConfig:
@@ -52,7 +56,7 @@ def stage_config(cfg: DictConfig, out: Path) -> DictConfig:
     stage = copy.deepcopy(cfg)
     with open_dict(stage):
         stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
-        stage.run_name = STAGE_RUN_NAME
+        stage.run_name = f"{STAGE_RUN_NAME}-{method_name(cfg)}"  # one report row per method
         stage.paths.output_dir = str(out)
         if not stage.model.get("joint"):
             stage.data.label_fraction = 1.0  # the detached probe's labels never reach the backbone

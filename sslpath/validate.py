@@ -58,6 +58,12 @@ def check_value(key: str, value: Any, kind: str, lo: float | None, hi: float | N
 
 def validate(cfg: DictConfig) -> None:
     """Every rule whose key the config has; raises UserError at the first bad value."""
+    if not isinstance(cfg.get("pretrain"), DictConfig):
+        raise UserError(
+            f"pretrain={cfg.get('pretrain')!r} replaced the whole SSL stage config with a value. Choose the SSL "
+            "method of a chained fine-tune with model@pretrain=<method> (simclr, byol, mocov3, barlowtwins, vicreg, "
+            "dino), and set its options with pretrain.<key>=…"
+        )
     for key, rule in RULES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:

@@ -243,6 +243,7 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "max epochs 0": (TINY_DATA, ["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid"),
         "label fraction abc": (TINY_DATA, ["data.label_fraction=abc"], "data.label_fraction='abc' is not valid: it must be a number"),
         "seed -1": (TINY_DATA, ["seed=-1"], "seed=-1 is not valid"),
+        "pretrain given a value": (TINY_DATA, ["model=finetune", "pretrain=byol"], "model@pretrain=<method>"),
         "huge declared array": (file_data("huge.npz"), [], "more than half of this machine's memory"),
         "NaN loss": (TINY_DATA, ["optimizer.lr=1e30", "trainer.max_epochs=2"], "loss became nan"),
         "output dir not writable": (TINY_DATA, [f"paths.log_dir={tmp}/text.npz/sub"], "cannot write the output dir"),

@@ -58,7 +58,7 @@ def test_finetune_chains_from_the_ssl_stage(tmp_path):
     (stage,) = (tmp_path / "pretrain").glob("simclr-*/")  # a run outside log_dir keeps its stage inside
     pre = read_metrics(stage)
     assert metrics["pretrained_ckpt"] == pre["ckpt_path"] and Path(pre["ckpt_path"]).is_file()
-    assert pre["model"] == "simclr" and pre["run_name"] == "ssl-pretrain"
+    assert pre["model"] == "simclr" and pre["run_name"] == "ssl-pretrain-simclr"
     # label-free choice: the stage's checkpoint is its last epoch, not the probe's best
     assert Path(pre["ckpt_path"]).name == "epoch000.ckpt" and pre["label_fraction"] == 1.0
     ssl_state = load_checkpoint(pre["ckpt_path"])["state_dict"]
