@@ -75,7 +75,7 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
     A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
     """
     out = stage_dir(cfg)
-    check_writable(out.parent, "pretrain dir (paths.pretrain_dir)")
+    check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):
         if (out / "metrics.json").is_file():
             ckpt = read_json(out / "metrics.json")["ckpt_path"]

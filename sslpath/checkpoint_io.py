@@ -1,5 +1,5 @@
 """How checkpoints are written: whole or not at all. Kept apart from `sslpath.checkpoints` (reading)
-so that evaluate and predict never import Lightning."""
+so that predict never imports Lightning."""
 
 from __future__ import annotations
 

@@ -21,6 +21,11 @@ class _DropPrefix(logging.Filter):
 
 
 def quiet_third_party() -> None:
+    """Call once logging is configured (Hydra's console and train.log handlers)."""
+    if logging.getLogger().hasHandlers():
+        # Lightning adds its own console handler and still propagates: every line would print twice.
+        lightning = logging.getLogger("lightning")
+        lightning.handlers = [h for h in lightning.handlers if type(h) is not logging.StreamHandler]
     for name, prefix in NOISY_LOG_LINES:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):

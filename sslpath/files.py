@@ -45,7 +45,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")  # insertion order: class order stays
 
 
 def read_json(path: str | Path) -> Any:

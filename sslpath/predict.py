@@ -148,7 +148,7 @@ def predict(cfg: DictConfig) -> Path:
         )
     write_predictions(args["out"], names, np.concatenate(probs), meta.class_names)
     print(
-        f"{PROG}: {len(names)} images -> {args['out']} ({len(skipped)} skipped; {meta.kind} model "
+        f"{PROG}: {len(names)} image{'s' if len(names) != 1 else ''} -> {args['out']} ({len(skipped)} skipped; {meta.kind} model "
         f"{args['ckpt'].name}, {meta.image_size} px, {device})",
         flush=True,
     )

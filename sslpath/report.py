@@ -150,6 +150,11 @@ class Run:
         return self.metrics["model"].lower()
 
     @property
+    def colour_key(self) -> str:
+        """Fine-tunes and probes take their SSL method's colour, so methods stay apart in one figure."""
+        return str(self.metrics.get("pretrain_method") or self.kind).lower()
+
+    @property
     def fraction(self) -> float:
         return float(self.metrics["label_fraction"])
 
@@ -369,6 +374,10 @@ class Group:
         return self.runs[0].kind
 
     @property
+    def colour_key(self) -> str:
+        return self.runs[0].colour_key
+
+    @property
     def class_names(self) -> list[str]:
         return self.runs[0].class_names
 
@@ -528,7 +537,7 @@ def curves_figure(groups: Sequence[Group], tag: str, ylabel: str, scale: float) 
     ax = fig.add_subplot()
     with_fraction = len({group.fraction for group in groups}) > 1
     last_epoch = 1
-    for group, style in zip(groups, line_styles([group.kind for group in groups])):
+    for group, style in zip(groups, line_styles([group.colour_key for group in groups])):
         by_epoch: dict[int, list[float]] = {}
         for run in group.runs:
             for epoch, value in run.curves.get(tag, {}).items():
@@ -576,7 +585,7 @@ def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
 
     fig = _figure((6.4, 4.0))
     ax = fig.add_subplot()
-    for (name, line), style in zip(lines.items(), line_styles([line[0].kind for line in lines.values()])):
+    for (name, line), style in zip(lines.items(), line_styles([line[0].colour_key for line in lines.values()])):
         stats = np.array([mean_std([100 * run.metrics["test_acc"] for run in g.runs]) for g in line])
         seeds = sorted({len(g.runs) for g in line})
         label = name + (f" (n={'/'.join(map(str, seeds))})" if seeds != [1] else "")

@@ -58,7 +58,7 @@ def remove_torn_saves(run_dir: Path) -> list[Path]:
     return torn
 
 
-def check_writable(path: Path, what: str) -> None:
+def check_writable(path: Path, what: str, key: str = "paths.log_dir (or the SSLPATH_LOG_DIR environment variable)") -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -66,8 +66,7 @@ def check_writable(path: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(
-            f"cannot write the {what} {path} ({err.strerror or err}). Point paths.log_dir (or the "
-            "SSLPATH_LOG_DIR environment variable) at a writable folder."
+            f"cannot write the {what} {path} ({err.strerror or err}). Point {key} at a writable folder."
         ) from None
 
 

@@ -78,7 +78,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "label_fraction": cfg.data.label_fraction,
             "train_labels_per_class": datamodule.train_labels_per_class,
             **results.results,
-            "best_val_acc": float(trainer.checkpoint_callback.best_model_score or 0) if best else None,
+            "best_val_acc": best_score(trainer),
             **({"val_knn_acc": float(knn)} if knn is not None else {}),
             "optimized_metric": cfg.optimized_metric,
             "optimized_value": value,
@@ -98,8 +98,15 @@ def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
     """Where a fine-tune started from, for metrics.json (nothing for other models)."""
     if "pretrained_ckpt" not in cfg.model:
         return {}
+    from sslpath.checkpoints import load_checkpoint, read_metadata
+
     ckpt = cfg.model.pretrained_ckpt
-    return {"pretrained_ckpt": str(Path(ckpt).resolve()) if ckpt else None, "freeze_backbone": bool(cfg.model.freeze_backbone)}
+    method = read_metadata(load_checkpoint(ckpt), ckpt).kind if ckpt else None
+    return {
+        "pretrained_ckpt": str(Path(ckpt).resolve()) if ckpt else None,
+        "pretrain_method": method,
+        "freeze_backbone": bool(cfg.model.freeze_backbone),
+    }
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
@@ -125,6 +132,13 @@ def best_checkpoint(trainer: Any) -> str | None:
         "training finished without a best checkpoint (no validation ran?). Keep the model_checkpoint "
         "callback and check_val_every_n_epoch <= trainer.max_epochs."
     )
+
+
+def best_score(trainer: Any) -> float | None:
+    """The monitored metric's best value; None when nothing is monitored (a chain's SSL stage)."""
+    ckpt = trainer.checkpoint_callback
+    score = getattr(ckpt, "best_model_score", None) if getattr(ckpt, "monitor", None) else None
+    return None if score is None else float(score)
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:

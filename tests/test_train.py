@@ -140,3 +140,12 @@ def test_help_lists_groups_without_importing_the_training_stack(tmp_path):
     for text in ("Config groups", "model ", "baseline | simclr", "experiment", "python -m sslpath.evaluate", "Examples"):
         assert text in out
     assert "paths" not in out.split("Config groups")[1].split("Examples")[0]  # internal groups hidden
+
+
+def test_best_checkpoint_is_slim_last_is_resumable_and_keep_last_false_drops_it(tmp_path):
+    metrics = train(compose_cfg(tmp_path / "keep", []))
+    best, last = load_checkpoint(metrics["ckpt_path"]), load_checkpoint(tmp_path / "keep" / "checkpoints" / "last.ckpt")
+    assert "optimizer_states" not in best and "loops" not in best and best["sslpath"]["kind"] == "baseline"
+    assert "optimizer_states" in last and "loops" in last
+    dropped = train(compose_cfg(tmp_path / "drop", ["callbacks.keep_last.keep=false"]))
+    assert Path(dropped["ckpt_path"]).is_file() and not (tmp_path / "drop" / "checkpoints" / "last.ckpt").exists()

@@ -27,7 +27,7 @@ def flag_info(flag: str) -> dict[str, Any]:
     if flag.endswith("3d"):
         raise UserError(
             f"data.flag={flag} is a 3D MedMNIST set (volumes); sslpath trains 2D tile classifiers. Use its 2D "
-            f"counterpart (e.g. {flag.removesuffix('3d')}mnist for organ sets) or another 2D flag."
+            f"counterpart (e.g. {flag.removesuffix('3d')}) or another 2D flag."
         )
     if info["task"] not in SUPPORTED_TASKS:
         raise UserError(
