@@ -19,6 +19,7 @@ and is written atomically.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,24 @@ def positive_ints(text: str, n: int) -> tuple[int, ...]:
     return values
 
 
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative whole number, e.g. 0")
+    return value
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether writing `b` would replace `a`: the same path once symlinks are resolved, or a hard link."""
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except (OSError, RuntimeError):  # a symlink loop: no file to destroy, and writing there fails with its own message
+        return False
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="make_sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--first", type=lambda t: positive_ints(t, 1)[0], metavar="N",
         help="draw only from the first N images of each source split",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the stratified draw (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seeds the stratified draw (default 0)")
     return parser.parse_args(argv)
 
 
@@ -95,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.source.is_file():
             raise UserError(
                 f"{args.source} not found; give the path of a MedMNIST-format npz, e.g. ~/.medmnist/pathmnist.npz."
+            )
+        if same_file(args.source, args.output):
+            raise UserError(
+                f"the output {args.output} is the source file {args.source}; writing the sample there would destroy "
+                "the source. Give another output path, e.g. sample.npz."
             )
         members = cut(read_arrays(args.source), args.counts, args.from_split, args.first, args.seed)
         with atomic_output(args.output) as f:

@@ -8,6 +8,7 @@ are taken out before the model class is instantiated, so models stay pure.
 from __future__ import annotations
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,6 +16,7 @@ from sslpath.backbones import check_input_size
 from sslpath.callbacks import CheckpointMetadata, TestResults
 from sslpath.checkpoints import Metadata, load_ssl_backbone
 from sslpath.data.datamodule import ArrayDataModule
+from sslpath.errors import UserError
 from sslpath.models.base import ImageModel
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
@@ -58,7 +60,14 @@ def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) ->
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers)
+    try:
+        return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers)
+    except InstantiationException as err:
+        cause = str(err.__cause__ or err).strip().splitlines()[0]
+        raise UserError(
+            f"Lightning refused the trainer settings: {cause} Check the trainer.* overrides (e.g. "
+            "trainer.precision=32-true|bf16-mixed, trainer.devices=1, trainer.accelerator=cpu|gpu|auto)."
+        ) from None
 
 
 def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, TestResults]:

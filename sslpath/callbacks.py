@@ -173,6 +173,11 @@ class RunCheckpoint(ModelCheckpoint):
             state_dict = {k: move(v) for k, v in state_dict.items()}
             state_dict["best_k_models"] = {move(k): v for k, v in state_dict.get("best_k_models", {}).items()}
             state_dict["dirpath"] = new
+        best = state_dict.get("best_model_path")
+        if best and not Path(best).is_file():
+            # A checkpoint from another run (ckpt_path=FILE): its best file is not here, so track anew.
+            state_dict = {**state_dict, "best_model_path": "", "best_model_score": None, "best_k_models": {},
+                          "kth_best_model_path": "", "last_model_path": ""}
         super().load_state_dict(state_dict)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sslpath.errors import UserError
 from sslpath.files import read_json
 from sslpath.runs import check_writable
 
@@ -78,11 +79,25 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
     check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):
         if (out / "metrics.json").is_file():
-            ckpt = read_json(out / "metrics.json")["ckpt_path"]
+            ckpt = finished_stage(out)
             log.info("reusing SSL pretraining %s (same SSL settings)", ckpt)
             return ckpt
         log.info("no model.pretrained_ckpt: pretraining SSL first in %s", out)
         return fit_and_test(stage_config(cfg, out))["ckpt_path"]
+
+
+def finished_stage(out: Path) -> str:
+    """The checkpoint a finished SSL stage recorded in its metrics.json (read as untrusted data)."""
+    try:
+        ckpt = read_json(out / "metrics.json")["ckpt_path"]
+        if not isinstance(ckpt, str) or not Path(ckpt).is_file():
+            raise ValueError(f"ckpt_path {ckpt!r} is not a file")
+    except Exception as err:  # JSON, type or key errors: the record is damaged
+        raise UserError(
+            f"the SSL stage {out} has a damaged metrics.json ({type(err).__name__}: {err}). Delete {out} to pretrain "
+            "again, or pass model.pretrained_ckpt=FILE."
+        ) from None
+    return ckpt
 
 
 def ssl_run_dir(metrics: dict[str, Any]) -> Path:

@@ -30,6 +30,9 @@ SUPERVISED_KINDS = ("baseline", "finetune")
 SSL_KINDS = ("simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino")
 FORMAT = 2  # version of the metadata schema below
 MAX_DEPTH = 4  # the schema nests a list in a dict; deeper metadata is refused before it can exhaust the stack
+# Normalisation a real data set can have: a smaller std or a larger mean would blow inputs up to inf/NaN.
+MIN_STD, MAX_STD, MAX_ABS_MEAN = 1e-3, 1e3, 10.0
+SHOWN_KEYS = 3  # weight names a mismatch message lists per kind
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -42,6 +45,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         raise UserError(f"{what}: checkpoint not found: {path}. Check the path (run dirs keep them in checkpoints/).")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load would try anything else as a bare pickle
         raise _unreadable(what, path, "not a zip archive")
+    _check_crcs(path, what)  # torch.load does not check them: flipped bits would load as silently wrong weights
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -56,7 +60,43 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         raise _unreadable(what, path, f"{type(err).__name__}: {first}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{what}: {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by sslpath.train.")
+    _check_state_dict(ckpt["state_dict"], what, path)
     return ckpt
+
+
+def _check_crcs(path: Path, what: str) -> None:
+    """Every member's CRC-32, read through once: a bit-rotted or edited file is refused, not loaded."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except Exception as err:  # BadZipFile, OSError, EOFError, NotImplementedError (unknown compression)…
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise _unreadable(what, path, f"{type(err).__name__}: {first}") from None
+    if bad is not None:
+        raise UserError(
+            f"{what}: {path} is corrupt: the checksum of its member {bad!r} does not match its bytes (disk or "
+            "transfer damage, or an edited file). Copy the checkpoint again from its source or retrain; a damaged "
+            "checkpoint would give silently wrong predictions."
+        )
+
+
+def _check_state_dict(state: dict[Any, Any], what: str, path: Path) -> None:
+    """String keys only, and finite numbers in every floating-point tensor."""
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise UserError(
+            f"{what}: refused {path}: its state_dict has non-string key(s) {reprlib.repr(odd)}; a checkpoint "
+            "written by sslpath.train names every tensor by a string. The file was written by something else or "
+            "edited: pass a .ckpt written by sslpath.train."
+        )
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            if not bool(torch.isfinite(value).all()):
+                raise UserError(
+                    f"{what}: refused {path}: its weight {key!r} holds NaN or infinite values, so every output "
+                    "would be meaningless. The checkpoint is corrupt, or its training run diverged (lower "
+                    "optimizer.lr, or use an earlier checkpoint of the run)."
+                )
 
 
 def _unreadable(what: str, path: Path, reason: str) -> UserError:
@@ -66,9 +106,19 @@ def _unreadable(what: str, path: Path, reason: str) -> UserError:
     )
 
 
-def check_resumable(path: str | Path, what: str = "ckpt_path") -> None:
-    """A checkpoint Lightning can continue from: weights, optimiser state and loop progress."""
+def check_resumable(path: str | Path, what: str, model: dict[str, str], max_epochs: int | None) -> None:
+    """A checkpoint Lightning can continue from: weights, optimiser state and loop progress, of the
+    same model (`kind`, `backbone`, `stem`); with `max_epochs` (a checkpoint from elsewhere, whose
+    best file is not in this run dir), also epochs left to train."""
     ckpt = load_checkpoint(path, what)
+    meta = read_metadata(ckpt, path)
+    differ = {k: (getattr(meta, k), v) for k, v in model.items() if getattr(meta, k) != v}
+    if differ:
+        shown = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} here" for k, (a, b) in differ.items())
+        raise UserError(
+            f"{what}: {path} holds another model ({shown}). Continue it with the settings it was trained with, "
+            "or start this model without a checkpoint (use model.pretrained_ckpt=… to start from SSL weights)."
+        )
     missing = [k for k in ("optimizer_states", "loops", "epoch") if k not in ckpt]
     if missing:
         raise UserError(
@@ -76,6 +126,20 @@ def check_resumable(path: str | Path, what: str = "ckpt_path") -> None:
             "such as a run's best-*.ckpt). Resume from the run's checkpoints/last.ckpt, or use it as "
             "model.pretrained_ckpt / evaluate's ckpt instead."
         )
+    done = epochs_trained(ckpt)
+    if max_epochs is not None and done >= max_epochs:
+        raise UserError(
+            f"{what}: {path} has already trained {done} epoch(s) and trainer.max_epochs={max_epochs}: nothing left to "
+            f"train. Raise trainer.max_epochs to continue it, or test it with python -m sslpath.evaluate ckpt={path}."
+        )
+
+
+def epochs_trained(ckpt: dict[str, Any]) -> int:
+    """Epochs whose training finished (an interrupted epoch does not count), from the fit loop's record."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(ckpt.get("epoch", -1)) + 1
 
 
 @dataclass(frozen=True)
@@ -146,10 +210,10 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     def is_int(v: Any, lo: int, hi: int) -> bool:
         return type(v) is int and lo <= v <= hi
 
-    def is_floats(v: Any, positive: bool) -> bool:
+    def is_floats(v: Any, lo: float, hi: float) -> bool:
         return (
             isinstance(v, list) and len(v) == 3
-            and all(type(x) in (int, float) and math.isfinite(x) and (x > 0 or not positive) for x in v)
+            and all(type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi for x in v)
         )
 
     check(meta["kind"] in SUPERVISED_KINDS + SSL_KINDS, "kind", ", ".join(SUPERVISED_KINDS + SSL_KINDS))
@@ -163,8 +227,8 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
         "class_names", f"a list of {meta['num_classes']} distinct non-empty strings",
     )
     check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
-    check(is_floats(meta["mean"], positive=False), "mean", "3 finite numbers")
-    check(is_floats(meta["std"], positive=True), "std", "3 positive numbers")
+    check(is_floats(meta["mean"], -MAX_ABS_MEAN, MAX_ABS_MEAN), "mean", f"3 numbers from {-MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}")
+    check(is_floats(meta["std"], MIN_STD, MAX_STD), "std", f"3 numbers from {MIN_STD:g} to {MAX_STD:g}")
     check(is_int(meta.get("format", FORMAT), FORMAT, FORMAT), "format", str(FORMAT))
     return Metadata(**{k: meta[k] for k in names if k in meta})
 
@@ -186,11 +250,26 @@ def _weights(ckpt: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, torch
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    expected = module.state_dict()
+    problems = []
+    for kind, keys in (
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+        ("wrong shape", [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]),
+    ):
+        if keys:
+            more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+            problems.append(f"{len(keys)} {kind}: {', '.join(keys[:SHOWN_KEYS])}{more}")
     try:
+        if problems:
+            raise RuntimeError("; ".join(problems))
         module.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise UserError(f"the weights in {path} do not fit ({first}). {fix}") from None
+        detail = "; ".join(problems) or " ".join(str(err).split())[:300]
+        raise UserError(f"the weights in {path} do not fit ({detail}). {fix}") from None
 
 
 def load_inference_model(path: str | Path, what: str = "ckpt") -> tuple[InferenceModel, Metadata]:

@@ -44,6 +44,7 @@ USAGE = (
 def check_args(cfg: DictConfig) -> tuple[Path, Path]:
     """The checkpoint and the output folder, after every setting is checked and before any work."""
     from sslpath.data.splits import SPLITS
+    from sslpath.predict import check_out_path
     from sslpath.results import check_writable
 
     if cfg.get("ckpt") in (None, ""):  # `???`, null or empty
@@ -61,6 +62,7 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         out = Path(cfg.paths.log_dir).expanduser() / "evaluations" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{ckpt.stem}"
     else:
         out = Path(str(cfg.out)).expanduser()
+    check_out_path(out, "out")  # a symlink loop, or a file where a folder must be
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(
             f"out={out} already exists and is {'a file' if not out.is_dir() else 'not empty'}; evaluate never mixes its "
@@ -143,9 +145,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     meta, split, predict = load_split(cfg, ckpt, device)
     logits = predict_split(predict, split.images, cfg.data.eval_batch_size)
+    if not bool(logits.isfinite().all()):
+        raise UserError(
+            f"the model of {ckpt} gave NaN or infinite outputs on the {cfg.split} split; nothing was written. The "
+            "checkpoint is damaged or its training diverged: use another checkpoint of the run."
+        )
     probs = logits.softmax(dim=1).numpy()
-    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
-    write_examples(out, split, probs, seed=cfg.seed)
     run_name = str(cfg.run_name or meta.kind)
     metrics = {
         "model": meta.kind,
@@ -159,6 +164,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "epochs": 0,  # an evaluation trains nothing
     }
+    check_finite(metrics, ckpt)  # before any file is written
+    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
+    write_examples(out, split, probs, seed=cfg.seed)
     robustness = None
     if suite is not None:
         from sslpath.robustness_report import write_robustness
@@ -169,6 +177,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
         metrics["robustness"] = robustness.summary()
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    check_finite(metrics, ckpt)
     atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
     if cfg.report:
         from sslpath.report import write_report  # matplotlib and tensorboard: only when asked for
@@ -192,6 +201,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             flush=True,
         )
     return metrics
+
+
+def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
+    """metrics.json is strict JSON: a NaN or infinity in it is refused, never written."""
+    import json
+
+    try:
+        json.dumps(metrics, allow_nan=False, default=str)
+    except ValueError:
+        raise UserError(
+            f"evaluating {ckpt} gave NaN or infinite metrics, which would be silently wrong numbers; metrics.json "
+            "was not written. The checkpoint is damaged or its training diverged: use another checkpoint of the run."
+        ) from None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="evaluate")

@@ -53,9 +53,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from sslpath.errors import exit_on_user_error
-        from sslpath.files import read_json
         from sslpath.report import REPORT_DIR, load_run, write_report, write_sweep_results
-        from sslpath.chain import ssl_run_dir
 
         if not config.get("report", True):
             return
@@ -64,12 +62,28 @@ class SweepReport(Callback):
         if not jobs:
             print(f"sslpath: no finished job in {sweep}: no sweep report", file=sys.stderr)
             return
-        ssl_stages = {ssl_run_dir(m) for m in map(read_json, (j / "metrics.json" for j in jobs)) if m.get("pretrained_ckpt")}
         with exit_on_user_error("sslpath.train"):
-            results = write_report([*sorted(ssl_stages), *jobs], sweep / REPORT_DIR)
-            sweep_results = write_sweep_results([load_run(j) for j in jobs], sweep, sweep / REPORT_DIR)
+            runs = [load_run(j) for j in jobs]  # every job checked before any is read further
+            stages = ssl_stages(run.metrics for run in runs)
+            # TensorBoard images only in runs of this sweep: a stage given as model.pretrained_ckpt may be anyone's.
+            results = write_report([*stages, *jobs], sweep / REPORT_DIR, tensorboard_within=sweep)
+            sweep_results = write_sweep_results(runs, sweep, sweep / REPORT_DIR)
         print(f"sslpath: sweep report -> {results}")
         print(f"sslpath: sweep results -> {sweep_results}")
+
+
+def ssl_stages(metrics: Any) -> list[Path]:
+    """The SSL run dirs the jobs' fine-tunes started from (<run dir>/checkpoints/<file>.ckpt): each only when
+    it is itself a finished run (metrics.json in it), never the folders around a checkpoint passed by hand."""
+    stages: set[Path] = set()
+    for m in metrics:
+        ckpt = m.get("pretrained_ckpt")
+        if not isinstance(ckpt, str) or not ckpt:
+            continue
+        parents = Path(ckpt).parents
+        if len(parents) > 1 and (parents[1] / "metrics.json").is_file():
+            stages.add(parents[1])
+    return sorted(stages)
 
 
 def job_order(job_dir: Path) -> tuple[int, str]:

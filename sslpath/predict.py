@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,10 @@ if TYPE_CHECKING:
 PROG = "sslpath.predict"
 USAGE = (
     "python -m sslpath.predict ckpt=PATH input=FILE_OR_DIR [out=predictions.csv] [split=test] "
-    "[batch_size=256] [device=auto]"
+    "[batch_size=256] [device=auto] [max_pixels=50000000]"
 )
-KEYS = ("ckpt", "input", "out", "split", "batch_size", "device")
+KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels")
+HEADER = "file,predicted,"  # how every predictions CSV this tool writes begins: the only file `out` may replace
 # A cell starting with one of these is a formula to a spreadsheet: file and class names are not trusted.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -46,20 +48,83 @@ def check_args(cfg: DictConfig) -> dict[str, Any]:
 
     extra = sorted(set(map(str, cfg)) - set(KEYS))
     if extra:
-        raise UserError(f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. Usage: {USAGE}")
+        raise UserError(
+            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. Usage: {USAGE}"
+        )
     missing = [k for k in KEYS if cfg.get(k) in (None, "")]  # `???`, null, empty, or removed with ~key
     if missing:
         raise UserError(f"missing {', '.join(f'{k}=' for k in missing)}. Usage: {USAGE}")
-    args = {k: cfg[k] if k == "batch_size" else str(cfg[k]) for k in KEYS}
+    args = {k: cfg[k] if k in ("batch_size", "max_pixels") else str(cfg[k]) for k in KEYS}
     if args["split"] not in SPLITS:
         raise UserError(f"split={args['split']} is not one of {', '.join(SPLITS)}; it picks the npz images to classify.")
     if type(args["batch_size"]) is not int or args["batch_size"] < 1:
         raise UserError(f"batch_size={args['batch_size']} is not a positive integer; use e.g. batch_size=256.")
+    if type(args["max_pixels"]) is not int or args["max_pixels"] < 1:
+        raise UserError(
+            f"max_pixels={args['max_pixels']} is not a positive integer; it caps the pixels of an image that is "
+            "decoded (default 50000000)."
+        )
     out = Path(args["out"]).expanduser()
+    resolved = check_out_path(out, "out")
     if out.is_dir():
         raise UserError(f"out={out} is a folder; pass a file name for the predictions, e.g. out={out / 'predictions.csv'}.")
+    ckpt, source = Path(args["ckpt"]).expanduser(), Path(args["input"]).expanduser()
+    for setting, path in (("ckpt", ckpt), ("input", source)):
+        if _same_file(resolved, path):
+            raise UserError(
+                f"out={out} is the same file as {setting}={path}; writing the predictions there would destroy it. "
+                "Pass another out= path, e.g. out=predictions.csv."
+            )
+    if os.path.lexists(resolved):
+        _check_replaceable(out, resolved)
     check_writable(out, "out")
-    return {**args, "ckpt": Path(args["ckpt"]).expanduser(), "input": Path(args["input"]).expanduser(), "out": out}
+    return {**args, "ckpt": ckpt, "input": source, "out": out}
+
+
+def check_out_path(out: Path, setting: str) -> Path:
+    """`out` with its symlinks resolved, refused when it cannot be resolved (a symlink loop, an unreadable
+    folder) or when an existing part of its path is not a folder. Returns the resolved path."""
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError) as err:  # pathlib raises RuntimeError for a symlink loop
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise UserError(
+            f"{setting}={out} cannot be used: its path cannot be resolved ({reason}; a symlink loop or an "
+            f"unreadable folder). Pass another {setting}= path."
+        ) from None
+    for parent in resolved.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise UserError(
+                    f"{setting}={out} lies under {parent}, which is a file, not a folder. Pass another {setting}= "
+                    "path, in a writable folder."
+                )
+            break
+    return resolved
+
+
+def _same_file(resolved: Path, other: Path) -> bool:
+    try:
+        return resolved == other.resolve() or (resolved.exists() and other.exists() and os.path.samefile(resolved, other))
+    except (OSError, RuntimeError):
+        return False  # an unresolvable ckpt or input is refused with its own message later
+
+
+def _check_replaceable(out: Path, resolved: Path) -> None:
+    """An existing `out` is replaced only when it is a predictions CSV (its first line says so)."""
+    first = ""
+    if resolved.is_file():
+        try:
+            with resolved.open("rb") as f:
+                first = f.read(4096).decode("utf-8", errors="replace")
+        except OSError:
+            first = ""
+    if not first.startswith(HEADER):
+        raise UserError(
+            f"out={out} already exists and is not a predictions CSV written by {PROG} (its first line does not "
+            f"start with {HEADER!r}); predict never replaces other files. Pass another out= path, e.g. "
+            "out=predictions.csv in a new place, or move the file away."
+        )
 
 
 def npz_batches(path: Path, split: str, size: int, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -72,11 +137,13 @@ def npz_batches(path: Path, split: str, size: int, batch_size: int) -> Iterator[
         yield [f"{path.name}:{split}[{i}]" for i in range(start, stop)], tiles[start:stop]
 
 
-def image_batches(source: Path, size: int, batch_size: int, skipped: list[str]) -> Iterator[tuple[list[str], torch.Tensor]]:
+def image_batches(
+    source: Path, size: int, batch_size: int, skipped: list[str], max_pixels: int | None = None
+) -> Iterator[tuple[list[str], torch.Tensor]]:
     """An image file, or the images under a folder; an unreadable file is reported, recorded and skipped."""
     import torch
 
-    from sslpath.data.folder import image_files, read_image
+    from sslpath.data.folder import MAX_PIXELS, image_files, read_image
     from sslpath.data.preprocess import to_tiles
 
     files = [source] if source.is_file() else image_files(source)
@@ -84,7 +151,7 @@ def image_batches(source: Path, size: int, batch_size: int, skipped: list[str]) 
     tiles: list[torch.Tensor] = []
     for file in files:
         try:
-            tiles.append(to_tiles(read_image(file)[None], size)[0])
+            tiles.append(to_tiles(read_image(file, max_pixels or MAX_PIXELS)[None], size)[0])
         except Exception as err:  # decoders raise many types on malformed files; one bad file must not stop the rest
             print(f"skipped {file}: {str(err) or type(err).__name__}", file=sys.stderr, flush=True)
             skipped.append(str(file))
@@ -135,12 +202,17 @@ def predict(cfg: DictConfig) -> Path:
     if source.is_file() and source.suffix.lower() == ".npz":
         batches = npz_batches(source, args["split"], meta.image_size, args["batch_size"])
     else:
-        batches = image_batches(source, meta.image_size, args["batch_size"], skipped)
+        batches = image_batches(source, meta.image_size, args["batch_size"], skipped, args["max_pixels"])
     names: list[str] = []
     probs: list[np.ndarray] = []
     for batch_names, images in batches:
         probs.append(class_logits(model, transform, images, device).softmax(dim=1).numpy())
         names += batch_names
+    if names and not all(np.isfinite(p).all() for p in probs):
+        raise UserError(
+            f"the model of {args['ckpt']} gave NaN or infinite outputs for some images of {source}; nothing was "
+            "written. The checkpoint is damaged or its training diverged: use another checkpoint of the run."
+        )
     if not names:
         raise UserError(
             f"no readable images in {source} ({len(skipped)} unreadable). Pass a MedMNIST-format .npz, an image, "
@@ -155,10 +227,34 @@ def predict(cfg: DictConfig) -> Path:
     return args["out"]
 
 
+def refuse_unknown_overrides(argv: list[str]) -> None:
+    """`foo=1` names no setting: refuse it with the tool's own message (Hydra would exit 1 with a
+    struct error before `check_args` could); `+foo=1` reaches `check_args`, which refuses it there."""
+    extra = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:  # Hydra's flags and their values (--cfg job, -m)
+            continue
+        key = arg.split("=", 1)[0].split("@", 1)[0]
+        if key.startswith(("+", "~", "hydra.", "hydra/")) or key == "hydra":
+            continue
+        if key not in KEYS:
+            extra.append(key)
+    if extra:
+        raise UserError(
+            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. Usage: {USAGE}"
+        )
+
+
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(PROG):
         predict(cfg)
+
+
+def main() -> None:
+    with exit_on_user_error(PROG):
+        refuse_unknown_overrides(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

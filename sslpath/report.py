@@ -6,7 +6,8 @@ Reads only what sslpath.train leaves in a run dir (metrics.json, test_prediction
 test_examples.npz, tb/), so a report can be rebuilt at any time without checkpoints or a GPU.
 Every input is checked before anything is written, and the report is built in a temporary dir
 beside its destination and renamed into place: a bad input or a failed write leaves the previous
-report (or none), never half of one. Figures are drawn on matplotlib's Agg canvas without pyplot:
+report (or none), never half of one. Only a dir marked as a report (.sslpath-report) is ever replaced:
+any other existing --out, one holding the runs, or the current dir is refused. Figures are drawn on matplotlib's Agg canvas without pyplot:
 no GUI, no global backend state.
 """
 
@@ -17,6 +18,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import reprlib
@@ -31,15 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import matplotlib
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.errors import UserError, exit_on_user_error
 from sslpath.files import atomic_write_bytes, atomic_write_text
+from sslpath.metrics import classification_results
+from sslpath.predict import spreadsheet_safe
 
 REPORT_DIR = "report"
 SWEEP_RESULTS = "sweep_results"  # .md and .csv in the sweep dir
@@ -75,6 +82,18 @@ PATHMNIST_ABBREVIATIONS = {
     "colorectal adenocarcinoma epithelium": "TUM",
 }
 SHORT_NAME = 10  # longest class name shown as is in ticks and grid titles
+MARKER = ".sslpath-report"  # in every report dir written: only a dir carrying it is ever replaced
+# What an sslpath report held before the marker existed: such a dir (results.md among them) is replaced too.
+LEGACY_REPORT_FILE = re.compile(
+    r"results\.(md|csv)|(val_accuracy|val_loss|label_efficiency|robustness(_comparison)?|qualitative_.+|confusion_.+)"
+    r"\.(png|pdf|svg|md|csv)"
+)
+TB_EVENTS = "events.out.tfevents."  # all a run's tb/report/ holds
+MAX_EPOCHS = 10**7  # more is no real run: an edited or corrupt metrics.json
+MAX_WALL_SECONDS = 10**9  # about 32 years
+# test_examples.npz holds a handful of tiles for the grid (36 by default): larger declared arrays are refused
+MAX_EXAMPLES, MAX_EXAMPLE_SIDE, MAX_EXAMPLE_BYTES = 10_000, 1024, 256 * 2**20
+AUC_SLACK = 1.5e-6  # test_predictions.csv rounds probabilities to 6 decimals: pairs this close may be either order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,8 +125,8 @@ REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_loss": (_is_number, "a number"),
     "test_acc": (_is_rate, "a number from 0 to 1"),
     "test_auc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
-    "epochs": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "wall_seconds": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "epochs": (lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f"an integer from 0 to {MAX_EPOCHS:,}"),
+    "wall_seconds": (lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS, f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}"),
 }
 OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_knn_acc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
@@ -165,10 +184,15 @@ class Run:
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Every run dir at or below each path: a run, a chained run with its pretrain/, a sweep dir."""
+    """The run dirs the paths name: a path holding metrics.json is that one run (never what lies below it:
+    a run dir may hold other runs, e.g. its pretrain/); any other path gives every run dir below it (a sweep
+    dir, a chained run stopped after its SSL stage)."""
     found: dict[Path, None] = {}  # ordered set: a run named twice is reported once
     for path in map(Path, paths):
-        runs = sorted(m.parent.resolve() for m in path.rglob(RUN_FILES[0]))
+        if (path / RUN_FILES[0]).is_file():
+            runs = [path.resolve()]
+        else:
+            runs = sorted(m.parent.resolve() for m in path.rglob(RUN_FILES[0]))
         if not runs:
             what = "does not exist" if not path.exists() else "holds no metrics.json, in it or below it"
             raise UserError(
@@ -192,8 +216,9 @@ def load_run(run_dir: Path) -> Run:
             "leave it out of the report."
         )
     metrics = read_metrics(run_dir / "metrics.json")
-    class_names, labels, preds = read_predictions(run_dir / "test_predictions.csv")
+    class_names, labels, preds, probs = read_predictions(run_dir / "test_predictions.csv")
     check_consistency(run_dir, metrics, class_names, labels, preds)
+    check_auc(run_dir, metrics, class_names, labels, probs)
     return Run(
         dir=run_dir,
         metrics=metrics,
@@ -211,12 +236,17 @@ def _invalid(path: Path, problem: str) -> UserError:
 
 def read_metrics(path: Path) -> dict[str, Any]:
     """metrics.json as a dict whose keys the report uses all have the expected types and ranges."""
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _invalid(path, f"cannot be read as JSON ({err})") from None
+        metrics = json.loads(path.read_text(), parse_constant=no_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise _invalid(path, f"cannot be read as JSON ({type(err).__name__}: {err})") from None
     if not isinstance(metrics, dict):
         raise _invalid(path, f"holds {JSON_TYPES.get(type(metrics), 'null')}, not an object of metrics")
+    if where := _non_finite(metrics):
+        raise _invalid(path, f"has a number too large to be finite at {where}: no run measures infinity")
     problems = [f"`{key}` is missing" for key in REQUIRED_METRICS if key not in metrics]
     for key, (check, what) in (REQUIRED_METRICS | OPTIONAL_METRICS).items():
         if key in metrics and not check(metrics[key]):
@@ -226,8 +256,22 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Class names (from the p_<name> columns) and the label and pred columns, every row checked."""
+def _non_finite(value: Any) -> str | None:
+    """Where in a parsed JSON value a float is infinite or NaN (e.g. `1e999`), as `key.key[index]`; None if nowhere."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "the top level"
+        if isinstance(item, dict):
+            stack += [(f"{where}.{key}".lstrip("."), v) for key, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+    return None
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Class names (from the p_<name> columns), the label and pred columns and the probabilities, every row checked."""
     try:
         with path.open(newline="") as f:
             rows = [row for row in csv.reader(f) if row]
@@ -265,7 +309,7 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     for what, bad in bad_rows.items():
         if bad.any():
             raise _invalid(path, f"has {what} in data row {int(bad.any(axis=1).argmax()) + 1}")
-    return names, ints[:, 1], ints[:, 2]
+    return names, ints[:, 1], ints[:, 2], probs
 
 
 def check_consistency(
@@ -298,6 +342,41 @@ def check_consistency(
         )
 
 
+def auc_bounds(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float] | None:
+    """The least and greatest macro one-vs-rest AUC (over the classes present) that probabilities rounded as in
+    test_predictions.csv allow: a positive and a negative closer than AUC_SLACK may have been in either order.
+    None when fewer than two classes are present (no AUC)."""
+    bounds = []
+    for c in np.unique(labels):
+        positive, negative = probs[labels == c, c], np.sort(probs[labels != c, c])
+        pairs = len(positive) * len(negative)
+        surely = np.searchsorted(negative, positive - AUC_SLACK, side="left").sum()
+        maybe = np.searchsorted(negative, positive + AUC_SLACK, side="right").sum()
+        bounds.append((surely / pairs, maybe / pairs))
+    return tuple(np.mean(bounds, axis=0).tolist()) if len(bounds) > 1 else None
+
+
+def check_auc(run_dir: Path, metrics: dict[str, Any], class_names: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    """metrics.json's test_auc must be the macro AUC (sslpath.metrics.classification_results) of the predictions."""
+    claimed = metrics["test_auc"]
+    logits = torch.from_numpy(np.log(np.maximum(probs, 1e-30)))
+    recomputed = classification_results(logits, torch.from_numpy(labels), class_names)["test_auc"]
+    bounds = auc_bounds(labels, probs)
+    if (recomputed is None) != (bounds is None):  # cannot happen: both count the classes present
+        bounds = None if recomputed is None else (recomputed, recomputed)
+    if claimed is None and bounds is None:
+        return
+    if claimed is not None and bounds is not None and bounds[0] - 1e-6 <= claimed <= bounds[1] + 1e-6:
+        return
+    says = "null" if claimed is None else f"{claimed:.6f}"
+    gives = "no AUC (fewer than two classes present)" if recomputed is None else f"a macro AUC of {recomputed:.6f}"
+    raise UserError(
+        f"run {metrics['run_name']!r} ({run_dir}): metrics.json says test_auc = {says}, but the probabilities in "
+        f"test_predictions.csv give {gives}. One of the files was edited or comes from another evaluation, so the "
+        f"report would show a number the predictions do not support. {RERUN}"
+    )
+
+
 def _describe(array: np.ndarray) -> str:
     return f"{array.dtype} of shape {array.shape}"
 
@@ -309,7 +388,10 @@ def read_examples(path: Path, num_classes: int) -> Examples:
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise _invalid(path, "is a single .npy array, not an .npz archive of images, labels and probs")
         with npz:
-            arrays = {key: npz[key] for key in ("images", "labels", "probs") if key in npz.files}
+            keys = [key for key in ("images", "labels", "probs") if key in npz.files]
+            for key in keys:  # declared shapes first: a header may claim terabytes
+                _check_example_header(npz.zip, path, key)
+            arrays = {key: npz[key] for key in keys}
     except ValueError:  # numpy's text would suggest allow_pickle=True: never for a file of unknown origin
         raise _invalid(
             path, "cannot be read as plain NumPy arrays: it is damaged, not an .npz file, or holds pickled Python "
@@ -335,6 +417,29 @@ def read_examples(path: Path, num_classes: int) -> Examples:
     return Examples(images[: GRID * GRID], labels[: GRID * GRID], probs[: GRID * GRID])
 
 
+def _check_example_header(zf: zipfile.ZipFile, path: Path, key: str) -> None:
+    """Refuse a member of test_examples.npz whose .npy header declares more than a handful of example tiles.
+    ValueError (as np.load raises) for a member that is no plain .npy array."""
+    name = f"{key}.npy" if f"{key}.npy" in zf.namelist() else key
+    with zf.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)  # ValueError for anything but a plain header
+    if dtype.hasobject or any(d < 0 for d in shape):
+        raise ValueError(f"{key} holds Python objects or declares the shape {shape}")
+    size = math.prod(shape) * dtype.itemsize
+    too_big = size > MAX_EXAMPLE_BYTES or (len(shape) >= 1 and shape[0] > MAX_EXAMPLES)
+    if key == "images" and len(shape) >= 3:
+        too_big |= max(shape[1:3]) > MAX_EXAMPLE_SIDE
+    if too_big:
+        raise _invalid(
+            path,
+            f"declares `{key}` of shape {shape} ({dtype}, {size / 2**20:,.0f} MiB), not a handful of example tiles "
+            f"(at most {MAX_EXAMPLES:,} images of at most {MAX_EXAMPLE_SIDE} px a side, {MAX_EXAMPLE_BYTES // 2**20} MiB "
+            "an array); it was not loaded",
+        )
+
+
 def read_val_curves(tb_dir: Path) -> dict[str, dict[int, float]]:
     """Validation scalars by epoch: Lightning logs `epoch` at the same steps, so it maps step -> epoch."""
     if not tb_dir.is_dir():
@@ -344,7 +449,10 @@ def read_val_curves(tb_dir: Path) -> dict[str, dict[int, float]]:
     tags = set(events.Tags()["scalars"])
     if "epoch" not in tags:
         return {}
-    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")}
+    # An epoch that is no whole number in range (NaN, 1e30: a corrupt or foreign log) marks no point.
+    epoch_at = {
+        e.step: int(e.value) for e in events.Scalars("epoch") if math.isfinite(e.value) and 0 <= e.value <= MAX_EPOCHS
+    }
     # A resumed run logs a step again; the later value wins, as in TensorBoard.
     return {
         tag: {epoch_at[e.step] + 1: e.value for e in events.Scalars(tag) if e.step in epoch_at}
@@ -469,7 +577,7 @@ def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
     stats = [f"{column.key}_{stat}" for column in columns for stat in ("mean", "std")]
     writer.writerow(["model", "kind", "label_fraction", "n", *stats])
     for group in groups:
-        row: list[Any] = [group.name, group.kind, group.fraction, len(group.runs)]
+        row: list[Any] = [spreadsheet_safe(group.name), spreadsheet_safe(group.kind), group.fraction, len(group.runs)]
         for column in columns:
             values = group.values(column.key)
             mean, std = mean_std(values) if values else ("", "")
@@ -653,11 +761,22 @@ def confusion_figure(runs: Sequence[Run], title: str) -> Figure:
     return fig
 
 
+@contextlib.contextmanager
+def literal_text(fig: Figure):
+    """Draw every text of fig as written: run and class names are data, and `$…$` in one must not be parsed
+    as math (matplotlib would fail on `$\\foo$`). Covers texts made so far and tick labels made while drawing."""
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        yield
+
+
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str], dpi: int) -> None:
     """stem.<format> for each format, each written atomically."""
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi)
+        with literal_text(fig):
+            fig.savefig(buf, format=fmt, dpi=dpi)
         atomic_write_bytes(stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue())
 
 
@@ -674,7 +793,8 @@ def log_figures(run: Run, log_dir: Path) -> None:
     try:
         figures = {"report/qualitative": examples_figure(run), "report/confusion": confusion_figure([run], run.title)}
         for tag, fig in figures.items():
-            fig.canvas.draw()
+            with literal_text(fig):
+                fig.canvas.draw()
             pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
             writer.add_image(tag, pixels, global_step=run.metrics["epochs"], dataformats="HWC")
     finally:
@@ -714,10 +834,76 @@ def check_figure_options(formats: str | Sequence[str], dpi: int) -> tuple[str, .
     return chosen
 
 
-def _staging_dir(dest: Path, fix: str) -> Path:
-    """An empty dir beside dest (so on its filesystem, to be renamed onto it), created with the umask's mode."""
+def _entries(path: Path) -> list[Path] | None:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return None
+
+
+def _report_problem(path: Path) -> str | None:
+    """Why the existing dir `path` may not be replaced by a report; None for an empty dir, a dir carrying
+    MARKER (a report), or one holding only the files a report wrote before the marker existed."""
+    entries = _entries(path)
+    if entries is None:
+        return f"{path} cannot be listed, so it cannot be checked to be an earlier report"
+    if not entries or (path / MARKER).is_file():
+        return None
+    legacy = any(e.name == "results.md" for e in entries) and all(
+        e.is_file() and not e.is_symlink() and LEGACY_REPORT_FILE.fullmatch(e.name) for e in entries
+    )
+    if legacy:
+        return None
+    return (
+        f"{path} already exists and is not an sslpath report (it has no {MARKER} file); a report replaces its "
+        "dir whole, so it is never written over other files"
+    )
+
+
+def _tensorboard_problem(path: Path) -> str | None:
+    """Why a run's existing tb/report/ may not be replaced: it holds more than the event files a report writes."""
+    entries = _entries(path)
+    if entries is not None and all(e.is_file() and not e.is_symlink() and e.name.startswith(TB_EVENTS) for e in entries):
+        return None
+    return f"{path} holds other files than the TensorBoard images of an earlier report"
+
+
+def check_out_dir(out: str | Path, run_dirs: Sequence[Path], tensorboard: bool) -> Path:
+    """out as an absolute path (`.` and symlinks resolved), after checking that writing the report there,
+    which replaces that dir whole, deletes nothing but an earlier report."""
+    out = Path(out).expanduser().resolve()
+    fix = "Pass a new or empty --out DIR, or an earlier report's dir (the default is report/ beside the runs)."
+    if out.parent == out:
+        raise UserError(f"--out {out} is the filesystem root, which a report dir cannot replace. {fix}")
+    for run in map(Path.resolve, run_dirs):
+        if out == run or run.is_relative_to(out):
+            what = "is the run dir" if out == run else "holds the run dir"
+            raise UserError(
+                f"--out {out} {what} {run}: the report replaces its dir whole, so writing it there would delete "
+                f"the run's files. {fix}"
+            )
+        if tensorboard and out.is_relative_to(run / "tb" / TB_REPORT):
+            raise UserError(
+                f"--out {out} is inside {run / 'tb' / TB_REPORT}, which the report rewrites with TensorBoard images. {fix}"
+            )
+    with contextlib.suppress(OSError):  # no current dir (deleted): nothing to protect
+        if Path.cwd().resolve().is_relative_to(out):
+            raise UserError(
+                f"--out {out} is or holds the current dir: the report replaces its dir whole, which would leave "
+                f"this shell in a deleted folder. {fix}"
+            )
+    if out.is_dir() and (problem := _report_problem(out)):
+        raise UserError(f"{problem}. {fix}")
+    return out
+
+
+def _staging_dir(dest: Path, fix: str, problem: Callable[[Path], str | None] = _report_problem) -> Path:
+    """An empty dir beside dest (so on its filesystem, to be renamed onto it), created with the umask's mode,
+    once dest is known to be missing or a dir that may be replaced (`problem` says why not)."""
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} is a file, so no report dir can be written there. {fix}")
+    if dest.is_dir() and (why := problem(dest)):
+        raise UserError(f"{why}. {fix}")
     staged = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     try:
         staged.mkdir(parents=True)
@@ -726,12 +912,15 @@ def _staging_dir(dest: Path, fix: str) -> Path:
     return staged
 
 
-def _replace_dir(staged: Path, dest: Path) -> None:
-    """Rename staged to dest. An old dest is moved aside first and deleted once staged is in place; if
-    another process puts its own dest there in between (two reports of one run), it is replaced in turn."""
+def _replace_dir(staged: Path, dest: Path, problem: Callable[[Path], str | None] = _report_problem) -> None:
+    """Rename staged to dest. An old dest (checked again by `problem`: only a report is ever moved) is moved
+    aside first and deleted once staged is in place; if another process puts its own dest there in between
+    (two reports of one run), it is replaced in turn."""
     aside = staged.with_name(staged.name + ".old")
     for _ in range(5):
         shutil.rmtree(aside, ignore_errors=True)
+        if dest.is_dir() and (why := problem(dest)):
+            raise UserError(f"{why}; it appeared while the report was written, so the report was not put there.")
         with contextlib.suppress(FileNotFoundError):
             dest.rename(aside)
         try:
@@ -773,6 +962,7 @@ def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: 
 
 
 def _render_report(groups: Sequence[Group], out: Path, formats: Sequence[str], dpi: int) -> None:
+    atomic_write_text(out / MARKER, "Written by sslpath.report, which replaces this dir whole when run again.\n")
     for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
         save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
     efficiency = label_efficiency_figure(groups)
@@ -797,16 +987,21 @@ def write_report(
     formats: str | Sequence[str] = ("png",),
     dpi: int = 150,
     tensorboard: bool = True,
+    tensorboard_within: Path | None = None,
 ) -> Path:
     """Write the report for these runs (dirs are expanded as by find_run_dirs); returns results.md.
 
     With tensorboard, each run's tb/report/ is rewritten with its example grid and confusion matrix, so
-    TensorBoard shows one image per tag however often the report is rebuilt. Every dir is filled beside
-    its destination and renamed into place only once all are complete.
+    TensorBoard shows one image per tag however often the report is rebuilt; with tensorboard_within, only
+    runs below that dir get them (a sweep leaves runs it merely reads alone). out_dir must be new, empty or
+    an earlier report (check_out_dir). Every dir is filled beside its destination and renamed into place
+    only once all are complete.
     """
     formats = check_figure_options(formats, dpi)
-    groups = group_runs([load_run(d) for d in find_run_dirs(run_dirs)])
-    out_dir = Path(out_dir)
+    found = find_run_dirs(run_dirs)
+    out_dir = check_out_dir(out_dir, found, tensorboard)
+    groups = group_runs([load_run(d) for d in found])
+    within = None if tensorboard_within is None else Path(tensorboard_within).resolve()
     staged: dict[Path, Path] = {}  # destination -> temporary dir being filled
     try:
         fix = "Pass a writable --out DIR."
@@ -817,8 +1012,11 @@ def write_report(
             raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
         if tensorboard:
             for run in (run for group in groups for run in group.runs):
+                if within is not None and not run.dir.resolve().is_relative_to(within):
+                    continue
                 fix = f"Make {run.dir} writable, or leave the TensorBoard images out (--no-tensorboard)."
-                tmp = staged[run.dir / "tb" / TB_REPORT] = _staging_dir(run.dir / "tb" / TB_REPORT, fix)
+                dest = run.dir / "tb" / TB_REPORT
+                tmp = staged[dest] = _staging_dir(dest, fix, _tensorboard_problem)
                 try:
                     log_figures(run, tmp)
                 except OSError as err:
@@ -827,8 +1025,12 @@ def write_report(
         for tmp in staged.values():
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for dest, tmp in reversed(staged.items()):  # the report last: once it is in place, everything is
-        _replace_dir(tmp, dest)
+    try:
+        for dest, tmp in reversed(staged.items()):  # the report last: once it is in place, everything is
+            _replace_dir(tmp, dest, _report_problem if dest == out_dir else _tensorboard_problem)
+    finally:
+        for tmp in staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     return out_dir / "results.md"
 
 
@@ -866,8 +1068,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="sslpath.report",
         description="Compare finished sslpath runs: results.md/.csv, validation curves, example grids, "
-        "confusion matrices, label efficiency. Every run dir at or below each RUN_DIR is included (a sweep's "
-        "jobs, a chained fine-tune's pretrain/).",
+        "confusion matrices, label efficiency. A RUN_DIR holding metrics.json is one run; any other RUN_DIR "
+        "gives every run dir below it (a sweep's jobs). --out must be new, empty or an earlier report: it is "
+        "replaced whole.",
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, help="output dir (default: report/ under the runs' common parent)")

@@ -91,8 +91,17 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
         return
-    saved_cfg = OmegaConf.load(saved_file)
-    saved = settings(saved_cfg, str(saved_cfg.get("paths", {}).get("output_dir", "")))
+    try:
+        saved_cfg = OmegaConf.load(saved_file)
+        if not isinstance(saved_cfg, DictConfig):
+            raise ValueError("not a mapping of settings")
+        saved = settings(saved_cfg, str(saved_cfg.get("paths", {}).get("output_dir", "")), resolve=False)
+    except Exception as err:  # YAML, decoding or structure errors: the file is damaged
+        raise UserError(
+            f"cannot resume {run_dir}: its {saved_file.name} is unreadable ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else 'empty'}). It records the interrupted "
+            "run's settings; restore it, or start a new run in another dir."
+        ) from None
     current = settings(cfg, str(run_dir))
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
@@ -103,7 +112,7 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
-def settings(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
+def settings(cfg: DictConfig, run_dir: str, resolve: bool = True) -> dict[str, Any]:
     """Leaf key -> value, minus how the run was started, where its files live and what only watches it."""
     flat: dict[str, Any] = {}
 
@@ -114,7 +123,7 @@ def settings(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         else:
             flat[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=resolve), "")  # a stored file is data: never resolve it
     skip_roots = ("ckpt_path", "resume", "paths", "callbacks", "logger", "report")
     return {
         k: v for k, v in flat.items()

@@ -50,7 +50,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from sslpath import runs
-    from sslpath.build import build_run
+    from sslpath.build import build_run, model_class
     from sslpath.checkpoints import check_resumable
     from sslpath.files import atomic_write_json, atomic_write_text
     from sslpath.tracking import log_run_summary
@@ -59,7 +59,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     with runs.claim(out):
         resume_from = resume_checkpoint(cfg, out)
         if resume_from:
-            check_resumable(resume_from, "resume" if cfg.resume else "ckpt_path")
+            expected = {"kind": model_class(cfg).kind, "backbone": cfg.model.backbone.name, "stem": cfg.model.backbone.stem}
+            own = cfg.resume or cfg.ckpt_path == "last"  # a finished run of this dir may resume to be tested again
+            check_resumable(resume_from, "resume" if cfg.resume else "ckpt_path", expected, None if own else cfg.trainer.max_epochs)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run dir: %s", out.resolve())
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -7,9 +7,10 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sslpath.errors import UserError
 
@@ -68,5 +69,20 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_value(key, value, *rule)
+    from sslpath.checkpoints import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
+
+    for key, lo, hi in (("data.mean", -MAX_ABS_MEAN, MAX_ABS_MEAN), ("data.std", MIN_STD, MAX_STD)):
+        value = OmegaConf.select(cfg, key, default=None)
+        ok = isinstance(value, ListConfig) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi for v in value
+        )
+        if value is not None and not ok:
+            allowed = f"3 numbers from {lo:g} to {hi:g}"
+            raise UserError(f"{key}={value!r} is not valid: it must be {allowed}, one per RGB channel (e.g. {key}=[0.5,0.5,0.5]).")
+    milestones = OmegaConf.select(cfg, "scheduler.milestones", default=None)
+    if milestones is not None and not (
+        isinstance(milestones, ListConfig) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)
+    ):
+        raise UserError(f"scheduler.milestones={milestones!r} is not valid: it must be a list of epoch numbers >= 0, e.g. [2,6].")
     if cfg.get("ckpt_path") not in (None, "last") and not isinstance(cfg.ckpt_path, str):
         raise UserError(f"ckpt_path={cfg.ckpt_path!r} is not valid: pass a .ckpt file, `last`, or leave it unset.")

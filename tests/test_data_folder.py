@@ -96,9 +96,9 @@ def test_cache_reused_for_unchanged_folder_and_rebuilt_when_it_changes(tmp_path,
 
     decoded = []
 
-    def counting_read_image(path):
+    def counting_read_image(path, *args):
         decoded.append(path)
-        return read_image(path)
+        return read_image(path, *args)
 
     monkeypatch.setattr("sslpath.data.folder.read_image", counting_read_image)
     caplog.set_level(logging.INFO)

@@ -146,6 +146,33 @@ def test_resume_of_a_missing_dir_creates_nothing(tmp_path, capsys):
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("damage", ["seed: [unclosed", "- 1\n- 2\n", "seed: ${oc.env:HOME}\n"])
+def test_resume_with_a_damaged_config_is_a_clear_error(tmp_path, capsys, damage):
+    code, _ = cli(tmp_path, capsys=capsys)
+    assert code == 0
+    (tmp_path / "run" / "config.yaml").write_text(damage)
+    code, err = cli(tmp_path, f"resume={tmp_path}/run", capsys=capsys, run_dir=None)
+    assert code == 2 and "cannot resume" in err and "Traceback" not in err
+    assert os.environ.get("HOME", "/nonexistent") not in err.replace(str(tmp_path), "")  # never resolved
+
+
+def test_a_damaged_ssl_stage_record_is_a_clear_error(tmp_path, capsys):
+    shared = f"paths.pretrain_dir={tmp_path}/shared"
+    code, _ = cli(tmp_path, "model=finetune", shared, capsys=capsys, run_dir="a")
+    assert code == 0
+    (record,) = (tmp_path / "shared").glob("*/metrics.json")
+    record.write_text("[1]")
+    code, err = cli(tmp_path, "model=finetune", shared, capsys=capsys, run_dir="b")
+    assert code == 2 and "damaged metrics.json" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_from_another_run_never_ends_in_a_traceback(tmp_path, capsys):
+    code, _ = cli(tmp_path, capsys=capsys, run_dir="a")
+    assert code == 0
+    code, err = cli(tmp_path, f"ckpt_path={tmp_path}/a/checkpoints/last.ckpt", capsys=capsys, run_dir="b")
+    assert code == 2 and "nothing left to train" in err and "Traceback" not in err
+
+
 def test_resume_from_a_truncated_last_checkpoint_is_a_clear_error(tmp_path, capsys):
     code, _ = cli(tmp_path, capsys=capsys)
     assert code == 0
@@ -244,6 +271,10 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "label fraction abc": (TINY_DATA, ["data.label_fraction=abc"], "data.label_fraction='abc' is not valid: it must be a number"),
         "seed -1": (TINY_DATA, ["seed=-1"], "seed=-1 is not valid"),
         "pretrain given a value": (TINY_DATA, ["model=finetune", "pretrain=byol"], "model@pretrain=<method>"),
+        "mean with one value": (TINY_DATA, ["data.mean=[0.5]"], "data.mean=[0.5] is not valid"),
+        "std zero": (TINY_DATA, ["data.std=[0,0,0]"], "data.std=[0, 0, 0] is not valid"),
+        "milestones not numbers": (TINY_DATA, ["scheduler=multistep", "scheduler.milestones=[abc]"], "scheduler.milestones="),
+        "precision unknown": (TINY_DATA, ["trainer.precision=foo"], "Lightning refused the trainer settings"),
         "huge declared array": (file_data("huge.npz"), [], "more than half of this machine's memory"),
         "NaN loss": (TINY_DATA, ["optimizer.lr=1e30", "trainer.max_epochs=2"], "loss became nan"),
         "output dir not writable": (TINY_DATA, [f"paths.log_dir={tmp}/text.npz/sub"], "cannot write the output dir"),
@@ -318,3 +349,12 @@ def test_disk_full_while_saving_keeps_nothing_torn(tmp_path, capsys, monkeypatch
     code, err = cli(tmp_path, capsys=capsys)
     assert code == 2 and "no space left" in err and "ckpt_path=last" in err
     assert leftovers(tmp_path / "run") == []
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, capsys):
+    code, _ = cli(tmp_path, "model=simclr", capsys=capsys, run_dir="ssl")
+    assert code == 0
+    code, err = cli(tmp_path, "model=baseline", "trainer.max_epochs=3", f"ckpt_path={tmp_path}/ssl/checkpoints/last.ckpt",
+                    capsys=capsys, run_dir="b")
+    assert code == 2 and "holds another model (kind: 'simclr' in the checkpoint, 'baseline' here)" in err
+    assert "Traceback" not in err and leftovers(tmp_path / "b") == []

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import run_cli
 from sslpath.errors import UserError
+from sslpath.metrics import classification_results
 from sslpath.report import (
+    MARKER,
     KIND_COLOURS,
     confusion_figure,
     curves_figure,
@@ -54,14 +57,16 @@ def fake_run(
     **metrics: object,
 ) -> Path:
     """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
-    metrics.json agreeing with them, example images and validation curves in tb/."""
+    metrics.json agreeing with them (test AUC as sslpath.metrics computes it), example images and validation curves in tb/."""
     labels = np.arange(n) % len(classes)
     preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
     probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)
+    logits = torch.from_numpy(np.log(probs))
+    auc = classification_results(logits, torch.from_numpy(labels), list(classes))["test_auc"]
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps({
         "model": model, "run_name": run_name or model, "seed": seed, "label_fraction": fraction,
-        "test_loss": 1.0 - right / n, "test_acc": right / n, "test_auc": 0.9, "best_val_acc": 0.7,
+        "test_loss": 1.0 - right / n, "test_acc": right / n, "test_auc": auc, "best_val_acc": 0.7,
         "per_class_acc": dict.fromkeys(classes, 0.5), "epochs": epochs, "wall_seconds": wall_seconds,
         "ckpt_path": str(run_dir / "checkpoints" / "best.ckpt"), **metrics,
     }))
@@ -121,7 +126,7 @@ def test_report_writes_every_file(report):
     assert report == out / "results.md"
     pngs = ["val_accuracy.png", "val_loss.png"]
     pngs += [f"{kind}_{model}.png" for kind in ("qualitative", "confusion") for model in ("baseline", "ssl")]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "results.csv", "results.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "results.csv", "results.md", MARKER])
     for name in pngs:
         width, height = nonblank_png(out / name)
         assert 700 <= width <= 1400 and 500 <= height <= 1400, (name, width, height)  # 150 dpi
@@ -129,13 +134,14 @@ def test_report_writes_every_file(report):
     assert not list(out.parent.glob(".report.*")), "staging dirs left behind"
 
 
-def test_table_pools_seeds_in_consistent_units(report):
+def test_table_pools_seeds_in_consistent_units(runs, report):
     rows = table(report)
     assert [(r["Model"], r["Label fraction"], r["n"]) for r in rows] == [("baseline", "1", "2"), ("ssl", "1", "1")]
     baseline, ssl = rows
     accs = [60 / 90, 72 / 90]
     assert baseline["Test accuracy (%)"] == f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}"
-    assert ssl["Test accuracy (%)"] == "50.00" and ssl["Test AUC"] == "0.9000"
+    auc = json.loads((runs / "2_ssl" / "metrics.json").read_text())["test_auc"]
+    assert ssl["Test accuracy (%)"] == "50.00" and ssl["Test AUC"] == f"{auc:.4f}"
     assert baseline["Val kNN accuracy (%)"] == "—" and ssl["Val kNN accuracy (%)"] == "81.25"
     assert baseline["Wall time (min)"] == f"2.5 ± {np.std([2, 3], ddof=1):.1f}" and ssl["Wall time (min)"] == "0.5"
     assert baseline["Epochs"] == "3 ± 0"
@@ -276,7 +282,7 @@ def test_tensorboard_images_are_replaced_not_duplicated(runs, report, tmp_path):
     before = sorted((run / "tb").glob("events.*"))
     write_report([run], tmp_path / "again")
     write_report([run], tmp_path / "again")
-    (event_file,) = (run / "tb" / "report").iterdir()  # one event file: the last report's
+    (event_file,) = (run / "tb" / "report").iterdir()  # one event file: the last report's, and nothing else
     assert event_file.name.startswith("events.")
     events = EventAccumulator(str(run / "tb" / "report"), size_guidance={"images": 0})
     events.Reload()
@@ -289,7 +295,7 @@ def test_tensorboard_images_are_replaced_not_duplicated(runs, report, tmp_path):
 
 def test_existing_report_dir_is_replaced_whole(runs, tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
+    write_report([runs / "2_ssl"], out, tensorboard=False)
     (out / "confusion_old_model.png").write_bytes(b"stale")
     write_report([runs / "2_ssl"], out, tensorboard=False)
     assert not (out / "confusion_old_model.png").exists() and (out / "confusion_ssl.png").is_file()

@@ -37,10 +37,11 @@ def fake_sweep(root: Path, fractions: tuple[float, ...], seeds: tuple[int, ...] 
     for model in ("baseline", "finetune"):
         for fraction in fractions:
             for seed in seeds:
-                right, auc = int(rng.integers(20, 90)), float(rng.uniform(0.5, 1.0))
+                right = int(rng.integers(20, 90))
                 acc = right / 100  # what the 100 predictions recount to
-                fake_run(root / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right, n=100,
-                         classes=CLASSES, test_auc=auc)
+                run = fake_run(root / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right, n=100,
+                               classes=CLASSES)
+                auc = json.loads((run / "metrics.json").read_text())["test_auc"]  # what the predictions give
                 numbers.setdefault((model, fraction), []).append((acc, auc))
                 job += 1
     return numbers

@@ -19,7 +19,7 @@ from torch import nn
 
 from sslpath.augment import BatchTransform
 from sslpath.data.download import class_names, download, official_filename, official_source
-from sslpath.data.folder import TileFolder
+from sslpath.data.folder import MAX_PIXELS, TileFolder
 from sslpath.data.loader import BatchLoader
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
@@ -226,9 +226,10 @@ class FolderDataModule(ArrayDataModule):
         cache_dir: str = "~/.medmnist/folder_cache",
         num_classes: int | None = None,
         seed: int = 0,
+        max_pixels: int = MAX_PIXELS,
         **kwargs: Any,
     ) -> None:
-        self.tiles = TileFolder(dir, unlabeled_dir, size, val_fraction, test_fraction, seed, cache_dir)
+        self.tiles = TileFolder(dir, unlabeled_dir, size, val_fraction, test_fraction, seed, cache_dir, max_pixels=max_pixels)
         found = len(self.tiles.class_names)
         if num_classes not in (None, found):
             raise UserError(

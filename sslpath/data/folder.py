@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,11 +33,29 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 CACHE_FORMAT = 1  # part of the key: bump it when conversion changes, so older caches are not reused
 SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of them
+# Default cap on an image's pixels: tiles are small, and a 120-megapixel file would take gigabytes to decode.
+MAX_PIXELS = 50_000_000
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any PIL-readable file -> uint8 H×W×3 RGB at its native size (resizing is to_tiles' job)."""
-    with Image.open(path) as image:
+class TooLargeImage(ValueError):
+    """An image with more pixels than the cap: refused before it is decoded."""
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any PIL-readable file -> uint8 H×W×3 RGB at its native size (resizing is to_tiles' job).
+
+    An image of more than `max_pixels` pixels is refused (TooLargeImage) from its header, before decoding.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides, with a reason
+        image = Image.open(path)
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise TooLargeImage(
+                f"{width}x{height} pixels is more than the cap of {max_pixels:,} pixels (max_pixels); "
+                "cut it into tiles first"
+            )
         return np.array(image.convert("RGB"))
 
 
@@ -70,9 +89,16 @@ class TileFolder:
         test_fraction: float,
         seed: int,
         cache_dir: str | Path,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.root = Path(root).expanduser().absolute()  # absolute: messages and the sidecar name files unambiguously
         self.size, self.val_fraction, self.test_fraction, self.seed = size, val_fraction, test_fraction, seed
+        if type(max_pixels) is not int or max_pixels < 1:
+            raise UserError(
+                f"data.max_pixels={max_pixels} is not a positive integer; it caps the pixels of an image that is "
+                f"decoded (default {MAX_PIXELS})."
+            )
+        self.max_pixels = max_pixels
         self.class_names, self.files = self._scan()
         self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
         self.unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
@@ -154,6 +180,8 @@ class TileFolder:
         listing = {split: [[*entry(f, self.root), c] for f, c in pairs] for split, pairs in self.files.items()}
         listing["unlabeled"] = [entry(f, self.unlabeled_dir) for f in self.unlabeled]
         settings = {"format": CACHE_FORMAT, "size": self.size}
+        if self.max_pixels != MAX_PIXELS:  # a different cap may skip different files; the default keeps old keys valid
+            settings["max_pixels"] = self.max_pixels
         if not self.given_splits:
             settings |= {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed}
         payload = json.dumps({"files": listing, "settings": settings}, sort_keys=True)
@@ -174,7 +202,7 @@ class TileFolder:
     def _convert(self) -> None:
         labelled = [pair for pairs in self.files.values() for pair in pairs]
         files = [f for f, _ in labelled] + self.unlabeled
-        tiles, readable, skipped = _read_tiles(files, self.size, f"converting {self.root.name}")
+        tiles, readable, skipped = _read_tiles(files, self.size, f"converting {self.root.name}", self.max_pixels)
         # The sidecar comes first, so the errors below can point at its list of unreadable files;
         # a cache counts as present only once the npz, written last, is there too.
         with self._writing():
@@ -265,12 +293,14 @@ class TileFolder:
             )
 
 
-def _read_tiles(files: list[Path], size: int, desc: str) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+def _read_tiles(
+    files: list[Path], size: int, desc: str, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """uint8 N×size×size×3 tiles of the readable files, their indices in `files`, and the others."""
     tiles, readable, skipped = [], [], []
     for i, file in enumerate(tqdm(files, desc=desc, unit="img", disable=None)):  # disable=None: a bar only on a TTY
         try:
-            image = read_image(file)
+            image = read_image(file, max_pixels)
         except Exception as err:  # decoders raise many types on malformed files; one must not stop the rest
             skipped.append({"file": str(file), "error": f"{type(err).__name__}: {err}"})
             continue

@@ -21,6 +21,7 @@ from sslpath.errors import UserError
 # Optional member: tiles without labels, which only SSL pretraining sees (FolderDataModule writes it).
 UNLABELED = "unlabeled_images"
 NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+MIN_TILE = 4  # pixels a side: smaller tiles hold no picture to learn from (and 0×0 ones cannot be resized)
 
 Header = tuple[tuple[int, ...], np.dtype]
 
@@ -181,6 +182,12 @@ def _check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype)
     if not square or (len(shape) == 4 and shape[3] not in (1, 3)):
         raise UserError(
             f"{path}: {key} has shape {shape}, expected N×H×W×3 (RGB) or N×H×W (grayscale) square tiles "
+            "(e.g. N×28×28×3)."
+        )
+    if shape[1] < MIN_TILE:
+        raise UserError(
+            f"{path}: {key} has shape {shape}: {shape[1]}×{shape[2]} pixel tiles, smaller than the minimum of "
+            f"{MIN_TILE}×{MIN_TILE}. The file is damaged or not a tile set; re-save it with its real images "
             "(e.g. N×28×28×3)."
         )
 
