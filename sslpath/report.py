@@ -7,8 +7,8 @@ test_examples.npz, tb/), so a report can be rebuilt at any time without checkpoi
 Every input is checked before anything is written, and the report is built in a temporary dir
 beside its destination and renamed into place: a bad input or a failed write leaves the previous
 report (or none), never half of one. Only a dir marked as a report (.sslpath-report) is ever replaced:
-any other existing --out, one holding the runs, or the current dir is refused. Figures are drawn on matplotlib's Agg canvas without pyplot:
-no GUI, no global backend state.
+any other existing --out, one holding the runs, or the current dir is refused. Figures are drawn on
+matplotlib's Agg canvas without pyplot: no GUI, no global backend state.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_acc": (_is_rate, "a number from 0 to 1"),
     "test_auc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
     "epochs": (lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f"an integer from 0 to {MAX_EPOCHS:,}"),
-    "wall_seconds": (lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS, f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}"),
+    "wall_seconds": (
+        lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS, f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}"
+    ),
 }
 OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_knn_acc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),

@@ -17,12 +17,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import run_cli
 from sslpath.errors import UserError
 from sslpath.metrics import classification_results
 from sslpath.report import (
-    MARKER,
     KIND_COLOURS,
+    MARKER,
     confusion_figure,
     curves_figure,
     examples_figure,
@@ -34,6 +33,8 @@ from sslpath.report import (
     short_class_names,
     write_report,
 )
+
+from conftest import run_cli
 
 PATHMNIST = [
     "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import zipfile
@@ -14,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from test_report_validation import edit_json
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import run_cli
 from sslpath.errors import UserError
 from sslpath.hydra_callbacks import SweepReport
 from sslpath.report import MARKER, _figure, load_run, main, save_figure, write_report
+
+from conftest import run_cli
 from test_report import fake_run
-from test_report_validation import edit_json
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
