@@ -65,12 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("source", type=Path, help="MedMNIST-format npz to cut from")
     parser.add_argument("output", type=Path, help="npz to write")
     parser.add_argument(
-        "--counts", type=lambda t: positive_ints(t, 3), required=True, metavar="TRAIN,VAL,TEST",
+        "--counts",
+        type=lambda t: positive_ints(t, 3),
+        required=True,
+        metavar="TRAIN,VAL,TEST",
         help="images per output split, e.g. 701,100,199",
     )
     parser.add_argument("--from-split", choices=SPLITS, help="cut all three output splits from this source split")
     parser.add_argument(
-        "--first", type=lambda t: positive_ints(t, 1)[0], metavar="N",
+        "--first",
+        type=lambda t: positive_ints(t, 1)[0],
+        metavar="N",
         help="draw only from the first N images of each source split",
     )
     parser.add_argument("--seed", type=seed_int, default=0, help="seeds the stratified draw (default 0)")
@@ -112,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error("make_sample"):
         args = parse_args(argv)
         if not args.source.is_file():
-            raise UserError(
-                f"{args.source} not found; give the path of a MedMNIST-format npz, e.g. ~/.medmnist/pathmnist.npz."
-            )
+            raise UserError(f"{args.source} not found; give the path of a MedMNIST-format npz, e.g. ~/.medmnist/pathmnist.npz.")
         if same_file(args.source, args.output):
             raise UserError(
                 f"the output {args.output} is the source file {args.source}; writing the sample there would destroy "

@@ -75,9 +75,7 @@ class BatchTransform(nn.Module):
 
     def train_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = Normalize.to_unit(images)
-        return [
-            self._finish(x if (i == 0 and self.clean_first_view) else self.augment(x)) for i in range(self.views)
-        ]
+        return [self._finish(x if (i == 0 and self.clean_first_view) else self.augment(x)) for i in range(self.views)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The evaluation transform: normalised, not augmented."""

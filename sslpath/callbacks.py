@@ -37,7 +37,9 @@ class TestResults(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._logits, self._labels, self.results = [], [], {}
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._logits.append(outputs["logits"].detach())
         self._labels.append(outputs["labels"].detach())
 
@@ -51,7 +53,9 @@ class TestResults(L.Callback):
         logits, labels = logits[keep].cpu(), labels[keep].cpu()
         class_names = trainer.datamodule.class_names
         self.results = classification_results(logits, labels, class_names)
-        scalars = {f"test/{k[5:]}": v for k, v in self.results.items() if k in ("test_loss", "test_acc", "test_auc") and v is not None}
+        scalars = {
+            f"test/{k[5:]}": v for k, v in self.results.items() if k in ("test_loss", "test_acc", "test_auc") and v is not None
+        }
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
         if trainer.is_global_zero:
@@ -124,7 +128,9 @@ class EpochSeed(L.Callback):
 class FiniteLoss(L.Callback):
     """Stops at the first NaN/inf training loss, before it reaches a checkpoint."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss).all():
             ckpt = trainer.checkpoint_callback
@@ -169,15 +175,21 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = str(state_dict.get("dirpath", self.dirpath)), str(self.dirpath)
         if old != new:
-            move = lambda p: new + p[len(old):] if isinstance(p, str) and p.startswith(old) else p  # noqa: E731
+            move = lambda p: new + p[len(old) :] if isinstance(p, str) and p.startswith(old) else p  # noqa: E731
             state_dict = {k: move(v) for k, v in state_dict.items()}
             state_dict["best_k_models"] = {move(k): v for k, v in state_dict.get("best_k_models", {}).items()}
             state_dict["dirpath"] = new
         best = state_dict.get("best_model_path")
         if best and not Path(best).is_file():
             # A checkpoint from another run (ckpt_path=FILE): its best file is not here, so track anew.
-            state_dict = {**state_dict, "best_model_path": "", "best_model_score": None, "best_k_models": {},
-                          "kth_best_model_path": "", "last_model_path": ""}
+            state_dict = {
+                **state_dict,
+                "best_model_path": "",
+                "best_model_score": None,
+                "best_k_models": {},
+                "kth_best_model_path": "",
+                "last_model_path": "",
+            }
         super().load_state_dict(state_dict)
 
 

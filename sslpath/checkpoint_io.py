@@ -29,7 +29,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "checkpoints are intact. Free disk space (or point paths.log_dir elsewhere) and resume "
                     "with ckpt_path=last."
                 ) from None
-            raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable.") from None
+            raise UserError(
+                f"could not write checkpoint {path} ({err.strerror or err}); check that the output dir is writable."
+            ) from None
 
 
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "MixedPrecision", "hparams_name")

@@ -212,8 +212,7 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
 
     def is_floats(v: Any, lo: float, hi: float) -> bool:
         return (
-            isinstance(v, list) and len(v) == 3
-            and all(type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi for x in v)
+            isinstance(v, list) and len(v) == 3 and all(type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi for x in v)
         )
 
     check(meta["kind"] in SUPERVISED_KINDS + SSL_KINDS, "kind", ", ".join(SUPERVISED_KINDS + SSL_KINDS))
@@ -221,10 +220,12 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     check(meta["stem"] in backbones.stems_for(meta["backbone"]), "stem", ", ".join(backbones.stems_for(meta["backbone"])))
     check(is_int(meta["num_classes"], 2, 10_000), "num_classes", "an integer from 2 to 10000")
     check(
-        isinstance(meta["class_names"], list) and len(meta["class_names"]) == meta["num_classes"]
+        isinstance(meta["class_names"], list)
+        and len(meta["class_names"]) == meta["num_classes"]
         and all(isinstance(n, str) and 0 < len(n) <= 200 for n in meta["class_names"])
         and len(set(meta["class_names"])) == len(meta["class_names"]),
-        "class_names", f"a list of {meta['num_classes']} distinct non-empty strings",
+        "class_names",
+        f"a list of {meta['num_classes']} distinct non-empty strings",
     )
     check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
     check(is_floats(meta["mean"], -MAX_ABS_MEAN, MAX_ABS_MEAN), "mean", f"3 numbers from {-MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}")
@@ -255,10 +256,14 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, f
     for kind, keys in (
         ("missing", [k for k in expected if k not in state]),
         ("unexpected", [k for k in state if k not in expected]),
-        ("wrong shape", [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-            if k in state and state[k].shape != v.shape
-        ]),
+        (
+            "wrong shape",
+            [
+                f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                for k, v in expected.items()
+                if k in state and state[k].shape != v.shape
+            ],
+        ),
     ):
         if keys:
             more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""

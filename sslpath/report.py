@@ -68,8 +68,16 @@ RERUN = (
 
 # One colour per model kind in every figure: Paul Tol's "muted" scheme (colour-blind safe).
 KIND_COLOURS = {
-    "baseline": "#555555", "ssl": "#CC6677", "simclr": "#CC6677", "finetune": "#117733", "probe": "#88CCEE",
-    "byol": "#DDCC77", "mocov3": "#332288", "barlowtwins": "#AA4499", "vicreg": "#44AA99", "dino": "#882255",
+    "baseline": "#555555",
+    "ssl": "#CC6677",
+    "simclr": "#CC6677",
+    "finetune": "#117733",
+    "probe": "#88CCEE",
+    "byol": "#DDCC77",
+    "mocov3": "#332288",
+    "barlowtwins": "#AA4499",
+    "vicreg": "#44AA99",
+    "dino": "#882255",
 }
 FALLBACK_COLOURS = ("#999933", "#E69F00", "#56B4E9", "#D55E00", "#0072B2", "#009E73")
 SSL_KINDS = frozenset({"ssl", "simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino"})
@@ -77,8 +85,14 @@ LINESTYLES = ("-", "--", ":", "-.")  # lines of one kind (other names or label f
 MARKERS = ("o", "s", "^", "D", "v")
 # The abbreviations of Kather et al. (2019), whose NCT-CRC-HE-100K tiles PathMNIST is made of.
 PATHMNIST_ABBREVIATIONS = {
-    "adipose": "ADI", "background": "BACK", "debris": "DEB", "lymphocytes": "LYM", "mucus": "MUC",
-    "smooth muscle": "MUS", "normal colon mucosa": "NORM", "cancer-associated stroma": "STR",
+    "adipose": "ADI",
+    "background": "BACK",
+    "debris": "DEB",
+    "lymphocytes": "LYM",
+    "mucus": "MUC",
+    "smooth muscle": "MUS",
+    "normal colon mucosa": "NORM",
+    "cancer-associated stroma": "STR",
     "colorectal adenocarcinoma epithelium": "TUM",
 }
 SHORT_NAME = 10  # longest class name shown as is in ticks and grid titles
@@ -127,7 +141,8 @@ REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_auc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
     "epochs": (lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f"an integer from 0 to {MAX_EPOCHS:,}"),
     "wall_seconds": (
-        lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS, f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}"
+        lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS,
+        f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}",
     ),
 }
 OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -238,6 +253,7 @@ def _invalid(path: Path, problem: str) -> UserError:
 
 def read_metrics(path: Path) -> dict[str, Any]:
     """metrics.json as a dict whose keys the report uses all have the expected types and ranges."""
+
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is not a JSON number")
 
@@ -396,8 +412,9 @@ def read_examples(path: Path, num_classes: int) -> Examples:
             arrays = {key: npz[key] for key in keys}
     except ValueError:  # numpy's text would suggest allow_pickle=True: never for a file of unknown origin
         raise _invalid(
-            path, "cannot be read as plain NumPy arrays: it is damaged, not an .npz file, or holds pickled Python "
-            "objects, which the report never loads"
+            path,
+            "cannot be read as plain NumPy arrays: it is damaged, not an .npz file, or holds pickled Python "
+            "objects, which the report never loads",
         ) from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise _invalid(path, f"is not a readable .npz archive ({type(err).__name__}: {err})") from None
@@ -452,9 +469,7 @@ def read_val_curves(tb_dir: Path) -> dict[str, dict[int, float]]:
     if "epoch" not in tags:
         return {}
     # An epoch that is no whole number in range (NaN, 1e30: a corrupt or foreign log) marks no point.
-    epoch_at = {
-        e.step: int(e.value) for e in events.Scalars("epoch") if math.isfinite(e.value) and 0 <= e.value <= MAX_EPOCHS
-    }
+    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch") if math.isfinite(e.value) and 0 <= e.value <= MAX_EPOCHS}
     # A resumed run logs a step again; the later value wins, as in TensorBoard.
     return {
         tag: {epoch_at[e.step] + 1: e.value for e in events.Scalars(tag) if e.step in epoch_at}

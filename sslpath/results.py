@@ -52,7 +52,9 @@ def check_writable(path: Path, setting: str) -> None:
     path = Path(path).expanduser().absolute()
     ancestor = path if path.is_dir() else next(p for p in path.parents if p.exists())
     if not ancestor.is_dir():
-        raise UserError(f"{setting}={path} lies under {ancestor}, which is a file, not a folder. Pass a path in a writable folder.")
+        raise UserError(
+            f"{setting}={path} lies under {ancestor}, which is a file, not a folder. Pass a path in a writable folder."
+        )
     try:
         with tempfile.TemporaryFile(dir=ancestor):
             pass

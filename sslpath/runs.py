@@ -65,9 +65,7 @@ def check_writable(path: Path, what: str, key: str = "paths.log_dir (or the SSLP
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise UserError(
-            f"cannot write the {what} {path} ({err.strerror or err}). Point {key} at a writable folder."
-        ) from None
+        raise UserError(f"cannot write the {what} {path} ({err.strerror or err}). Point {key} at a writable folder.") from None
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
@@ -126,6 +124,7 @@ def settings(cfg: DictConfig, run_dir: str, resolve: bool = True) -> dict[str, A
     walk(OmegaConf.to_container(cfg, resolve=resolve), "")  # a stored file is data: never resolve it
     skip_roots = ("ckpt_path", "resume", "paths", "callbacks", "logger", "report")
     return {
-        k: v for k, v in flat.items()
+        k: v
+        for k, v in flat.items()
         if k.split(".")[0] not in skip_roots and not (isinstance(v, str) and run_dir and v.startswith(run_dir))
     }

@@ -24,7 +24,12 @@ SETTINGS = {
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
 }
-RESULTS = {"hp/best_val_acc": "best_val_acc", "hp/test_acc": "test_acc", "hp/test_auc": "test_auc", "hp/val_knn_acc": "val_knn_acc"}
+RESULTS = {
+    "hp/best_val_acc": "best_val_acc",
+    "hp/test_acc": "test_acc",
+    "hp/test_auc": "test_auc",
+    "hp/val_knn_acc": "val_knn_acc",
+}
 
 
 def run_summary(cfg: DictConfig, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:

@@ -61,7 +61,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         if resume_from:
             expected = {"kind": model_class(cfg).kind, "backbone": cfg.model.backbone.name, "stem": cfg.model.backbone.stem}
             own = cfg.resume or cfg.ckpt_path == "last"  # a finished run of this dir may resume to be tested again
-            check_resumable(resume_from, "resume" if cfg.resume else "ckpt_path", expected, None if own else cfg.trainer.max_epochs)
+            check_resumable(
+                resume_from, "resume" if cfg.resume else "ckpt_path", expected, None if own else cfg.trainer.max_epochs
+            )
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run dir: %s", out.resolve())
         L.seed_everything(cfg.seed, workers=True, verbose=False)

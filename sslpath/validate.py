@@ -73,12 +73,16 @@ def validate(cfg: DictConfig) -> None:
 
     for key, lo, hi in (("data.mean", -MAX_ABS_MEAN, MAX_ABS_MEAN), ("data.std", MIN_STD, MAX_STD)):
         value = OmegaConf.select(cfg, key, default=None)
-        ok = isinstance(value, ListConfig) and len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi for v in value
+        ok = (
+            isinstance(value, ListConfig)
+            and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi for v in value)
         )
         if value is not None and not ok:
             allowed = f"3 numbers from {lo:g} to {hi:g}"
-            raise UserError(f"{key}={value!r} is not valid: it must be {allowed}, one per RGB channel (e.g. {key}=[0.5,0.5,0.5]).")
+            raise UserError(
+                f"{key}={value!r} is not valid: it must be {allowed}, one per RGB channel (e.g. {key}=[0.5,0.5,0.5])."
+            )
     milestones = OmegaConf.select(cfg, "scheduler.milestones", default=None)
     if milestones is not None and not (
         isinstance(milestones, ListConfig) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)

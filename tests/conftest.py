@@ -58,7 +58,11 @@ def read_metrics(run_dir: Path) -> dict:
 def cli_env() -> dict[str, str]:
     """Environment for CLI subprocesses: unbuffered, with tests/helpers.py importable for `+callbacks`."""
     tests = str(Path(__file__).parent)
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    }
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train") -> subprocess.CompletedProcess:

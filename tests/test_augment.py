@@ -10,10 +10,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import compose_cfg
-from sslpath.build import build_datamodule
 from sslpath.augment import Normalize, Pipeline, reference_transform
+from sslpath.build import build_datamodule
 from sslpath.data.synthetic import synthetic_splits
+
+from conftest import compose_cfg
 
 
 def tiles(n: int, size: int = 28) -> torch.Tensor:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
+from test_predict import tiny_run
 
-from conftest import TINY_DATA, run_cli
 from sslpath.checkpoints import MAX_DEPTH, load_inference_model
 from sslpath.errors import UserError
-from test_predict import tiny_run
+
+from conftest import TINY_DATA, run_cli
 
 Meta = dict[str, Any]
 
@@ -63,7 +65,7 @@ def nested(depth: int) -> Any:
 
 
 WALK = "sslpath.backbones.torch.save"
-CREATE = "${oc.create:{_target_: builtins.exec, _args_: ['open(\"marker\", \"w\")']}}"
+CREATE = '${oc.create:{_target_: builtins.exec, _args_: [\'open("marker", "w")\']}}'
 SCHEMA_CASES: dict[str, tuple[Callable[[Meta], Any], str]] = {
     "target-top-level": (replace(_target_="builtins.exec"), "names code to instantiate (_target_)"),
     "target-nested-dict": (replace(mean={"inner": {"_target_": "os.system"}}), "names code to instantiate (_target_)"),

@@ -40,7 +40,10 @@ def test_every_option_composes_and_resolves(tmp_path, group, option):
         assert node._target_ == own._target_
 
 
-MODEL_CLASSES = {"baseline": "Supervised", "finetune": "FineTune", "probe": "FineTune", "simclr": "SimCLR", "ssl": "SimCLR"}
+MODEL_CLASSES = {
+    "baseline": "Supervised", "finetune": "FineTune", "probe": "FineTune", "simclr": "SimCLR", "ssl": "SimCLR",
+    "byol": "BYOL", "mocov3": "MoCoV3", "barlowtwins": "BarlowTwins", "vicreg": "VICReg", "dino": "DINO",
+}
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -79,7 +82,9 @@ def test_wheel_ships_every_config(tmp_path):
     repo = CONF.parent
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(repo), "-w", str(tmp_path)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("sslpath-*.whl")
     shipped = {n.removeprefix("sslpath/conf/") for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}

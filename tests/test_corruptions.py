@@ -160,7 +160,10 @@ def test_benchmark_tables_and_summary(images):
     result = benchmark(suite, images, labels, ["a", "b"], predict, predict(images), batch_size=10, device=torch.device("cpu"))
     rows = result.rows()
     assert [(r["corruption"], r["severity"], r["param"]) for r in rows] == [
-        ("clean", 0, None), ("brightness_down", 1, 0.9), ("brightness_down", 5, 0.1), ("gaussian_noise", 1, 0.0),
+        ("clean", 0, None),
+        ("brightness_down", 1, 0.9),
+        ("brightness_down", 5, 0.1),
+        ("gaussian_noise", 1, 0.0),
         ("gaussian_noise", 5, 0.0),
     ]
     assert [r["acc"] for r in rows] == [1.0, 1.0, 0.0, 1.0, 1.0] and rows[2]["relative_drop"] == 1.0

@@ -12,7 +12,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_cfg
 from sslpath.data.datamodule import MedMNISTDataModule, SyntheticDataModule
 from sslpath.data.download import class_names, flag_info
 from sslpath.data.loader import BatchLoader
@@ -21,6 +20,8 @@ from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS, Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.errors import UserError
+
+from conftest import compose_cfg
 
 SMALL = dict(batch_size=4, eval_batch_size=4)
 
@@ -225,7 +226,9 @@ def test_batch_loader_covers_split_once_and_reshuffles_by_epoch():
 
 
 def test_ssl_keeps_unlabelled_images_with_masked_labels():
-    kwargs = dict(size=8, num_classes=3, train_count=30, val_count=6, test_count=6, batch_size=8, eval_batch_size=8, label_fraction=0.2)
+    kwargs = dict(
+        size=8, num_classes=3, train_count=30, val_count=6, test_count=6, batch_size=8, eval_batch_size=8, label_fraction=0.2
+    )
     ssl = SyntheticDataModule(keep_unlabelled=True, **kwargs)
     sup = SyntheticDataModule(**kwargs)
     ssl.setup("fit"), sup.setup("fit")
@@ -326,8 +329,12 @@ def test_download_other_flag(tmp_path, http_server, channels):
     root, url = http_server
     source = write_npz(root / "blood.npz", counts=(24, 8, 8), size=28, num_classes=8, channels=channels)
     dm = MedMNISTDataModule(
-        flag="bloodmnist", root=str(tmp_path / "data"), download=True, url=f"{url}/blood.npz",
-        md5=hashlib.md5(source.read_bytes()).hexdigest(), **SMALL,
+        flag="bloodmnist",
+        root=str(tmp_path / "data"),
+        download=True,
+        url=f"{url}/blood.npz",
+        md5=hashlib.md5(source.read_bytes()).hexdigest(),
+        **SMALL,
     )
     dm.prepare_data()
     dm.setup("fit")

@@ -10,13 +10,13 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import compose_cfg
-
 from sslpath.data.datamodule import FolderDataModule
 from sslpath.data.folder import read_image
 from sslpath.data.splits import SPLITS
 from sslpath.errors import UserError
 from sslpath.files import read_json
+
+from conftest import compose_cfg
 
 COLOURS = {"adipose": (220, 40, 40), "mucus": (40, 200, 40), "tumour": (40, 40, 220)}
 FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".tif")
@@ -42,7 +42,9 @@ def corrupt(path: Path) -> Path:
 
 
 def datamodule(root: Path, cache: Path, **kwargs) -> FolderDataModule:
-    settings = dict(dir=str(root), cache_dir=str(cache), size=16, val_fraction=0.2, test_fraction=0.2, batch_size=4, eval_batch_size=4)
+    settings = dict(
+        dir=str(root), cache_dir=str(cache), size=16, val_fraction=0.2, test_fraction=0.2, batch_size=4, eval_batch_size=4
+    )
     return FolderDataModule(**{**settings, **kwargs})
 
 
@@ -154,7 +156,9 @@ def test_given_splits_must_agree(tmp_path):
     with pytest.raises(UserError, match=r"split layout needs exactly train/, val/ and test/"):
         datamodule(root, tmp_path / "cache")
     make_tiles(root / "test", {"adipose": 1, "tumour": 1})
-    with pytest.raises(UserError, match=r"val has the class folders \['adipose', 'mucus'\] but train/ has \['adipose', 'tumour'\]"):
+    with pytest.raises(
+        UserError, match=r"val has the class folders \['adipose', 'mucus'\] but train/ has \['adipose', 'tumour'\]"
+    ):
         datamodule(root, tmp_path / "cache")
 
 
@@ -184,7 +188,10 @@ def test_unlabeled_dir_joins_training_only_for_ssl(tmp_path, tiles, keep):
         (lambda root: root.mkdir(), r"holds 0 class subfolder\(s\) \[\]; a classifier needs at least two"),
         (lambda root: root.mkdir() or Image.new("RGB", (8, 8)).save(root / "loose.png"), r"holds 0 class subfolder"),
         (lambda root: make_tiles(root, {"adipose": 3}), r"holds 1 class subfolder\(s\) \['adipose'\]"),
-        (lambda root: make_tiles(root, {"adipose": 3}) or (root / "tumour").mkdir(), r"class folder\(s\) \['tumour'\].*hold no image files"),
+        (
+            lambda root: make_tiles(root, {"adipose": 3}) or (root / "tumour").mkdir(),
+            r"class folder\(s\) \['tumour'\].*hold no image files",
+        ),
         (lambda root: make_tiles(root, {"adipose": 3, "tumour": 2}), "class 'tumour' has 2 readable.*at least 3"),
         (lambda root: make_tiles(root, {"adipose": 3}) or corrupt(root / "tumour" / "x.png"), r"\['tumour'\].*no readable image"),
     ],

@@ -11,6 +11,7 @@ import pytest
 
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import SPLITS
+
 from test_data import Marker, write_npz
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_sample.py"
@@ -105,7 +106,11 @@ def test_bad_requests_are_one_line_errors(tmp_path, source, make_sample, capsys,
 
 
 def test_cli_exits_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "absent.npz"), str(tmp_path / "out.npz"), "--counts", "1,1,1"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "absent.npz"), str(tmp_path / "out.npz"), "--counts", "1,1,1"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"make_sample: error: {tmp_path / 'absent.npz'} not found")
 

@@ -15,12 +15,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import TINY, read_metrics, run_cli
 from sslpath.data.loader import PAD_LABEL, BatchLoader
 from sslpath.data.splits import Split
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.losses import NTXentLoss, nt_xent
 from sslpath.metrics import WeightedKNN
+
+from conftest import TINY, read_metrics, run_cli
 
 WORLD = 2
 N, D_IN, D = 6, 10, 8  # images per rank, projector input and embedding widths
@@ -74,8 +75,16 @@ def _rank(rank: int, out: str) -> None:
         for _, y in loader:
             val_acc.update(torch.nn.functional.one_hot(torch.zeros_like(y).clamp(min=0), 3).float(), y)  # predicts 0
         torch.save(
-            {"loss": loss.detach(), "acc": acc, "z_grad": z.grad, "weight_grad": projector.weight.grad,
-             "bias_grad": projector.bias.grad, "knn": knn.compute(), "seen": seen, "val_acc": val_acc.compute()},
+            {
+                "loss": loss.detach(),
+                "acc": acc,
+                "z_grad": z.grad,
+                "weight_grad": projector.weight.grad,
+                "bias_grad": projector.bias.grad,
+                "knn": knn.compute(),
+                "seen": seen,
+                "val_acc": val_acc.compute(),
+            },
             Path(out) / f"rank{rank}.pt",
         )
     finally:
@@ -158,13 +167,21 @@ class RankRecorder(L.Callback):
 
 def test_simclr_trains_on_the_global_batch_with_trainer_ddp(tmp_path):
     result = run_cli(
-        "model=simclr", *[o for o in TINY if not o.startswith("data.test_count")], f"data.test_count={EVAL_N}",
+        "model=simclr",
+        *[o for o in TINY if not o.startswith("data.test_count")],
+        f"data.test_count={EVAL_N}",
         "data.batch_size=12",
         # trainer=ddp on 2 CPU processes (gloo); SyncBatchNorm needs GPUs
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
-        "+callbacks.spy._target_=test_ddp.RankRecorder", f"+callbacks.spy.out={tmp_path}/spy",
-        f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs",
-        cwd=tmp_path, timeout=300,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        "+callbacks.spy._target_=test_ddp.RankRecorder",
+        f"+callbacks.spy.out={tmp_path}/spy",
+        f"hydra.run.dir={tmp_path}/run",
+        f"paths.log_dir={tmp_path}/logs",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads((tmp_path / "spy" / f"rank{r}.json").read_text()) for r in range(WORLD)]

@@ -67,8 +67,14 @@ def test_reproduces_the_runs_test_results_and_files(trained, tmp_path, capsys):
 def test_cli_writes_a_fresh_run_dir_and_nothing_else(trained, tmp_path):
     """The default out is a new dir under paths.log_dir named after the time and the checkpoint."""
     result = run_cli(
-        f"ckpt={trained['ckpt']}", *SYNTHETIC, "paths.log_dir=logs", "report=false", "device=cpu",
-        cwd=tmp_path, module="sslpath.evaluate", timeout=300,
+        f"ckpt={trained['ckpt']}",
+        *SYNTHETIC,
+        "paths.log_dir=logs",
+        "report=false",
+        "device=cpu",
+        cwd=tmp_path,
+        module="sslpath.evaluate",
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["logs"]
@@ -193,8 +199,15 @@ def test_severity_zero_reproduces_the_clean_evaluation_exactly(trained):
 
 def test_unknown_corruption_exits_2_before_any_work(trained, tmp_path):
     result = run_cli(
-        f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", "corruptions.names=[fog,jpeg_compression]",
-        f"out={tmp_path / 'eval'}", "device=cpu", cwd=tmp_path, module="sslpath.evaluate", timeout=300,
+        f"ckpt={trained['ckpt']}",
+        *SYNTHETIC,
+        "corruptions=pathology",
+        "corruptions.names=[fog,jpeg_compression]",
+        f"out={tmp_path / 'eval'}",
+        "device=cpu",
+        cwd=tmp_path,
+        module="sslpath.evaluate",
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "sslpath.evaluate: error: corruptions.names lists fog, not among the configured corruptions" in result.stderr
@@ -219,8 +232,17 @@ def test_bad_corruption_settings_are_refused(trained, tmp_path, override, messag
 
 def test_robustness_report_compares_models_on_the_same_corruptions(trained, robust, tmp_path):
     probe = tmp_path / "probe"
-    evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={probe}", "device=cpu", "report=false",
-                              "corruptions=pathology", "run_name=probe"))
+    evaluate(
+        compose_evaluate(
+            f"ckpt={trained['ckpt']}",
+            *SYNTHETIC,
+            f"out={probe}",
+            "device=cpu",
+            "report=false",
+            "corruptions=pathology",
+            "run_name=probe",
+        )
+    )
     robustness_main([str(robust["out"]), str(probe), "--out", str(tmp_path / "cmp")])
     md = (tmp_path / "cmp" / "robustness_comparison.md").read_text()
     assert "| baseline | " in md and "| probe | " in md and "| 0 (clean) |" in md
@@ -228,8 +250,17 @@ def test_robustness_report_compares_models_on_the_same_corruptions(trained, robu
     assert len((tmp_path / "cmp" / "robustness_comparison.csv").read_text().splitlines()) == 1 + 2 * (1 + 11 * 5)
 
     subset = tmp_path / "subset"
-    evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={subset}", "device=cpu", "report=false",
-                              "corruptions=pathology", "corruptions.names=[jpeg_compression]"))
+    evaluate(
+        compose_evaluate(
+            f"ckpt={trained['ckpt']}",
+            *SYNTHETIC,
+            f"out={subset}",
+            "device=cpu",
+            "report=false",
+            "corruptions=pathology",
+            "corruptions.names=[jpeg_compression]",
+        )
+    )
     with pytest.raises(SystemExit) as exit_info:
         robustness_main([str(robust["out"]), str(subset), "--out", str(tmp_path / "bad")])
     assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_cfg
 from sslpath.train import train
+
+from conftest import compose_cfg
 
 LEARN = ["data.train_count=288", "data.batch_size=32", "trainer.max_epochs=4", "optimizer.lr=0.01"]
 CHANCE = 1 / 9
@@ -50,7 +51,9 @@ def fingerprint(metrics: dict) -> tuple:
 @pytest.mark.parametrize("model", ["baseline", "simclr"])
 def test_same_seed_same_run_other_seed_other_run(tmp_path, model):
     runs = {
-        name: train(compose_cfg(tmp_path / name, [f"model={model}", "trainer.deterministic=true", "trainer.max_epochs=2", f"seed={seed}"]))
+        name: train(
+            compose_cfg(tmp_path / name, [f"model={model}", "trainer.deterministic=true", "trainer.max_epochs=2", f"seed={seed}"])
+        )
         for name, seed in (("a", 1), ("b", 1), ("c", 2))
     }
     assert fingerprint(runs["a"]) == fingerprint(runs["b"])

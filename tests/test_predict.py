@@ -15,7 +15,6 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from conftest import compose_cfg, run_cli
 from sslpath.augment import BatchTransform
 from sslpath.checkpoints import load_inference_model
 from sslpath.data.preprocess import to_tiles
@@ -23,6 +22,8 @@ from sslpath.data.synthetic import synthetic_splits
 from sslpath.errors import UserError
 from sslpath.predict import predict, spreadsheet_safe
 from sslpath.train import train
+
+from conftest import compose_cfg, run_cli
 
 
 def tiny_run(out: Path, epochs: int = 3) -> dict:
@@ -119,7 +120,9 @@ def test_nothing_readable_exits_2_and_writes_nothing(trained, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
-    result = run_cli(f"ckpt={trained['ckpt']}", f"input={folder}", "out=p.csv", cwd=tmp_path, module="sslpath.predict", timeout=300)
+    result = run_cli(
+        f"ckpt={trained['ckpt']}", f"input={folder}", "out=p.csv", cwd=tmp_path, module="sslpath.predict", timeout=300
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr
@@ -139,7 +142,7 @@ def test_one_image_file(trained, tmp_path):
 def test_formula_cells_are_escaped(trained, tmp_path):
     """File names come from the user's disk and class names from the checkpoint: neither may become a formula."""
     ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
-    ckpt["sslpath"]["class_names"] = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", *[f"c{i}" for i in range(5)]]
+    ckpt["sslpath"]["class_names"] = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", *[f"c{i}" for i in range(5)]]
     hostile = tmp_path / "hostile.ckpt"
     torch.save(ckpt, hostile)
     folder = tmp_path / "in"
@@ -149,7 +152,7 @@ def test_formula_cells_are_escaped(trained, tmp_path):
     out = predict(compose_predict(f"ckpt={hostile}", f"input={folder}", f"out={tmp_path / 'p.csv'}"))
     with out.open(newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][:6] == ["file", "predicted", "'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)"]
+    assert rows[0][:6] == ["file", "predicted", '\'=HYPERLINK("http://x")', "'+1", "'-2", "'@SUM(A1)"]
     assert sorted(row[0] for row in rows[1:]) == ["'+a.png", "'-b.png", "'=cmd.png", "'@c.png", "plain.png"]
     assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
     assert [spreadsheet_safe(c) for c in ("\tx", "\rx", "x=1", "0.5")] == ["'\tx", "'\rx", "x=1", "0.5"]

@@ -19,11 +19,12 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli
 from sslpath import checkpoint_io, train
 from sslpath.checkpoints import load_checkpoint
 from sslpath.errors import UserError
 from sslpath.runs import LOCK
+
+from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli
 from test_data import write_npz
 
 RESULT_GLOBS = ("*.ckpt", "metrics.json", "test_predictions.csv", "results.md", "*.tmp", "*.part")
@@ -113,8 +114,12 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    term = ["+callbacks.term._target_=helpers.SignalAt", "+callbacks.term.epoch=1", "+callbacks.term.batch=0",
-            "+callbacks.term.signum=SIGTERM"]
+    term = [
+        "+callbacks.term._target_=helpers.SignalAt",
+        "+callbacks.term.epoch=1",
+        "+callbacks.term.batch=0",
+        "+callbacks.term.signum=SIGTERM",
+    ]
     proc = tiny_cli(tmp_path, "trainer.max_epochs=3", *term, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "resume=RUN_DIR" in proc.stderr
@@ -241,7 +246,13 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
     write_npz(tmp / "float.npz", num_classes=9, size=16, train_images=np.zeros((20, 16, 16, 3), np.float32))
     write_npz(tmp / "shape.npz", num_classes=9, size=16, train_images=np.zeros((20, 16, 16, 2), np.uint8))
     write_npz(tmp / "range.npz", num_classes=9, size=16, test_labels=np.full((6, 1), 12, np.uint8))
-    write_npz(tmp / "empty.npz", num_classes=9, size=16, val_images=np.zeros((0, 16, 16, 3), np.uint8), val_labels=np.zeros((0, 1), np.uint8))
+    write_npz(
+        tmp / "empty.npz",
+        num_classes=9,
+        size=16,
+        val_images=np.zeros((0, 16, 16, 3), np.uint8),
+        val_labels=np.zeros((0, 1), np.uint8),
+    )
     (tmp / "notackpt.ckpt").write_text("hello")
     huge_npz(tmp / "huge.npz", good)
     file_data = lambda name: [f"data.path={tmp / name}", *FILE_DATA]
@@ -254,12 +265,28 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "wrong shape": (file_data("shape.npz"), [], "expected N×H×W×3"),
         "labels out of range": (file_data("range.npz"), [], "data.num_classes=9"),
         "empty split": (file_data("empty.npz"), [], "split is empty"),
-        "label fraction > 1": (TINY_DATA, ["data.label_fraction=1.5"], "data.label_fraction=1.5 is not valid: it must be a number > 0 and <= 1"),
+        "label fraction > 1": (
+            TINY_DATA,
+            ["data.label_fraction=1.5"],
+            "data.label_fraction=1.5 is not valid: it must be a number > 0 and <= 1",
+        ),
         "label fraction 0": (TINY_DATA, ["data.label_fraction=0"], "data.label_fraction=0 is not valid"),
         "label fraction too small": (TINY_DATA, ["data.label_fraction=0.01"], "keeps no label of class"),
-        "pretrained ckpt missing": (TINY_DATA, ["model=finetune", f"model.pretrained_ckpt={tmp}/none.ckpt"], "checkpoint not found"),
-        "pretrained not a ckpt": (TINY_DATA, ["model=finetune", f"model.pretrained_ckpt={tmp}/notackpt.ckpt"], "not a readable PyTorch checkpoint"),
-        "image too small": (TINY_DATA, ["model.backbone.name=resnet18", "model.backbone.stem=imagenet"], "too small for model.backbone.stem=imagenet"),
+        "pretrained ckpt missing": (
+            TINY_DATA,
+            ["model=finetune", f"model.pretrained_ckpt={tmp}/none.ckpt"],
+            "checkpoint not found",
+        ),
+        "pretrained not a ckpt": (
+            TINY_DATA,
+            ["model=finetune", f"model.pretrained_ckpt={tmp}/notackpt.ckpt"],
+            "not a readable PyTorch checkpoint",
+        ),
+        "image too small": (
+            TINY_DATA,
+            ["model.backbone.name=resnet18", "model.backbone.stem=imagenet"],
+            "too small for model.backbone.stem=imagenet",
+        ),
         "ckpt_path not a checkpoint": (TINY_DATA, [f"ckpt_path={tmp}/notackpt.ckpt"], "not a readable PyTorch checkpoint"),
         "ckpt_path missing": (TINY_DATA, [f"ckpt_path={tmp}/none.ckpt"], "checkpoint not found"),
         "batch size 0": (TINY_DATA, ["data.batch_size=0"], "data.batch_size=0 is not valid: it must be an integer >= 1"),
@@ -268,7 +295,11 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "train count 0": (TINY_DATA, ["data.train_count=0"], "data.train_count=0 is not valid"),
         "max epochs abc": (TINY_DATA, ["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not valid: it must be an integer"),
         "max epochs 0": (TINY_DATA, ["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid"),
-        "label fraction abc": (TINY_DATA, ["data.label_fraction=abc"], "data.label_fraction='abc' is not valid: it must be a number"),
+        "label fraction abc": (
+            TINY_DATA,
+            ["data.label_fraction=abc"],
+            "data.label_fraction='abc' is not valid: it must be a number",
+        ),
         "seed -1": (TINY_DATA, ["seed=-1"], "seed=-1 is not valid"),
         "pretrain given a value": (TINY_DATA, ["model=finetune", "pretrain=byol"], "model@pretrain=<method>"),
         "mean with one value": (TINY_DATA, ["data.mean=[0.5]"], "data.mean=[0.5] is not valid"),
@@ -354,7 +385,13 @@ def test_disk_full_while_saving_keeps_nothing_torn(tmp_path, capsys, monkeypatch
 def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, capsys):
     code, _ = cli(tmp_path, "model=simclr", capsys=capsys, run_dir="ssl")
     assert code == 0
-    code, err = cli(tmp_path, "model=baseline", "trainer.max_epochs=3", f"ckpt_path={tmp_path}/ssl/checkpoints/last.ckpt",
-                    capsys=capsys, run_dir="b")
+    code, err = cli(
+        tmp_path,
+        "model=baseline",
+        "trainer.max_epochs=3",
+        f"ckpt_path={tmp_path}/ssl/checkpoints/last.ckpt",
+        capsys=capsys,
+        run_dir="b",
+    )
     assert code == 2 and "holds another model (kind: 'simclr' in the checkpoint, 'baseline' here)" in err
     assert "Traceback" not in err and leftovers(tmp_path / "b") == []

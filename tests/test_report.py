@@ -37,8 +37,15 @@ from sslpath.report import (
 from conftest import run_cli
 
 PATHMNIST = [
-    "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-    "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
+    "adipose",
+    "background",
+    "debris",
+    "lymphocytes",
+    "mucus",
+    "smooth muscle",
+    "normal colon mucosa",
+    "cancer-associated stroma",
+    "colorectal adenocarcinoma epithelium",
 ]
 ABBREVIATIONS = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 
@@ -65,19 +72,35 @@ def fake_run(
     logits = torch.from_numpy(np.log(probs))
     auc = classification_results(logits, torch.from_numpy(labels), list(classes))["test_auc"]
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({
-        "model": model, "run_name": run_name or model, "seed": seed, "label_fraction": fraction,
-        "test_loss": 1.0 - right / n, "test_acc": right / n, "test_auc": auc, "best_val_acc": 0.7,
-        "per_class_acc": dict.fromkeys(classes, 0.5), "epochs": epochs, "wall_seconds": wall_seconds,
-        "ckpt_path": str(run_dir / "checkpoints" / "best.ckpt"), **metrics,
-    }))
+    (run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": model,
+                "run_name": run_name or model,
+                "seed": seed,
+                "label_fraction": fraction,
+                "test_loss": 1.0 - right / n,
+                "test_acc": right / n,
+                "test_auc": auc,
+                "best_val_acc": 0.7,
+                "per_class_acc": dict.fromkeys(classes, 0.5),
+                "epochs": epochs,
+                "wall_seconds": wall_seconds,
+                "ckpt_path": str(run_dir / "checkpoints" / "best.ckpt"),
+                **metrics,
+            }
+        )
+    )
     rows = ["index,label,pred," + ",".join(f"p_{name}" for name in classes)]
     rows += [f"{i},{y},{p}," + ",".join(f"{v:.6f}" for v in prob) for i, (y, p, prob) in enumerate(zip(labels, preds, probs))]
     (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
     rng = np.random.default_rng(seed)
     np.savez(
-        run_dir / "test_examples.npz", index=np.arange(12), images=rng.integers(0, 256, (12, 28, 28, 3), dtype=np.uint8),
-        labels=labels[:12], probs=probs[:12],
+        run_dir / "test_examples.npz",
+        index=np.arange(12),
+        images=rng.integers(0, 256, (12, 28, 28, 3), dtype=np.uint8),
+        labels=labels[:12],
+        probs=probs[:12],
     )
     writer = SummaryWriter(str(run_dir / "tb"))
     for epoch in range(epochs):
@@ -169,7 +192,9 @@ def test_rows_per_model_and_label_fraction(tmp_path):
     assert [(r["Model"], r["Label fraction"]) for r in table(results)] == expected
     assert all(r["n"] == "2" for r in table(results))
     cells = read_csv(tmp_path / "out" / "results.csv")
-    assert [(r["model"], float(r["label_fraction"])) for r in cells] == [(m, f) for m in ("baseline", "finetune") for f in (0.01, 0.1, 1.0)]
+    assert [(r["model"], float(r["label_fraction"])) for r in cells] == [
+        (m, f) for m in ("baseline", "finetune") for f in (0.01, 0.1, 1.0)
+    ]
     assert float(cells[1]["test_acc_mean"]) == pytest.approx(np.mean([40 / 90, 41 / 90]), abs=1e-12)
     for model in ("baseline", "finetune"):
         for pct in ("1pct", "10pct", "100pct"):
@@ -217,7 +242,10 @@ def test_short_class_names():
 
 def test_fixed_colour_per_model_kind(runs, tmp_path):
     assert kind_colour("ssl") == kind_colour("SimCLR") == KIND_COLOURS["ssl"]
-    assert len({kind_colour(k) for k in ("baseline", "ssl", "finetune", "probe", "byol", "mocov3", "barlowtwins", "vicreg", "dino")}) == 9
+    assert (
+        len({kind_colour(k) for k in ("baseline", "ssl", "finetune", "probe", "byol", "mocov3", "barlowtwins", "vicreg", "dino")})
+        == 9
+    )
     assert kind_colour("mystery") == kind_colour("mystery")  # unknown kinds: stable
 
     fake_run(tmp_path / "a", model="finetune", fraction=0.1, right=30)
@@ -246,7 +274,7 @@ def test_label_efficiency_axis_and_chance_line(tmp_path, per_class):
         extra = {"train_labels_per_class": 1000 * fraction} if per_class else {}
         fake_run(tmp_path / f"{i}", fraction=fraction, right=right, **extra)
     ax = label_efficiency_figure(group_runs([load_run(tmp_path / f"{i}") for i in range(3)])).axes[0]
-    (line, _, _), = ax.containers
+    ((line, _, _),) = ax.containers
     xs = [10, 100, 1000] if per_class else [0.01, 0.1, 1.0]
     np.testing.assert_allclose(line.get_xydata(), np.c_[xs, [100 * 20 / 90, 100 * 40 / 90, 100 * 70 / 90]])
     assert ax.get_xlabel() == ("labels per class (log scale)" if per_class else "label fraction (log scale)")
@@ -325,8 +353,16 @@ def test_cli_regenerates_the_same_table(runs, report):
     expected = {name: (report.parent / name).read_text() for name in ("results.md", "results.csv")}
     names = ("0_baseline", "1_baseline", "2_ssl")
     # Run dirs named one by one: the default output is report/ under their common parent.
-    result = run_cli(*(str(runs / name) for name in names), "--formats", "png,pdf", "--dpi", "100", cwd=runs,
-                     module="sslpath.report", timeout=120)
+    result = run_cli(
+        *(str(runs / name) for name in names),
+        "--formats",
+        "png,pdf",
+        "--dpi",
+        "100",
+        cwd=runs,
+        module="sslpath.report",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(runs / "report" / "results.md") in result.stdout
     assert {name: (report.parent / name).read_text() for name in expected} == expected

@@ -215,13 +215,13 @@ def test_nan_epoch_in_tensorboard_is_skipped(tmp_path):
 
 def test_formulas_in_names_are_escaped_in_csv(tmp_path):
     sweep = tmp_path / "sweep"
-    for i, name in enumerate(("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "plain")):
+    for i, name in enumerate(('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "plain")):
         fake_run(sweep / f"{i}_job", run_name=name, model="@kind" if i == 0 else "baseline")
     SweepReport().on_multirun_end(OmegaConf.create({"report": True, "hydra": {"sweep": {"dir": str(sweep)}}}))
     for path in (sweep / "report" / "results.csv", sweep / "sweep_results.csv"):
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        assert [row["model"] for row in rows] == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "plain"]
+        assert [row["model"] for row in rows] == ['\'=HYPERLINK("http://x")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "plain"]
         assert rows[0]["kind"] == "'@kind"
 
 

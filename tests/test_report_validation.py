@@ -12,6 +12,7 @@ import pytest
 
 from sslpath.errors import UserError
 from sslpath.report import main, write_report
+
 from test_report import fake_run
 
 
@@ -100,22 +101,50 @@ BAD_INPUTS = {
     "csv wrong columns": ("test_predictions.csv", edit_csv(replace_field(0, 1, "y")), "not the header index,label,pred"),
     "csv bad class column": ("test_predictions.csv", edit_csv(replace_field(0, 4, "background")), "p_<class name>"),
     "csv duplicate class": ("test_predictions.csv", edit_csv(replace_field(0, 4, "p_adipose")), "each named once"),
-    "csv one class": ("test_predictions.csv", edit_csv(lambda lines: [",".join(line.split(",")[:4]) for line in lines]), "at least two"),
-    "csv short row": ("test_predictions.csv", edit_csv(lambda lines: [*lines[:5], lines[5][:-9], *lines[6:]]), "11 fields in data row 5, but 12 columns"),
+    "csv one class": (
+        "test_predictions.csv",
+        edit_csv(lambda lines: [",".join(line.split(",")[:4]) for line in lines]),
+        "at least two",
+    ),
+    "csv short row": (
+        "test_predictions.csv",
+        edit_csv(lambda lines: [*lines[:5], lines[5][:-9], *lines[6:]]),
+        "11 fields in data row 5, but 12 columns",
+    ),
     "csv text label": ("test_predictions.csv", edit_csv(replace_field(3, 1, "ADI")), "not a number"),
     "csv text prob": ("test_predictions.csv", edit_csv(replace_field(3, 5, "high")), "not a number"),
-    "csv label too big": ("test_predictions.csv", edit_csv(replace_field(7, 1, "9")), "outside 0..8 (the 9 classes) in data row 7"),
+    "csv label too big": (
+        "test_predictions.csv",
+        edit_csv(replace_field(7, 1, "9")),
+        "outside 0..8 (the 9 classes) in data row 7",
+    ),
     "csv negative pred": ("test_predictions.csv", edit_csv(replace_field(2, 2, "-1")), "outside 0..8"),
-    "npz junk": ("test_examples.npz", write("test_examples.npz", b"not an archive at all"), "cannot be read as plain NumPy arrays"),
+    "npz junk": (
+        "test_examples.npz",
+        write("test_examples.npz", b"not an archive at all"),
+        "cannot be read as plain NumPy arrays",
+    ),
     "npz empty": ("test_examples.npz", write("test_examples.npz", b""), "is not a readable .npz archive"),
-    "npz truncated zip": ("test_examples.npz", write("test_examples.npz", b"PK\x03\x04" + b"\0" * 40), "is not a readable .npz archive"),
+    "npz truncated zip": (
+        "test_examples.npz",
+        write("test_examples.npz", b"PK\x03\x04" + b"\0" * 40),
+        "is not a readable .npz archive",
+    ),
     "npz object array": ("test_examples.npz", pickled_npz, "holds pickled Python objects"),
     "npz is a pickle": ("test_examples.npz", pickle_file, "holds pickled Python objects"),
     "npz is a npy": ("test_examples.npz", npy_file, "is a single .npy array"),
     "npz without probs": ("test_examples.npz", save_npz(probs=None), "lacks the arrays probs"),
-    "npz float images": ("test_examples.npz", save_npz(images=np.zeros((9, 8, 8, 3))), "`images` is float64 of shape (9, 8, 8, 3)"),
+    "npz float images": (
+        "test_examples.npz",
+        save_npz(images=np.zeros((9, 8, 8, 3))),
+        "`images` is float64 of shape (9, 8, 8, 3)",
+    ),
     "npz gray images": ("test_examples.npz", save_npz(images=np.zeros((9, 8, 8), np.uint8)), "not uint8 N×H×W×3"),
-    "npz short labels": ("test_examples.npz", save_npz(labels=np.zeros(3, np.int64)), "`labels` is int64 of shape (3,), not 12 integers"),
+    "npz short labels": (
+        "test_examples.npz",
+        save_npz(labels=np.zeros(3, np.int64)),
+        "`labels` is int64 of shape (3,), not 12 integers",
+    ),
     "npz label range": ("test_examples.npz", save_npz(labels=np.full(12, 9)), "`labels` has values outside 0..8"),
     "npz class count": ("test_examples.npz", save_npz(probs=np.zeros((12, 3))), "not floats of shape (12, 9)"),
 }

@@ -52,8 +52,10 @@ def test_jitter_is_tellez_alpha_s_plus_beta_in_scikit_images_hed():
     x = density_to_rgb(density)
     alpha, beta = 0.9 + 0.2 * torch.rand(4, 3, 1, 1), 0.04 * torch.rand(4, 3, 1, 1)
     expected = torch.stack(
-        [skimage_batch(lambda im, a=a, b=b: hed2rgb(rgb2hed(im) * a + b / OD_SCALE), xi[None])[0]
-         for xi, a, b in zip(x, alpha.view(4, 3).double().numpy(), beta.view(4, 3).double().numpy(), strict=True)]
+        [
+            skimage_batch(lambda im, a=a, b=b: hed2rgb(rgb2hed(im) * a + b / OD_SCALE), xi[None])[0]
+            for xi, a, b in zip(x, alpha.view(4, 3).double().numpy(), beta.view(4, 3).double().numpy(), strict=True)
+        ]
     )
     torch.testing.assert_close(jitter_stains(x, alpha, beta).double(), expected, atol=TOL, rtol=0)
 

@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, compose_cfg, run_cli
-from test_report import fake_run
 from sslpath.errors import UserError
 from sslpath.hydra_callbacks import SweepReport, job_order
 from sslpath.report import group_runs, label_efficiency_figure, load_run
 from sslpath.train import check_optimized_metric, main
+
+from conftest import TINY, compose_cfg, run_cli
+from test_report import fake_run
 
 CLASSES = ["c0", "c1", "c2"]
 
@@ -39,8 +40,9 @@ def fake_sweep(root: Path, fractions: tuple[float, ...], seeds: tuple[int, ...] 
             for seed in seeds:
                 right = int(rng.integers(20, 90))
                 acc = right / 100  # what the 100 predictions recount to
-                run = fake_run(root / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right, n=100,
-                               classes=CLASSES)
+                run = fake_run(
+                    root / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right, n=100, classes=CLASSES
+                )
                 auc = json.loads((run / "metrics.json").read_text())["test_auc"]  # what the predictions give
                 numbers.setdefault((model, fraction), []).append((acc, auc))
                 job += 1
@@ -133,7 +135,9 @@ def test_label_efficiency_experiment_config(tmp_path):
     cfg = compose_with_hydra(tmp_path, ["experiment=label_efficiency"])
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert dict(cfg.hydra.sweeper.params) == {
-        "model": "baseline,finetune", "data.label_fraction": "0.01,0.1,1.0", "seed": "0,1,2",
+        "model": "baseline,finetune",
+        "data.label_fraction": "0.01,0.1,1.0",
+        "seed": "0,1,2",
     }
     assert cfg.trainer.max_epochs >= 10
 
@@ -141,8 +145,15 @@ def test_label_efficiency_experiment_config(tmp_path):
 def test_label_efficiency_pretrains_once_per_seed(tmp_path):
     """Two label fractions of one seed: one SSL stage, reused (and logged as such) by the second job."""
     result = run_cli(
-        "experiment=label_efficiency", "model=finetune", "data.label_fraction=0.5,1.0", "seed=0", *TINY,
-        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=300,
+        "experiment=label_efficiency",
+        "model=finetune",
+        "data.label_fraction=0.5,1.0",
+        "seed=0",
+        *TINY,
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (stage,) = (tmp_path / "sweep" / "pretrain").glob("*/metrics.json")  # the sweep's jobs share it
@@ -175,17 +186,24 @@ def test_one_percent_of_the_real_sample_keeps_a_label_per_class(sample_npz):
 # optimized_metric and Optuna
 
 
-@pytest.mark.parametrize("model, valid", [
-    ("baseline", ["val/acc", "val/loss"]), ("finetune", ["val/acc", "val/loss"]),
-    ("probe", ["val/acc", "val/loss"]), ("ssl", ["val/acc", "val/loss", "val/knn_acc"]),
-])
+@pytest.mark.parametrize(
+    "model, valid",
+    [
+        ("baseline", ["val/acc", "val/loss"]),
+        ("finetune", ["val/acc", "val/loss"]),
+        ("probe", ["val/acc", "val/loss"]),
+        ("ssl", ["val/acc", "val/loss", "val/knn_acc"]),
+    ],
+)
 def test_optimized_metric_names_per_model(tmp_path, model, valid):
     for name in valid:
         check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))  # accepted
     for name in {"val/nope", "val/knn_acc", "test/acc", "train/loss"} - set(valid):
         with pytest.raises(UserError) as err:
             check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))
-        assert f"optimized_metric={name} " in str(err.value) and f"valid names for this model: {', '.join(valid)}." in str(err.value)
+        assert f"optimized_metric={name} " in str(err.value) and f"valid names for this model: {', '.join(valid)}." in str(
+            err.value
+        )
 
 
 def test_main_returns_the_optimized_metric(tmp_path):
@@ -205,8 +223,14 @@ def test_optuna_search_writes_best_params(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
     tiny = [o for o in TINY if not o.startswith("data.batch_size=")]  # batch size stays in the search space
     result = run_cli(
-        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny,
-        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=300,
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *tiny,
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
@@ -225,8 +249,16 @@ def test_optuna_search_writes_best_params(tmp_path):
 def test_wrong_optimized_metric_fails_before_training(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
     result = run_cli(
-        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=finetune", "optimized_metric=val/nope", *TINY,
-        f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=120,
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "model=finetune",
+        "optimized_metric=val/nope",
+        *TINY,
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

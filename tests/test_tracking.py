@@ -35,8 +35,15 @@ def hparams_summary(tb_dir: Path) -> tuple[dict, dict]:
 
 
 def test_multirun_hparams_summaries_read_back(tmp_path):
-    result = run_cli("-m", "model=baseline", "optimizer.lr=0.001,0.002,0.004", *TINY, f"hydra.sweep.dir={tmp_path}/sweep",
-                     f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    result = run_cli(
+        "-m",
+        "model=baseline",
+        "optimizer.lr=0.001,0.002,0.004",
+        *TINY,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"paths.log_dir={tmp_path}/logs",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 3
@@ -54,7 +61,9 @@ def test_multirun_hparams_summaries_read_back(tmp_path):
 
 
 def test_many_loggers(tmp_path):
-    result = run_cli(*TINY, "logger=many_loggers", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    result = run_cli(
+        *TINY, "logger=many_loggers", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     assert any(r.get("val/acc") for r in rows) and any(r.get("hp/test_acc") for r in rows)
@@ -81,7 +90,9 @@ NOISE = ("💡 Tip", "LeafSpec", "Directory watcher", "log_every_n_steps", "Trac
 
 
 def test_a_default_run_prints_no_third_party_noise_and_logs_each_epoch(tmp_path):
-    result = run_cli(*TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    result = run_cli(
+        *TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert not [n for n in NOISE if n in output], output[-3000:]

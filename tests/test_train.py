@@ -9,10 +9,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import helpers
-from conftest import TINY, compose_cfg, read_metrics, run_cli
 from sslpath.checkpoints import load_checkpoint, read_metadata
 from sslpath.train import train
+
+import helpers
+from conftest import TINY, compose_cfg, read_metrics, run_cli
 
 METRIC_KEYS = {"test_loss", "test_acc", "test_auc", "per_class_acc", "absent_classes", "ckpt_path", "epochs", "wall_seconds"}
 
@@ -109,7 +110,9 @@ def test_a_chain_with_only_hydra_run_dir_writes_nothing_in_the_current_dir(tmp_p
     result = run_cli("model=finetune", *TINY, f"hydra.run.dir={tmp_path}/elsewhere/run", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(cwd.iterdir()) == []
-    assert read_metrics(tmp_path / "elsewhere" / "run")["pretrained_ckpt"].startswith(f"{tmp_path}/elsewhere/run/pretrain/simclr-")
+    assert read_metrics(tmp_path / "elsewhere" / "run")["pretrained_ckpt"].startswith(
+        f"{tmp_path}/elsewhere/run/pretrain/simclr-"
+    )
 
 
 def test_fast_dev_run_tests_the_weights_in_memory(tmp_path):

@@ -93,8 +93,9 @@ def rot(src: Path, dest: Path) -> Path:
     with zipfile.ZipFile(src) as zf:
         info = max(zf.infolist(), key=lambda i: i.file_size)
     assert info.compress_type == zipfile.ZIP_STORED and "/data/" in info.filename
-    name_len, extra_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
-        data[info.header_offset + 28 : info.header_offset + 30], "little"
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
     )
     start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
     data[start : start + 64] = b"\xff" * 64  # 0xffffffff is a NaN as float32

@@ -53,14 +53,14 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         width, height = image.size
         if width * height > max_pixels:
             raise TooLargeImage(
-                f"{width}x{height} pixels is more than the cap of {max_pixels:,} pixels (max_pixels); "
-                "cut it into tiles first"
+                f"{width}x{height} pixels is more than the cap of {max_pixels:,} pixels (max_pixels); cut it into tiles first"
             )
         return np.array(image.convert("RGB"))
 
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under folder, recursively and sorted; hidden files and folders are left out."""
+
     def visible(p: Path) -> bool:
         return not any(part.startswith(".") for part in p.relative_to(folder).parts)
 
@@ -173,6 +173,7 @@ class TileFolder:
 
     def _key(self) -> str:
         """`<folder name>-<hash>` of the listing and of the settings the converted tiles depend on."""
+
         def entry(file: Path, folder: Path) -> list[str | int]:
             stat = file.stat()
             return [str(file.relative_to(folder)), stat.st_size, stat.st_mtime_ns]
@@ -289,7 +290,11 @@ class TileFolder:
             more = f"; … and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
             log.warning(
                 "skipped %d unreadable image file(s) under %s (all listed in %s): %s%s. Replace or delete them.",
-                len(skipped), self.root, self.sidecar, shown, more,
+                len(skipped),
+                self.root,
+                self.sidecar,
+                shown,
+                more,
             )
 
 

@@ -165,8 +165,7 @@ def _check_headers(path: Path, headers: dict[str, Header]) -> None:
             )
         if shape not in ((n,), (n, 1)) or not np.issubdtype(dtype, np.integer):
             raise UserError(
-                f"{path}: {split}_labels is {dtype} of shape {shape} for {n} images; expected "
-                f"({n}, 1) integer class indices."
+                f"{path}: {split}_labels is {dtype} of shape {shape} for {n} images; expected ({n}, 1) integer class indices."
             )
         if n == 0:
             raise UserError(f"{path}: the {split} split is empty; every split needs at least one image.")
@@ -181,8 +180,7 @@ def _check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype)
     square = len(shape) in (3, 4) and shape[1] == shape[2]
     if not square or (len(shape) == 4 and shape[3] not in (1, 3)):
         raise UserError(
-            f"{path}: {key} has shape {shape}, expected N×H×W×3 (RGB) or N×H×W (grayscale) square tiles "
-            "(e.g. N×28×28×3)."
+            f"{path}: {key} has shape {shape}, expected N×H×W×3 (RGB) or N×H×W (grayscale) square tiles (e.g. N×28×28×3)."
         )
     if shape[1] < MIN_TILE:
         raise UserError(
