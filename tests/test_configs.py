@@ -41,8 +41,16 @@ def test_every_option_composes_and_resolves(tmp_path, group, option):
 
 
 MODEL_CLASSES = {
-    "baseline": "Supervised", "finetune": "FineTune", "probe": "FineTune", "simclr": "SimCLR", "ssl": "SimCLR",
-    "byol": "BYOL", "mocov3": "MoCoV3", "barlowtwins": "BarlowTwins", "vicreg": "VICReg", "dino": "DINO",
+    "baseline": "Supervised",
+    "finetune": "FineTune",
+    "probe": "FineTune",
+    "simclr": "SimCLR",
+    "ssl": "SimCLR",
+    "byol": "BYOL",
+    "mocov3": "MoCoV3",
+    "barlowtwins": "BarlowTwins",
+    "vicreg": "VICReg",
+    "dino": "DINO",
 }
 
 
