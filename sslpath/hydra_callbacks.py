@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,37 +12,38 @@ from omegaconf import DictConfig
 
 
 class CheckOutputDir(Callback):
-    """Fails in a clear paragraph, before any training, when the run or sweep dir is not writable."""
+    """Checks the run or sweep dir before Hydra writes into it: writable, not in use, not holding
+    an earlier run (unless resuming it), and for resume= an existing run. Fails in one paragraph."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        resume = config.get("resume")
-        if resume is not None and not (Path(str(resume)) / "config.yaml").is_file():
-            print(
-                f"sslpath.train: error: resume={resume} is not a run dir of sslpath.train (no config.yaml there); "
-                "nothing was created. Pass the dir of the interrupted run (outputs/runs/<time>_<name>).",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-        HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
-        self._check(config.hydra.run.dir)
+        from lightning.pytorch.utilities import rank_zero_only
+
+        from sslpath.errors import UserError, exit_on_user_error
+        from sslpath.runs import check_can_start, check_writable
+
+        if rank_zero_only.rank != 0:
+            return  # a DDP rank that Lightning (or SLURM) started: rank 0 checked and holds the run dir
+        with exit_on_user_error("sslpath.train"):
+            resume = config.get("resume")
+            if resume is not None and not (Path(str(resume)) / "config.yaml").is_file():
+                raise UserError(
+                    f"resume={resume} is not a run dir of sslpath.train (no config.yaml there); nothing was created. "
+                    "Pass the dir of the interrupted run (outputs/runs/<time>_<name>)."
+                )
+            HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
+            run_dir = Path(config.hydra.run.dir)
+            check_writable(run_dir, "output dir")
+            check_can_start(run_dir, resuming=resume is not None or config.get("ckpt_path") == "last")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)
-        self._check(config.hydra.sweep.dir)
+        from sslpath.errors import exit_on_user_error
+        from sslpath.runs import check_new_sweep, check_writable
 
-    @staticmethod
-    def _check(path: str) -> None:
-        try:
-            Path(path).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as err:
-            print(
-                f"sslpath.train: error: cannot write the output dir {path} ({err.strerror or err}). Point "
-                "paths.log_dir (or the SSLPATH_LOG_DIR environment variable) at a writable folder.",
-                file=sys.stderr,
-            )
-            raise SystemExit(2) from None
+        with exit_on_user_error("sslpath.train"):
+            HydraConfig.instance().set_config(config)
+            sweep = Path(config.hydra.sweep.dir)
+            check_new_sweep(sweep)
+            check_writable(sweep, "output dir")
 
 
 class SweepReport(Callback):

@@ -30,17 +30,8 @@ def claim(run_dir: Path) -> Iterator[None]:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     check_writable(run_dir, "run dir")
-    lock = FileLock(run_dir / LOCK)
+    lock = acquire(run_dir)
     owner = run_dir / f"{LOCK}.pid"
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        pid = owner.read_text().strip() if owner.is_file() else "unknown"
-        raise UserError(
-            f"the run dir {run_dir} is in use by another sslpath process (pid {pid}). Two runs in one dir would "
-            "mix their logs, checkpoints and results: wait for it to finish, or choose another dir "
-            "(hydra.run.dir=…), or resume it later with resume=RUN_DIR."
-        ) from None
     try:
         owner.write_text(f"{os.getpid()}\n")
         remove_torn_saves(run_dir)
@@ -48,6 +39,46 @@ def claim(run_dir: Path) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def acquire(run_dir: Path) -> FileLock:
+    """The run dir's lock, held; a clear error naming the holder when another process has it."""
+    lock = FileLock(run_dir / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = run_dir / f"{LOCK}.pid"
+        pid = owner.read_text().strip() if owner.is_file() else "unknown"
+        raise UserError(
+            f"the run dir {run_dir} is in use by another sslpath process (pid {pid}). Two runs in one dir would "
+            "mix their logs, checkpoints and results: wait for it to finish, or choose another dir "
+            "(hydra.run.dir=…), or resume it later with resume=RUN_DIR."
+        ) from None
+    return lock
+
+
+def check_can_start(run_dir: Path, resuming: bool) -> None:
+    """Before Hydra writes anything into the run dir: it is free, and a new run never lands on a
+    finished or interrupted one (their results, logs and checkpoints would mix)."""
+    if run_dir.is_dir():
+        acquire(run_dir).release()
+    held = [name for name in ("config.yaml", "metrics.json", "checkpoints") if (run_dir / name).exists()]
+    if held and not resuming:
+        raise UserError(
+            f"the run dir {run_dir} already holds a run ({', '.join(held)}). A new run there would overwrite its "
+            f"results and mix its logs: choose another dir (hydra.run.dir=…), continue that run with "
+            f"resume={run_dir}, or delete it first."
+        )
+
+
+def check_new_sweep(sweep_dir: Path) -> None:
+    """A multirun never lands on an earlier sweep's job dirs."""
+    taken = sorted(p.name for p in sweep_dir.glob("*/config.yaml")) if sweep_dir.is_dir() else []
+    if taken:
+        raise UserError(
+            f"the sweep dir {sweep_dir} already holds jobs of an earlier sweep ({len(taken)} job dirs). Choose another "
+            "dir (hydra.sweep.dir=…); continue an interrupted job as a single run with resume=<its job dir>."
+        )
 
 
 def remove_torn_saves(run_dir: Path) -> list[Path]:

@@ -15,6 +15,8 @@ import torch
 
 from conftest import cli_env
 
+pytestmark = pytest.mark.slow  # runs the whole benchmark script: the slow tier
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--backbones", "tiny", "--size", "16", "--steps", "2", "--warmup", "1", "--batch-size", "8"]

@@ -395,3 +395,20 @@ def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, caps
     )
     assert code == 2 and "holds another model (kind: 'simclr' in the checkpoint, 'baseline' here)" in err
     assert "Traceback" not in err and leftovers(tmp_path / "b") == []
+
+
+def test_a_new_run_never_lands_on_a_finished_one(tmp_path, capsys):
+    code, _ = cli(tmp_path, capsys=capsys)
+    assert code == 0
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    code, err = cli(tmp_path, capsys=capsys)  # same hydra.run.dir, no resume=
+    assert code == 2 and "already holds a run" in err and "resume=" in err
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and LOCK not in p.name}
+    assert all(before[p] == t for p, t in after.items())  # not even Hydra's .hydra/ files were rewritten
+
+
+def test_a_sweep_never_lands_on_an_earlier_sweep(tmp_path):
+    args = ("-m", "model=baseline", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", f"paths.log_dir={tmp_path}/logs")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "already holds jobs of an earlier sweep" in again.stderr
