@@ -62,7 +62,9 @@ def check_can_start(run_dir: Path, resuming: bool) -> None:
     finished or interrupted one (their results, logs and checkpoints would mix)."""
     if run_dir.is_dir():
         acquire(run_dir).release()
-    held = [name for name in ("config.yaml", "metrics.json", "checkpoints") if (run_dir / name).exists()]
+    # Results or checkpoints, not a config.yaml alone: a run that failed before training (bad data, say)
+    # leaves nothing worth keeping, and the corrected command may reuse its dir.
+    held = [name for name in ("metrics.json", "checkpoints") if (run_dir / name).exists()]
     if held and not resuming:
         raise UserError(
             f"the run dir {run_dir} already holds a run ({', '.join(held)}). A new run there would overwrite its "

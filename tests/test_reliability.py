@@ -402,7 +402,7 @@ def test_a_new_run_never_lands_on_a_finished_one(tmp_path, capsys):
     assert code == 0
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
     code, err = cli(tmp_path, capsys=capsys)  # same hydra.run.dir, no resume=
-    assert code == 2 and "already holds a run" in err and "resume=" in err
+    assert code == 2 and "already holds a run (metrics.json, checkpoints)" in err and "resume=" in err
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and LOCK not in p.name}
     assert all(before[p] == t for p, t in after.items())  # not even Hydra's .hydra/ files were rewritten
 
