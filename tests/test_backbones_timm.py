@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from sslpath import backbones
-from sslpath.checkpoints import load_inference_model, read_metadata
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models import backbones
+from sslpath.models.checkpoint import load_inference_model, read_metadata
 from sslpath.train import train
 
 from conftest import compose_cfg, read_metrics
@@ -54,12 +54,12 @@ def test_feature_width_is_measured_not_assumed():
 
 
 def test_vit_is_built_for_the_tile_size_with_an_honest_note(caplog):
-    with caplog.at_level(logging.WARNING, logger="sslpath.backbones"):
+    with caplog.at_level(logging.WARNING, logger="sslpath.models.backbones"):
         vit = backbones.build("timm/vit_tiny_patch16_224", "cifar", image_size=32)
     assert vit.patch_embed.img_size == (32, 32) and vit(torch.zeros(2, 3, 32, 32)).shape == (2, vit.out_dim) == (2, 192)
     assert "2×2 token grid" in caplog.text and "data.size >= 64" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sslpath.backbones"):
+    with caplog.at_level(logging.WARNING, logger="sslpath.models.backbones"):
         backbones.build("timm/vit_tiny_patch16_224", "cifar", image_size=28)
     assert "1×1 token grid (12 px of each side unused)" in caplog.text
 
@@ -158,7 +158,7 @@ MALFORMED = [
     "timm/",
     "timm/timm/resnet18",
     "timm.create_model",
-    "sslpath.backbones.torch.save",
+    "sslpath.models.backbones.torch.save",
     "resnet34",
     "vit_small_patch16_224",
     "timm/resnet18.bogus_tag",
