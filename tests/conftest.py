@@ -73,9 +73,11 @@ def cli_env() -> dict[str, str]:
     }
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train") -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
