@@ -122,3 +122,26 @@ def test_first_run_in_an_empty_dir_downloads_resumes_trains_and_fails_fast_offli
     assert third.stderr.startswith("sslpath.train: error: pathmnist not found at") and "sslpath tried to download" in third.stderr
     assert list(offline_cwd.iterdir()) == []
     assert os.listdir(tmp_path / "data2") == [".pathmnist.npz.lock"]
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_zero_downloads_and_the_other_rank_waits(tmp_path, file_server):
+    source = write_npz(file_server.root / "pathmnist.npz", counts=COUNTS, size=28, num_classes=9).read_bytes()
+    result = run_cli(
+        "model=ssl",
+        f"data.url={file_server.url('pathmnist.npz')}",
+        f"data.md5={hashlib.md5(source).hexdigest()}",
+        *TINY_TRAINER,
+        "data.batch_size=12",
+        "trainer=ddp",  # 2 CPU processes (gloo); SyncBatchNorm needs GPUs
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        f"paths.data_dir={tmp_path}/data",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(file_server.requests) == 1 and (tmp_path / "data" / "pathmnist.npz").read_bytes() == source
+    assert read_metrics(tmp_path / "run")["model"] == "simclr"
