@@ -175,12 +175,15 @@ def best_value(trainer: Any, metric: str) -> float | None:
 @hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
+    from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from sslpath.core.console import quiet_third_party
+    from sslpath.training.rundir import removed_if_unstarted
 
     quiet_third_party()
-    with exit_on_user_error("sslpath.train"):
+    # A run that stops before training (bad data, offline, Ctrl-C) leaves no run dir to trip over.
+    with removed_if_unstarted(Path(HydraConfig.get().runtime.output_dir)), exit_on_user_error("sslpath.train"):
         try:
             return train(cfg)["optimized_value"]
         except SIGTERMException:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,10 @@ TINY_TRAINER = [
 TINY = TINY_DATA + TINY_TRAINER
 
 SAMPLE = os.environ.get("SSLPATH_SAMPLE_NPZ")
+
+# No test reaches the internet: urllib and requests (here and in CLI subprocesses) go through a proxy
+# on a closed local port, so a download the test did not point at its own server fails at once.
+os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost")
 
 
 def compose_cfg(out_dir: Path, overrides: list[str] = (), tiny: bool = True) -> DictConfig:
@@ -65,9 +73,11 @@ def cli_env() -> dict[str, str]:
     }
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train") -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -76,3 +86,76 @@ def sample_npz() -> Path:
     if not SAMPLE or not Path(SAMPLE).is_file():
         pytest.skip("set SSLPATH_SAMPLE_NPZ to ../shared/data/pathmnist_sample.npz to run real-data tests")
     return Path(SAMPLE)
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """The files under `root` over HTTP on 127.0.0.1, with Range requests (206, 416) and the faults a
+    test switches on: `status` answers every request with that error, `cut_after` closes the connection
+    after that many body bytes (once), `ignore_range` answers ranged requests with the whole file,
+    `pause_at`/`pause_s` stall the body after that many bytes. `requests` records each request's headers."""
+
+    daemon_threads = True  # a stalled handler never holds up shutdown
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _FileHandler)
+        self.root, self.requests = root, []
+        self.status: int | None = None
+        self.cut_after: int | None = None
+        self.ignore_range = False
+        self.pause_at, self.pause_s = 0, 0.0
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        srv = self.server
+        srv.requests.append(dict(self.headers))
+        path = srv.root / self.path.lstrip("/").split("?")[0]
+        if srv.status is not None or not path.is_file():
+            self.send_error(srv.status or 404)
+            return
+        data = path.read_bytes()
+        ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        start = int(ranged[1]) if ranged and not srv.ignore_range else 0
+        if start >= len(data) > 0:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if srv.cut_after is not None:
+            body, srv.cut_after, self.close_connection = body[: srv.cut_after], None, True
+        try:
+            self.wfile.write(body[: srv.pause_at])
+            self.wfile.flush()
+            time.sleep(srv.pause_s)
+            self.wfile.write(body[srv.pause_at :])
+        except ConnectionError:  # the client gave up (its timeout): nothing left to serve
+            self.close_connection = True
+
+    def log_message(self, format: str, *args) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A FileServer over tmp_path/www, stopped when the test ends."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = FileServer(root)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)

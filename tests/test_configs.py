@@ -100,4 +100,6 @@ def test_wheel_ships_every_config_and_module(tmp_path):
     assert shipped == {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
     modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("sslpath/conf/")}
     package = repo / "sslpath"
-    assert modules == {f"sslpath/{p.relative_to(package)}" for p in package.rglob("*.py") if "conf" not in p.relative_to(package).parts}
+    assert modules == {
+        f"sslpath/{p.relative_to(package)}" for p in package.rglob("*.py") if "conf" not in p.relative_to(package).parts
+    }

@@ -1,8 +1,5 @@
-import functools
 import hashlib
-import http.server
 import io
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -252,7 +249,8 @@ def test_missing_official_file_names_path_url_and_alternatives(tmp_path):
         dm.prepare_data()
     text = str(err.value)
     assert str(tmp_path / "pathmnist.npz") in text and "zenodo.org" in text
-    assert "data.download=true" in text and "data.path=" in text and "data=synthetic" in text
+    assert "data.download=false forbids" in text and "data.download=auto" in text
+    assert "data.path=" in text and "data=synthetic" in text
     assert dm.class_names[0] == "adipose" and len(dm.class_names) == 9
 
 
@@ -280,7 +278,7 @@ def test_other_flag_takes_classes_from_medmnist_info(tmp_path):
         dm.prepare_data()
     text = str(err.value)
     assert f"bloodmnist not found at {tmp_path / 'bloodmnist.npz'}" in text and "zenodo.org" in text
-    assert "data.download=true" in text and "data.path=FILE" in text and "data=synthetic" in text
+    assert "data.download=auto" in text and "data.path=FILE" in text and "data=synthetic" in text
 
 
 def test_data_configs_compose_and_instantiate(tmp_path):
@@ -294,29 +292,16 @@ def test_data_configs_compose_and_instantiate(tmp_path):
         instantiate(cfg.data)
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_download_verifies_md5(tmp_path, http_server):
-    root, url = http_server
-    source = write_npz(root / "pathmnist.npz", num_classes=9)
+def test_download_verifies_md5(tmp_path, file_server):
+    source = write_npz(file_server.root / "pathmnist.npz", num_classes=9)
     md5 = hashlib.md5(source.read_bytes()).hexdigest()
     dest_dir = tmp_path / "data"
-    common = dict(root=str(dest_dir), download=True, url=f"{url}/pathmnist.npz", num_classes=9, **SMALL)
+    common = dict(root=str(dest_dir), download=True, url=file_server.url("pathmnist.npz"), num_classes=9, **SMALL)
 
     bad = MedMNISTDataModule(md5="0" * 32, **common)
     with pytest.raises(UserError, match="MD5"):
         bad.prepare_data()
-    assert list(dest_dir.iterdir()) == []  # nothing half-written, no temp left
+    assert data_files(dest_dir) == []  # nothing half-written, no temp left
 
     good = MedMNISTDataModule(md5=md5, **common)
     good.setup("fit")
@@ -325,14 +310,13 @@ def test_download_verifies_md5(tmp_path, http_server):
 
 
 @pytest.mark.parametrize("channels", [0, 3], ids=["grayscale", "rgb"])
-def test_download_other_flag(tmp_path, http_server, channels):
-    root, url = http_server
-    source = write_npz(root / "blood.npz", counts=(24, 8, 8), size=28, num_classes=8, channels=channels)
+def test_download_other_flag(tmp_path, file_server, channels):
+    source = write_npz(file_server.root / "blood.npz", counts=(24, 8, 8), size=28, num_classes=8, channels=channels)
     dm = MedMNISTDataModule(
         flag="bloodmnist",
         root=str(tmp_path / "data"),
         download=True,
-        url=f"{url}/blood.npz",
+        url=file_server.url("blood.npz"),
         md5=hashlib.md5(source.read_bytes()).hexdigest(),
         **SMALL,
     )
@@ -345,20 +329,26 @@ def test_download_other_flag(tmp_path, http_server, channels):
     assert dm.splits["val"].images.shape == (8, 3, 28, 28)
 
 
-def test_download_missing_file_and_bad_url_are_user_errors(tmp_path, http_server):
-    _, url = http_server
-    for bad_url in (f"{url}/absent.npz", "not a url"):
+def test_download_missing_file_and_bad_url_are_user_errors(tmp_path, file_server):
+    for bad_url in (file_server.url("absent.npz"), "not a url"):
         dm = MedMNISTDataModule(root=str(tmp_path / "data"), download=True, url=bad_url, num_classes=9, **SMALL)
-        with pytest.raises(UserError, match="could not download"):
+        with pytest.raises(UserError, match="tried to download it from .* and could not"):
             dm.prepare_data()
-    assert list((tmp_path / "data").iterdir()) == []
+    assert data_files(tmp_path / "data") == []
 
 
 def test_download_unreachable_is_user_error(tmp_path):
     dm = MedMNISTDataModule(root=str(tmp_path), download=True, url="http://127.0.0.1:9/none.npz", num_classes=9, **SMALL)
-    with pytest.raises(UserError, match="could not download"):
+    with pytest.raises(UserError, match="tried to download it from .* and could not"):
         dm.prepare_data()
-    assert list(tmp_path.iterdir()) == []
+    assert data_files(tmp_path) == []
+
+
+def data_files(folder: Path) -> list[str]:
+    """What a download left in its folder besides its lock file (empty, kept for the next download)."""
+    lock = [p for p in folder.glob(".*.lock")]
+    assert all(p.stat().st_size == 0 for p in lock)
+    return sorted(p.name for p in folder.iterdir() if p not in lock)
 
 
 def test_real_sample(sample_npz):

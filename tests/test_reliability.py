@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
-import http.server
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from sslpath.training import checkpoint_writer as checkpoint_io
 from sslpath.training.rundir import LOCK
 
 from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli
-from test_data import write_npz
+from test_data import data_files, write_npz
 
 RESULT_GLOBS = ("*.ckpt", "metrics.json", "test_predictions.csv", "results.md", "*.tmp", "*.part")
 
@@ -350,22 +347,16 @@ def test_baseline_checkpoint_passed_as_ssl(tmp_path, capsys, baseline_ckpt):
 
 
 @pytest.fixture
-def served_npz(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    source = write_npz(root / "pathmnist.npz", num_classes=9, size=28)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield source, f"http://127.0.0.1:{server.server_address[1]}/pathmnist.npz"
-    server.shutdown()
+def served_npz(file_server):
+    source = write_npz(file_server.root / "pathmnist.npz", num_classes=9, size=28)
+    return source, file_server.url("pathmnist.npz")
 
 
 def test_md5_mismatch_on_download(tmp_path, capsys, served_npz):
     source, url = served_npz
     overrides = [*FILE_DATA[1:], f"paths.data_dir={tmp_path}/data", "data.download=true", f"data.url={url}"]
     code, err = cli(tmp_path, *overrides, "data.md5=" + "0" * 32, capsys=capsys, data=[])
-    assert code == 2 and "MD5" in err and not list((tmp_path / "data").glob("*"))
+    assert code == 2 and "MD5" in err and data_files(tmp_path / "data") == []
     assert leftovers(tmp_path / "run") == []
     md5 = hashlib.md5(source.read_bytes()).hexdigest()
     code, err = cli(tmp_path, *overrides, f"data.md5={md5}", capsys=capsys, data=[])

@@ -123,8 +123,9 @@ def test_fast_dev_run_tests_the_weights_in_memory(tmp_path):
 
 
 def test_missing_pathmnist_fails_with_guidance(tmp_path):
-    result = run_cli("data=pathmnist", f"paths.data_dir={tmp_path}/nodata", cwd=tmp_path, timeout=120)
+    result = run_cli("data=pathmnist", "data.download=false", f"paths.data_dir={tmp_path}/nodata", cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data.download=false forbids fetching it" in result.stderr and "data.download=auto" in result.stderr
     assert f"{tmp_path}/nodata/pathmnist.npz" in result.stderr and "https://zenodo.org" in result.stderr
     assert "data.path=" in result.stderr and "data=synthetic" in result.stderr
     assert not list((tmp_path / "outputs").rglob("*.ckpt")) and not list((tmp_path / "outputs").rglob("metrics.json"))

@@ -9,6 +9,14 @@ import warnings
 NOISY_LOG_LINES = (("lightning.pytorch.utilities.rank_zero", "💡 Tip"),)
 # Deprecations inside libraries we call, not in anything a user wrote.
 NOISY_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+# Loggers whose lines below this level are chatter: "Directory watcher advancing…", MLflow's database
+# set-up, matplotlib's font cache ("generated new fontManager", "building the font cache" on a first run).
+QUIET_LOGGERS = {
+    "tensorboard": logging.WARNING,
+    "mlflow.store": logging.WARNING,
+    "alembic": logging.WARNING,
+    "matplotlib.font_manager": logging.ERROR,
+}
 
 
 class _DropPrefix(logging.Filter):
@@ -32,6 +40,10 @@ def quiet_third_party() -> None:
             logger.addFilter(_DropPrefix(prefix))
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    # Per-file or per-table chatter: "Directory watcher advancing…", MLflow's database set-up.
-    for name in ("tensorboard", "mlflow.store", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def quiet_loggers() -> None:
+    """At package import (sslpath/__init__.py), before any library that logs is imported: Lightning pulls
+    in matplotlib while Hydra starts up. Levels survive Hydra's logging set-up."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)

@@ -19,7 +19,15 @@ from torch import nn
 
 from sslpath.core.errors import UserError
 from sslpath.data.augment import BatchTransform
-from sslpath.data.download import class_names, download, official_filename, official_source
+from sslpath.data.download import (
+    DownloadError,
+    check_download_setting,
+    class_names,
+    download,
+    official_filename,
+    official_source,
+    size_text,
+)
 from sslpath.data.folder import MAX_PIXELS, TileFolder
 from sslpath.data.loader import BatchLoader
 from sslpath.data.npz import read_npz
@@ -29,6 +37,11 @@ from sslpath.data.synthetic import synthetic_splits
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, ...]
+
+OFFLINE_HINT = (
+    "Offline you can train on any MedMNIST-format npz with data.path=FILE (see the README's 'Data' section: "
+    "scripts/make_sample.py cuts a small one) or use data=synthetic."
+)
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -148,13 +161,14 @@ class MedMNISTDataModule(ArrayDataModule):
         root: str = "~/.medmnist",
         path: str | None = None,
         size: int = 28,
-        download: bool = False,
+        download: bool | str = False,
         url: str | None = None,
         md5: str | None = None,
         num_classes: int | None = None,
-        download_timeout_s: float = 20,
+        download_timeout_s: float = 15,
         **kwargs: Any,
     ) -> None:
+        check_download_setting(download)
         if num_classes is None:  # official sets: the flag says how many classes
             num_classes = len(class_names(flag))
         super().__init__(num_classes=num_classes, **kwargs)
@@ -175,20 +189,35 @@ class MedMNISTDataModule(ArrayDataModule):
         return self.root / official_filename(self.flag, self.size)
 
     def prepare_data(self) -> None:
-        """Download once (Lightning calls this on one process per node, before setup)."""
-        if self.path is not None or self.file.is_file():
+        """Download a missing official file (or any, with download=true) once.
+
+        Lightning calls this on local rank 0 of each node while the other ranks wait at a barrier;
+        the lock in `download` keeps nodes sharing a disk, and sweep jobs, to one download.
+        """
+        if self.path is not None or (self.file.is_file() and self.download is not True):
             return
         url, md5 = official_source(self.flag, self.size)
         url, md5 = self.url or url, self.md5 or md5
-        if not self.download:
+        if self.download is False:
             raise UserError(
-                f"{self.flag} not found at {self.file}. Download it (CC BY 4.0) with data.download=true (from "
-                f"{url}, MD5-verified), or copy the file there, or set data.root=DIR to where it lives. "
-                "Offline you can train on any MedMNIST-format npz with data.path=FILE (see the README's "
-                "'Data' section: scripts/make_sample.py cuts a small one) or use data=synthetic."
+                f"{self.flag} not found at {self.file}, and data.download=false forbids fetching it. Download it "
+                f"(CC BY 4.0) with data.download=auto, the default (from {url}, MD5-verified), or copy the file there, "
+                f"or set data.root=DIR to where it lives. {OFFLINE_HINT}"
             )
-        log.info("downloading %s to %s", url, self.file)
-        download(url, md5, self.file, self.download_timeout_s)
+        try:
+            download(url, md5, self.file, self.download_timeout_s, force=self.download is True)
+        except DownloadError as err:
+            kept = (
+                f"{size_text(err.kept)} are kept beside it and the next run resumes from there"
+                if err.kept
+                else "the next run tries again"
+            )
+            wait = ": data.download_timeout_s sets the wait" if err.timed_out else ""
+            raise UserError(
+                f"{self.flag} not found at {self.file}; sslpath tried to download it from {url} and could not "
+                f"({err.cause}{wait}), so {kept}. Copy the file (CC BY 4.0, MD5 {md5}) there by hand, or set data.root=DIR to "
+                f"where it lives. {OFFLINE_HINT} data.download=false never tries the network."
+            ) from None
 
     def load_splits(self) -> dict[str, Split]:
         if not self.file.is_file():

@@ -13,13 +13,14 @@ from omegaconf import DictConfig
 
 class CheckOutputDir(Callback):
     """Checks the run or sweep dir before Hydra writes into it: writable, not in use, not holding
-    an earlier run (unless resuming it), and for resume= an existing run. Fails in one paragraph."""
+    an earlier run (unless resuming it), and for resume= an existing run. Fails in one paragraph.
+    Notes whether this process creates the run dir: only then may a failed start remove it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lightning.pytorch.utilities import rank_zero_only
 
         from sslpath.core.errors import UserError, exit_on_user_error
-        from sslpath.training.rundir import check_can_start, check_writable
+        from sslpath.training.rundir import check_can_start, check_writable, note_if_new
 
         if rank_zero_only.rank != 0:
             return  # a DDP rank that Lightning (or SLURM) started: rank 0 checked and holds the run dir
@@ -32,6 +33,7 @@ class CheckOutputDir(Callback):
                 )
             HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
             run_dir = Path(config.hydra.run.dir)
+            note_if_new(run_dir)
             check_writable(run_dir, "output dir")
             check_can_start(run_dir, resuming=resume is not None or config.get("ckpt_path") == "last")
 

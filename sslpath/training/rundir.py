@@ -1,9 +1,12 @@
-"""A run dir's life: claimed by one process, cleaned of torn saves, resumed only with the same settings."""
+"""A run dir's life: claimed by one process, cleaned of torn saves, resumed only with the same settings,
+removed when the run stopped before it trained (nothing in it but the files written at start-up)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,10 @@ from sslpath.core.errors import UserError
 
 LOCK = ".sslpath.lock"
 INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM / Ctrl-C
+# What a run dir holds before its first training step: Hydra's record, the log, the resolved config, the lock.
+START_UP_FILES = frozenset({".hydra", "train.log", "config.yaml", LOCK, f"{LOCK}.pid"})
+# Run dirs this process created -> the topmost folder it created for them (the run dir or an ancestor).
+_CREATED: dict[Path, Path] = {}
 
 
 @contextlib.contextmanager
@@ -28,17 +35,77 @@ def claim(run_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_writable(run_dir, "run dir")
-    lock = acquire(run_dir)
-    owner = run_dir / f"{LOCK}.pid"
+    note_if_new(run_dir)
+    with removed_if_unstarted(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir, "run dir")
+        lock = acquire(run_dir)
+        owner = run_dir / f"{LOCK}.pid"
+        try:
+            owner.write_text(f"{os.getpid()}\n")
+            remove_torn_saves(run_dir)
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
+
+
+def note_if_new(run_dir: Path) -> None:
+    """Before a run dir is created: remember that this process made it (and which missing folders above it)."""
+    run_dir = run_dir.absolute()
+    if run_dir.exists() or run_dir in _CREATED:
+        return
+    top = run_dir
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    _CREATED[run_dir] = top
+
+
+@contextlib.contextmanager
+def removed_if_unstarted(run_dir: Path) -> Iterator[None]:
+    """On any failure (an error, Ctrl-C, SIGTERM), remove the run dir if it never got past start-up."""
     try:
-        owner.write_text(f"{os.getpid()}\n")
-        remove_torn_saves(run_dir)
         yield
+    except BaseException:
+        remove_if_unstarted(run_dir)
+        raise
+
+
+def remove_if_unstarted(run_dir: Path) -> bool:
+    """Remove a run dir this process created that holds only start-up files (and the empty folders made
+    for it): a run that stopped before training leaves nothing to trip over. Never a dir that existed
+    before (one given with hydra.run.dir, a resumed run), one with any other file, or one in use."""
+    run_dir = run_dir.absolute()
+    top = _CREATED.get(run_dir)
+    if top is None or not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= START_UP_FILES:
+        return False
+    try:
+        lock = acquire(run_dir)
+    except UserError:  # another process holds it now: it is theirs
+        return False
+    try:
+        close_log_files(run_dir)
+        shutil.rmtree(run_dir)
     finally:
-        owner.unlink(missing_ok=True)
         lock.release()
+    del _CREATED[run_dir]
+    for folder in run_dir.parents:
+        if not folder.is_relative_to(top):
+            break
+        try:
+            folder.rmdir()  # only while empty: another run may have landed there meanwhile
+        except OSError:
+            break
+    return True
+
+
+def close_log_files(run_dir: Path) -> None:
+    """Detach the log files Hydra opened in run_dir (train.log), so nothing writes there once it is gone."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(run_dir):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def acquire(run_dir: Path) -> FileLock:

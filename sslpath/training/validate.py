@@ -28,6 +28,7 @@ RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
     "data.num_classes": (INT, 2, 10_000, False),
     "data.val_fraction": (FLOAT, 0, 1, True),
     "data.test_fraction": (FLOAT, 0, 1, True),
+    "data.download_timeout_s": (FLOAT, 0, 3600, True),
     "trainer.max_epochs": (INT, 1, None, False),
     "trainer.check_val_every_n_epoch": (INT, 1, None, False),
     "optimizer.lr": (FLOAT, 0, None, True),
@@ -69,6 +70,10 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_value(key, value, *rule)
+    if "download" in cfg.get("data", {}):
+        from sslpath.data.download import check_download_setting
+
+        check_download_setting(cfg.data.download)
     from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
 
     for key, lo, hi in (("data.mean", -MAX_ABS_MEAN, MAX_ABS_MEAN), ("data.std", MIN_STD, MAX_STD)):
