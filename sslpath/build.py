@@ -56,6 +56,7 @@ def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) ->
         image_size=int(cfg.data.size),
         mean=[float(v) for v in cfg.data.mean],
         std=[float(v) for v in cfg.data.std],
+        split=datamodule.split_record(),
     )
 
 
