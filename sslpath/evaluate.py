@@ -5,7 +5,8 @@
 
 The model is rebuilt only from the checkpoint's validated metadata and weights; the data comes
 from training's own data configs, resized to the checkpoint's image size and normalised with its
-mean and std. `out` gets what a training run dir holds after testing (metrics.json,
+mean and std; a tile folder is split as the checkpoint recorded (seed, fractions), and the split
+evaluated must hold the very files it recorded. `out` gets what a training run dir holds after testing (metrics.json,
 test_predictions.csv, test_examples.npz, written by the same code), so `sslpath.report` reads it
 like a run, and the run's best checkpoint on the same data gives the run's test accuracy. With
 `corruptions=pathology` it also tests the split under MedMNIST-C-style corruptions at five severities
@@ -51,8 +52,9 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
-    if not isinstance(cfg.get("report"), bool):
-        raise UserError(f"report={cfg.get('report')} is not true or false.")
+    for flag in ("report", "check_split"):
+        if not isinstance(cfg.get(flag), bool):
+            raise UserError(f"{flag}={cfg.get(flag)} is not true or false.")
     if type(cfg.data.get("eval_batch_size")) is not int or cfg.data.eval_batch_size < 1:
         raise UserError(f"data.eval_batch_size={cfg.data.get('eval_batch_size')} is not a positive integer; use e.g. 1024.")
     if cfg.get("run_name") is not None and not str(cfg.run_name).strip():
@@ -86,9 +88,50 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
         )
     with open_dict(cfg.data):
         cfg.data.size, cfg.data.mean, cfg.data.std = meta.image_size, list(meta.mean), list(meta.std)
+    if meta.split is not None and meta.split["seed"] is not None and is_folder(cfg.data):
+        use_recorded_split(cfg, meta, ckpt)
     datamodule = instantiate(cfg.data, _convert_="all")
     check_classes(datamodule, meta, ckpt)
     return datamodule
+
+
+def is_folder(data: DictConfig) -> bool:
+    from hydra.utils import get_class
+
+    from sslpath.data.datamodule import FolderDataModule
+
+    return issubclass(get_class(data._target_), FolderDataModule)
+
+
+def use_recorded_split(cfg: DictConfig, meta: Metadata, ckpt: Path) -> None:
+    """Split a tile folder with the seed and fractions the checkpoint was trained with, whatever seed= says."""
+    import logging
+
+    recorded = {key: meta.split[key] for key in ("seed", "val_fraction", "test_fraction")}
+    given = {key: cfg.data.get(key) for key in recorded}
+    if given != recorded:
+        logging.getLogger(__name__).info(
+            "data=folder: splitting with the settings %s recorded (%s), not %s, so its test tiles stay test tiles",
+            ckpt.name,
+            ", ".join(f"data.{k}={v}" for k, v in recorded.items()),
+            ", ".join(f"{k}={v}" for k, v in given.items()),
+        )
+    with open_dict(cfg.data):
+        for key, value in recorded.items():
+            cfg.data[key] = value
+
+
+def check_split(cfg: DictConfig, datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> None:
+    """The evaluated split of a tile folder holds exactly the files the checkpoint recorded for it."""
+    if meta.split is None or not cfg.check_split or datamodule.split_record() is None:
+        return
+    if datamodule.split_record()[cfg.split] != meta.split[cfg.split]:
+        raise UserError(
+            f"the {cfg.split} split of data.dir={datamodule.tiles.root} is not the one {ckpt} recorded: its files (names "
+            f"or bytes) differ. The folder changed since training, and a re-split of a changed folder can put training "
+            f"tiles into {cfg.split}; or it is another folder. Evaluate on the folder as it was when training ran, or, "
+            "for another data set, set check_split=false (then make sure none of its tiles was a training tile)."
+        )
 
 
 def check_classes(datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> None:
@@ -118,6 +161,7 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     model.to(device)
     datamodule = build_datamodule(cfg, meta, ckpt)
     datamodule.setup("test")
+    check_split(cfg, datamodule, meta, ckpt)
     split = datamodule.splits[cfg.split]
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")

@@ -1,7 +1,9 @@
 """torchvision backbones (ResNet-18/50 with small-tile stems) and the tiny test CNN.
 timm models: tests/test_backbones_timm.py."""
 
-import urllib.error
+import re
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,22 +61,40 @@ def test_tiny_backbone_is_small_and_shaped_for_tests():
     assert sum(p.numel() for p in net.parameters()) < 10_000
 
 
-@pytest.mark.parametrize("name, file", [("resnet18", "resnet18-f37072fd"), ("resnet50", "resnet50-11ad3fa6")])
-def test_pretrained_offline_is_a_clear_error(monkeypatch, name, file):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch) -> Path:
+    """torch hub's cache in a fresh folder, and any network attempt fails loudly."""
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(UserError, match=rf"pretrained=true .*ImageNet {name} .*{file}\.pth.*pretrained=false"):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network connection attempted: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch hub's cache: $TORCH_HOME/hub
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("name, file", [("resnet18", "resnet18-f37072fd"), ("resnet50", "resnet50-11ad3fa6")])
+def test_pretrained_not_cached_is_a_clear_error_naming_the_file_without_network(hub_dir, name, file):
+    where = re.escape(str(hub_dir / "checkpoints" / f"{file}.pth"))
+    with pytest.raises(
+        UserError,
+        match=rf"pretrained=true needs torchvision's ImageNet {name} .*never the network\. Download "
+        rf"https://download\.pytorch\.org/models/{file}\.pth on a machine with internet and put it at {where} .*pretrained=false",
+    ):
         backbones.build(name, "cifar", pretrained=True)
 
 
-def test_pretrained_loads_cached_weights(monkeypatch):
+def test_pretrained_loads_cached_weights_only(hub_dir):
     reference = backbones.tv_resnet18(weights=None).state_dict()
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: reference)
+    (hub_dir / "checkpoints").mkdir(parents=True)
+    torch.save(reference, hub_dir / "checkpoints" / "resnet18-f37072fd.pth")
     net = backbones.resnet18("imagenet", pretrained=True)
     assert torch.equal(net.stages[0][0].conv1.weight, reference["layer1.0.conv1.weight"])
     assert torch.equal(net.stem[0].weight, reference["conv1.weight"])
+    (hub_dir / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"half a download")
+    with pytest.raises(UserError, match=r"resnet18-f37072fd.pth is not torchvision's ImageNet resnet18 weights.*Delete it"):
+        backbones.resnet18("imagenet", pretrained=True)
 
 
 def test_resnet50_cifar_stem_gives_2048_features_at_28px():

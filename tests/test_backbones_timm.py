@@ -4,6 +4,7 @@ from the local cache only, an end-to-end run, and checkpoint metadata that may o
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,38 @@ def test_pretrained_not_cached_is_a_clear_error_without_network_retries(tmp_path
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(
         UserError,
-        match=r"ImageNet weights for convnext_atto, which are not in the local cache.*"
-        r"timm.create_model\('convnext_atto', pretrained=True\).*pretrained=false",
+        match=r"ImageNet weights for convnext_atto \(Hugging Face repo timm/convnext_atto.d2_in1k\), which are not in the "
+        r"local cache.*timm.create_model\('convnext_atto', pretrained=True\).*copy its Hugging Face cache folder "
+        rf"models--timm--convnext_atto.d2_in1k to {re.escape(str(tmp_path / 'models--timm--convnext_atto.d2_in1k'))} "
+        r"here.*pretrained=false",
     ):
         backbones.build("timm/convnext_atto", "imagenet", pretrained=True, image_size=32)
     assert no_network == []
+
+
+def test_pretrained_from_a_url_reads_torch_hubs_cache_only(tmp_path, monkeypatch, no_network):
+    """timm models whose weights live at a URL (no Hugging Face copy) are read from torch hub's cache; a
+    missing file names the exact path and URL, and nothing is fetched."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch hub's cache: $TORCH_HOME/hub
+    hub = tmp_path / "hub"
+    with pytest.raises(
+        UserError,
+        match=rf"timm's ImageNet weights for gcvit_xxtiny, which are not in torch hub's cache; only the cache is read, "
+        rf"never the network. Download https://github.com/\S+/gcvit_xxtiny_224_nvidia-d1d86009.pth .*put it at "
+        rf"{re.escape(str(hub / 'checkpoints' / 'gcvit_xxtiny_224_nvidia-d1d86009.pth'))} ",
+    ):
+        backbones.build("timm/gcvit_xxtiny", "imagenet", pretrained=True, image_size=224)
+    reference = timm.create_model("legacy_seresnet18", pretrained=False).state_dict()
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(reference, hub / "checkpoints" / "seresnet18-4bb0ce65.pth")
+    net = backbones.build("timm/legacy_seresnet18", "imagenet", pretrained=True, image_size=32)
+    assert torch.equal(net.layer4[0].conv1.weight, reference["layer4.0.conv1.weight"])
+    assert no_network == []
+
+
+def test_pretrained_for_a_model_without_weights_is_refused():
+    with pytest.raises(UserError, match=r"timm has no pretrained weights for model.backbone.name=timm/botnet50ts_256"):
+        backbones.build("timm/botnet50ts_256", "imagenet", pretrained=True, image_size=256)
 
 
 def test_timm_model_trains_end_to_end_and_reloads(tmp_path):

@@ -24,20 +24,21 @@ SIZES = ((20, 20), (40, 32))  # width × height, as PIL counts
 
 
 def make_tiles(folder: Path, counts: dict[str, int], start: int = 0) -> None:
-    """Solid-colour tiles per class, cycling through formats and sizes (one RGBA PNG too)."""
+    """Solid-colour tiles per class (one pixel marks the index), cycling through formats and sizes (one RGBA PNG too)."""
     for name, n in counts.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(start, start + n):
             suffix = FORMATS[i % len(FORMATS)]
             image = Image.new("RGB", SIZES[i % 2], COLOURS[name])
+            image.putpixel((0, 0), (i % 256, 0, 0))  # every file's bytes differ, as real tiles' do
             if i == 0:
                 image, suffix = image.convert("RGBA"), ".png"
             image.save(folder / name / f"tile{i}{suffix}")
 
 
-def corrupt(path: Path) -> Path:
+def corrupt(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, 300, dtype=np.uint8).tobytes())
     return path
 
 
@@ -114,15 +115,21 @@ def test_cache_reused_for_unchanged_folder_and_rebuilt_when_it_changes(tmp_path,
         assert torch.equal(again.splits[split].images, first.splits[split].images)
         assert torch.equal(again.splits[split].labels, first.splits[split].labels)
 
-    # every setting that changes the tiles, and any change to the files, gives another cache
+    # every setting that changes the tiles, and any change to the files' bytes, gives another cache
     keys = {first.tiles.cache_file}
     for changed in (dict(seed=1), dict(size=12), dict(val_fraction=0.3)):
         keys.add(datamodule(tiles, tmp_path / "cache", **changed).tiles.cache_file)
-    tile = tiles / "adipose" / "tile1.jpg"
-    os.utime(tile, ns=(tile.stat().st_atime_ns, tile.stat().st_mtime_ns + 10**9))
+    tile = tiles / "adipose" / "tile3.bmp"  # uncompressed: a pixel can change in place
+    stat = tile.stat()
+    os.utime(tile, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, bytes unchanged: the same tiles
+    assert datamodule(tiles, tmp_path / "cache").tiles.cache_file == first.tiles.cache_file
+    data = bytearray(tile.read_bytes())
+    data[-1] ^= 0xFF
+    tile.write_bytes(data)  # rewritten with the same size and mtime
+    os.utime(tile, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     keys.add(datamodule(tiles, tmp_path / "cache").tiles.cache_file)
     assert len(keys) == 5
-    datamodule(tiles, tmp_path / "cache").setup("fit")  # the touched folder is converted anew
+    datamodule(tiles, tmp_path / "cache").setup("fit")  # the rewritten folder is converted anew
     assert len(decoded) == 26
 
 
@@ -165,8 +172,8 @@ def test_given_splits_must_agree(tmp_path):
 @pytest.mark.parametrize("keep", [True, False])
 def test_unlabeled_dir_joins_training_only_for_ssl(tmp_path, tiles, keep):
     extra = tmp_path / "extra"
-    make_tiles(extra / "slide1", {"mucus": 3})
-    corrupt(extra / "slide2" / "broken.tif")
+    make_tiles(extra / "slide1", {"mucus": 3}, start=50)  # other tiles than data.dir's (same bytes are left out)
+    corrupt(extra / "slide2" / "broken.tif", seed=1)
     dm = datamodule(tiles, tmp_path / "cache", unlabeled_dir=str(extra), keep_unlabelled=keep, label_fraction=0.5)
     dm.setup("fit")
     train = dm.splits["train"]

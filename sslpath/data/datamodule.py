@@ -19,6 +19,7 @@ from torch import nn
 
 from sslpath.core.errors import UserError
 from sslpath.data.augment import BatchTransform
+from sslpath.data.digest import file_digest
 from sslpath.data.download import (
     DownloadError,
     check_download_setting,
@@ -83,6 +84,14 @@ class ArrayDataModule(L.LightningDataModule):
 
     def load_splits(self) -> dict[str, Split]:
         raise NotImplementedError
+
+    def data_digest(self) -> str | None:
+        """sha256 of the data's bytes, for keys of what was trained on it (None: the settings make the data)."""
+        raise NotImplementedError
+
+    def split_record(self) -> dict[str, Any] | None:
+        """Which files each split holds, for checkpoints (None: the split is fixed by the data file itself)."""
+        return None
 
     @property
     def train_labels_per_class(self) -> float:
@@ -224,6 +233,10 @@ class MedMNISTDataModule(ArrayDataModule):
             self.prepare_data()  # outside a Trainer (evaluate, benchmark) nobody called it yet
         return read_npz(self.file, self.num_classes, self.size)
 
+    def data_digest(self) -> str:
+        self.prepare_data()  # a download, when one is due, comes first
+        return file_digest(self.file)
+
 
 class SyntheticDataModule(ArrayDataModule):
     """Deterministic offline data for tests and dry runs; never used in place of missing real data."""
@@ -235,6 +248,9 @@ class SyntheticDataModule(ArrayDataModule):
 
     def load_splits(self) -> dict[str, Split]:
         return synthetic_splits(self.size, self.num_classes, self.counts, self.seed)
+
+    def data_digest(self) -> None:
+        return None  # generated from size, counts and seed
 
 
 class FolderDataModule(ArrayDataModule):
@@ -276,9 +292,25 @@ class FolderDataModule(ArrayDataModule):
         """Convert once (Lightning calls this on one process per node, before setup)."""
         self.tiles.prepare()
 
+    def data_digest(self) -> str:
+        return self.tiles.digest
+
+    def split_record(self) -> dict[str, Any]:
+        """The split's settings (None for given train/ val/ test/ folders) and each split's file digest."""
+        tiles = self.tiles
+        settings = (None, None, None) if tiles.given_splits else (tiles.seed, tiles.val_fraction, tiles.test_fraction)
+        return dict(zip(("seed", "val_fraction", "test_fraction"), settings)) | tiles.split_digests()
+
     def load_splits(self) -> dict[str, Split]:
         cache = self.tiles.prepare()  # a no-op after prepare_data; outside a Trainer nobody called that yet
-        splits = read_npz(cache, self.num_classes, self.size, unlabeled=self.keep_unlabelled)
+        try:
+            splits = read_npz(cache, self.num_classes, self.size, unlabeled=self.keep_unlabelled)
+        except UserError as err:  # its record vouched for it: a forged record. The problem, not read_npz's advice:
+            problem = str(err).split(". ")[0]  # that advice is for downloaded files
+            raise UserError(
+                f"the tile cache {cache}, converted from data.dir={self.tiles.root}, cannot be read ({problem}). Delete "
+                f"{cache} and {self.tiles.sidecar} to convert the folder again, or set data.cache_dir=DIR."
+            ) from None
         extra = splits.pop("unlabeled", None)
         if extra is not None:
             train = splits["train"]

@@ -1,29 +1,36 @@
 """Your own tiles: a folder of class subfolders, converted once into a cached MedMNIST-format npz.
 
 Decoding thousands of PNG/JPEG/TIFF files costs far more than training a small model on them, so
-the folder is read once into `<cache_dir>/<name>-<hash>.npz`, keyed by its listing (relative
-paths, sizes, mtimes) and the settings that change the result; every later run reads that npz
-through `read_npz` like any other tile set. Unreadable files are skipped, but always named: in a
-warning and in the sidecar `<name>-<hash>.json`.
+the folder is read once into `<cache_dir>/<name>-<hash>.npz`, keyed by a digest of every file's
+relative path and bytes and of the settings that change the result; every later run reads that npz
+through `read_npz` like any other tile set. The sidecar `<name>-<hash>.json` records that digest,
+the npz's own digest and each split's files (digests); a cache is used only when both digests
+match, else it is converted anew with a warning. Unreadable files are skipped, but always named:
+in a warning and in the sidecar. Files under `unlabeled_dir` that are also labelled tiles (the
+same file or the same bytes) are left out of the unlabelled pool, so SSL never pretrains on a
+validation or test tile.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
+import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from tqdm import tqdm
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_output, atomic_write_json, read_json
+from sslpath.data.digest import file_digest, is_digest, value_digest
 from sslpath.data.npz import UNLABELED
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
@@ -31,7 +38,7 @@ from sslpath.data.splits import SPLITS
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-CACHE_FORMAT = 1  # part of the key: bump it when conversion changes, so older caches are not reused
+CACHE_FORMAT = 2  # part of the key: bump it when conversion changes, so older caches are not reused
 SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of them
 # Default cap on an image's pixels: tiles are small, and a 120-megapixel file would take gigabytes to decode.
 MAX_PIXELS = 50_000_000
@@ -101,18 +108,22 @@ class TileFolder:
         self.max_pixels = max_pixels
         self.class_names, self.files = self._scan()
         self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
-        self.unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
+        unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
         self.given_splits = "all" not in self.files
         if not self.given_splits and not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
             raise UserError(
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be above 0 "
                 f"and sum to less than 1 to split {self.root} into train/val/test; use e.g. 0.1 and 0.1."
             )
-        key = self._key()
+        self.contents = _contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
+        self.unlabeled = self._outside_labelled(unlabeled)
+        self.digest = self._digest()  # of every file's path and bytes, and of the settings: the data's identity
+        key = f"{self.root.resolve().name}-{self.digest[:16]}"
         cache_dir = Path(cache_dir).expanduser()
         self.cache_file = cache_dir / f"{key}.npz"
         self.sidecar = cache_dir / f"{key}.json"
-        self.ready = False  # prepare() has run in this process: later calls need not log again
+        self.lock = cache_dir / f"{key}.lock"
+        self.record: dict[str, Any] | None = None  # the sidecar of a checked or new cache
 
     def _scan(self) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
         """Class names and (file, label) pairs per given split, or under "all" for one folder."""
@@ -171,52 +182,179 @@ class TileFolder:
             )
         return files
 
-    def _key(self) -> str:
-        """`<folder name>-<hash>` of the listing and of the settings the converted tiles depend on."""
+    def _outside_labelled(self, unlabeled: list[Path]) -> list[Path]:
+        """The unlabelled files that are not also labelled tiles: not the same file (by resolved path, so
+        links count) and not the same bytes. data.unlabeled_dir may be data.dir itself, or hold copies."""
+        group = {"all": "labelled"}
+        labelled = [(f, group.get(split, split)) for split, pairs in self.files.items() for f, _ in pairs]
+        same_path = {os.path.realpath(f): split for f, split in labelled}
+        same_bytes = {self.contents[f]: split for f, split in labelled if self.contents[f] is not None}
+        kept, dropped = [], Counter()
+        for file in unlabeled:
+            split = same_path.get(os.path.realpath(file)) or same_bytes.get(self.contents[file])
+            if split is None:
+                kept.append(file)
+            else:
+                dropped[split] += 1
+        if dropped:
+            counts = ", ".join(f"{n} {split}" for split, n in sorted(dropped.items()))
+            log.warning(
+                "data.unlabeled_dir=%s: left out %d of its %d image files that are labelled tiles of data.dir=%s (the "
+                "same file or the same bytes: %s), so SSL pretraining never sees a validation or test tile; it uses "
+                "the other %d.",
+                self.unlabeled_dir,
+                sum(dropped.values()),
+                len(unlabeled),
+                self.root,
+                counts,
+                len(kept),
+            )
+        if unlabeled and not kept:
+            raise UserError(
+                f"every image file under data.unlabeled_dir={self.unlabeled_dir} is also a labelled tile of "
+                f"data.dir={self.root} (the same file or the same bytes), so no unlabelled tile is left: SSL must not "
+                "pretrain on validation or test tiles. Point data.unlabeled_dir at a folder of extra tiles only, or set "
+                "data.unlabeled_dir=null."
+            )
+        return kept
 
-        def entry(file: Path, folder: Path) -> list[str | int]:
-            stat = file.stat()
-            return [str(file.relative_to(folder)), stat.st_size, stat.st_mtime_ns]
+    def _digest(self) -> str:
+        """sha256 of every file's relative path, label and bytes, and of the settings the tiles depend on."""
+
+        def entry(file: Path, folder: Path) -> list[str | None]:
+            return [str(file.relative_to(folder)), self.contents[file]]
 
         listing = {split: [[*entry(f, self.root), c] for f, c in pairs] for split, pairs in self.files.items()}
         listing["unlabeled"] = [entry(f, self.unlabeled_dir) for f in self.unlabeled]
         settings = {"format": CACHE_FORMAT, "size": self.size}
-        if self.max_pixels != MAX_PIXELS:  # a different cap may skip different files; the default keeps old keys valid
+        if self.max_pixels != MAX_PIXELS:  # a different cap may skip different files
             settings["max_pixels"] = self.max_pixels
         if not self.given_splits:
             settings |= {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed}
-        payload = json.dumps({"files": listing, "settings": settings}, sort_keys=True)
-        return f"{self.root.resolve().name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+        return value_digest({"files": listing, "settings": settings})
 
     def prepare(self) -> Path:
-        """The cached npz, converted now unless an unchanged folder's cache is already there."""
-        if self.ready:
+        """The cached npz, converted now unless a cache of exactly these files and settings is there.
+
+        A file lock makes concurrent runs on one folder wait for a single conversion.
+        """
+        if self.record is not None:
             return self.cache_file
-        if self.cache_file.is_file() and self.sidecar.is_file():
-            log.info("reusing cached tiles %s (converted from %s)", self.cache_file, self.root)
-            self._warn_skipped(read_json(self.sidecar)["skipped"])
-        else:
-            self._convert()
-        self.ready = True
+        with self._writing():
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.lock)
+            lock.acquire()
+        try:
+            problem = self._check_cache()
+            if problem is None:
+                log.info("reusing cached tiles %s (converted from %s; contents checked)", self.cache_file, self.root)
+                self._warn_skipped(self.record["skipped"])
+                self._warn_leaked(self.record["leaked"])
+            else:
+                if self.cache_file.exists():  # a lone sidecar is a conversion that stopped: nothing to warn of
+                    log.warning(
+                        "the tile cache %s %s; converting %s anew and replacing it. (Delete the cache's files, or set "
+                        "data.cache_dir=DIR, to start a cache elsewhere.)",
+                        self.cache_file,
+                        problem,
+                        self.root,
+                    )
+                self._convert()
+        finally:
+            lock.release()
         return self.cache_file
+
+    def _check_cache(self) -> str | None:
+        """None when the cache and its sidecar are exactly what converting the folder now would write; else
+        what is wrong. The npz is hashed too: a planted, edited or damaged file never passes."""
+        if not self.cache_file.is_file():
+            return "is missing"
+        try:
+            record = read_json(self.sidecar)
+        except (OSError, ValueError) as err:
+            return f"has no readable record {self.sidecar} ({type(err).__name__})"
+        if not self._is_record(record):
+            return f"has a record {self.sidecar} that this sslpath did not write"
+        if record["source_digest"] != self.digest:
+            return f"was made from other files or settings than data.dir={self.root} holds now"
+        if record["npz_sha256"] != file_digest(self.cache_file):
+            return "does not match the digest its record holds (edited, damaged, or put there by something else)"
+        self.record = record
+        return None
+
+    def _is_record(self, record: Any) -> bool:
+        """The sidecar's schema: plain values only, as _convert writes them."""
+        keys = {"format", "source", "source_digest", "npz_sha256", "class_names", "skipped", "splits", "leaked"}
+        return (
+            isinstance(record, dict)
+            and set(record) == keys
+            and record["format"] == CACHE_FORMAT
+            and is_digest(record["source_digest"])
+            and is_digest(record["npz_sha256"])
+            and record["class_names"] == self.class_names
+            and _is_file_notes(record["skipped"], "error")
+            and _is_file_notes(record["leaked"], "same_as")
+            and isinstance(record["splits"], dict)
+            and set(record["splits"]) == set(SPLITS)
+            and all(is_digest(d) for d in record["splits"].values())
+        )
+
+    def split_digests(self) -> dict[str, str]:
+        """Per split, the sha256 of its files' relative paths and bytes (sorted): which tiles it holds."""
+        self.prepare()
+        return dict(self.record["splits"])
 
     def _convert(self) -> None:
         labelled = [pair for pairs in self.files.values() for pair in pairs]
         files = [f for f, _ in labelled] + self.unlabeled
         tiles, readable, skipped = _read_tiles(files, self.size, f"converting {self.root.name}", self.max_pixels)
-        # The sidecar comes first, so the errors below can point at its list of unreadable files;
-        # a cache counts as present only once the npz, written last, is there too.
+        # A first sidecar, so the errors below can point at its list of unreadable files; the cache is
+        # valid only once the npz and then the sidecar with the npz's digest are written.
+        record = {"format": CACHE_FORMAT, "source": str(self.root), "source_digest": self.digest, "npz_sha256": None}
+        record |= {"class_names": self.class_names, "skipped": skipped, "splits": None, "leaked": []}
         with self._writing():
-            sidecar = {"source": str(self.root), "class_names": self.class_names, "skipped": skipped}
-            atomic_write_json(self.sidecar, sidecar)
+            atomic_write_json(self.sidecar, record)
         self._warn_skipped(skipped)
         labels = np.array([c for _, c in labelled] + [-1] * len(self.unlabeled))[readable]
         groups = [split for split, pairs in self.files.items() for _ in pairs] + ["unlabeled"] * len(self.unlabeled)
         groups = np.array(groups)[readable]
-        arrays = self._arrays(tiles, labels, groups)
+        arrays, index = self._arrays(tiles, labels, groups)
         with self._writing(), atomic_output(self.cache_file) as f:
             np.savez(f, **arrays)
+        split_files = {split: [files[readable[i]] for i in idx] for split, idx in index.items()}
+        record["npz_sha256"] = file_digest(self.cache_file)
+        record["splits"] = {split: self._files_digest(chosen) for split, chosen in split_files.items()}
+        record["leaked"] = self._leaked(split_files)
+        with self._writing():
+            atomic_write_json(self.sidecar, record)
+        self.record = record
+        self._warn_leaked(record["leaked"])
         log.info("cached %d tiles of %s in %s", len(readable), self.root, self.cache_file)
+
+    def _files_digest(self, files: list[Path]) -> str:
+        return value_digest(sorted([str(f.relative_to(self.root)), self.contents[f]] for f in files))
+
+    def _leaked(self, split_files: dict[str, list[Path]]) -> list[dict[str, str]]:
+        """Validation and test files with the same bytes as a training file: a score would count them as unseen."""
+        train = {self.contents[f]: f for f in split_files["train"]}
+        return [
+            {"file": str(f), "same_as": str(train[self.contents[f]])}
+            for split in ("val", "test")
+            for f in split_files[split]
+            if self.contents[f] in train
+        ]
+
+    def _warn_leaked(self, leaked: list[dict[str, str]]) -> None:
+        if leaked:
+            shown = "; ".join(f"{d['file']} = {d['same_as']}" for d in leaked[:SHOWN_SKIPS])
+            log.warning(
+                "%d validation/test tile(s) of %s have the same bytes as a training tile (all listed in %s): %s. Their "
+                "scores count them as unseen; remove the copies from data.dir.",
+                len(leaked),
+                self.root,
+                self.sidecar,
+                shown,
+            )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -228,8 +366,11 @@ class TileFolder:
                 "writable folder with room for the converted tiles."
             ) from None
 
-    def _arrays(self, tiles: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
-        """MedMNIST-format members: the three splits of the labelled tiles, and the unlabelled ones."""
+    def _arrays(
+        self, tiles: np.ndarray, labels: np.ndarray, groups: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """MedMNIST-format members (the three splits of the labelled tiles, and the unlabelled ones), and
+        each split's positions in `tiles`."""
         if self.given_splits:
             index = {split: np.flatnonzero(groups == split) for split in SPLITS}
             self._check_classes(labels[index["train"]], self.root / "train")
@@ -253,7 +394,7 @@ class TileFolder:
             )
         if len(unlabeled):
             arrays[UNLABELED] = tiles[unlabeled]
-        return arrays
+        return arrays, index
 
     def _split(self, labels: np.ndarray, pool: np.ndarray) -> dict[str, np.ndarray]:
         """Seeded per-class split of one folder: each class keeps at least one image in every split."""
@@ -296,6 +437,24 @@ class TileFolder:
                 shown,
                 more,
             )
+
+
+def _contents(files: list[Path]) -> dict[Path, str | None]:
+    """Each file's sha256 (None for a file that cannot be read now: it is skipped, and named, when converting)."""
+    contents = {}
+    for file in tqdm(files, desc="checking files", unit="file", disable=None):
+        try:
+            contents[file] = file_digest(file)
+        except OSError:
+            contents[file] = None
+    return contents
+
+
+def _is_file_notes(notes: Any, key: str) -> bool:
+    """A sidecar list of {"file": str, key: str} entries."""
+    return isinstance(notes, list) and all(
+        isinstance(n, dict) and set(n) == {"file", key} and all(isinstance(v, str) for v in n.values()) for n in notes
+    )
 
 
 def _read_tiles(

@@ -9,7 +9,9 @@ import difflib
 import functools
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -196,16 +198,14 @@ def _timm_model(name: str, stem: str, pretrained: bool, image_size: int | None) 
         raise _unknown_timm(arch)
     timm = _import_timm()
     kwargs = {"img_size": image_size} if image_size and timm.models.get_pretrained_cfg_value(arch, "fixed_input_size") else {}
+    hub_repo = _cached_timm_weights(timm, arch) if pretrained else None
     try:
         with _hub_offline() if pretrained else contextlib.nullcontext():
             net = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kwargs)
-    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, URLError…: weights not in the cache
-        raise UserError(
-            f"model.backbone.pretrained=true needs timm's ImageNet weights for {arch}, which are not in the local "
-            f"cache ({type(err).__name__}; only the cache is read, never the network). On a machine with internet run "
-            f"`python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` and copy its "
-            "~/.cache/huggingface here (or set HF_HOME to it), or train from scratch with model.backbone.pretrained=false."
-        ) from None
+    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError: the weights are not in its cache
+        if hub_repo is None:
+            raise UserError(f"timm could not read the cached weights of {arch}: {type(err).__name__}: {err}") from None
+        raise _not_in_hub_cache(arch, hub_repo, err) from None
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise UserError(f"timm could not build model.backbone.name={name}{_at(image_size)}: {first}") from None
@@ -231,6 +231,51 @@ def _unknown_timm(arch: str) -> UserError:
         "digits, '_' and '.'; list them with "
         "`python -c \"import timm; print(timm.list_models('resnet*'))\"` and use model.backbone.name=timm/<name>."
     )
+
+
+def _cached_timm_weights(timm: ModuleType, arch: str) -> str | None:
+    """Where timm will read `arch`'s weights from, checked before it may reach for the network.
+
+    timm prefers a Hugging Face hub copy (read offline, see _hub_offline; the repo id is returned) and
+    otherwise downloads a URL into torch hub's checkpoints folder: that file must already be there.
+    """
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is not None and cfg.hf_hub_id:
+        return cfg.hf_hub_id
+    if cfg is None or not cfg.url:
+        raise UserError(
+            f"timm has no pretrained weights for model.backbone.name={TIMM_PREFIX}{arch}. Train it from scratch with "
+            'model.backbone.pretrained=false, or pick a name from `python -c "import timm; print(timm.list_models('
+            'pretrained=True))"`.'
+        )
+    _hub_file(cfg.url, f"timm's ImageNet weights for {arch}")
+    return None
+
+
+def _not_in_hub_cache(arch: str, repo: str, err: OSError) -> UserError:
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+    return UserError(
+        f"model.backbone.pretrained=true needs timm's ImageNet weights for {arch} (Hugging Face repo {repo}), which "
+        f"are not in the local cache ({type(err).__name__}); only the cache is read, never the network. On a machine "
+        f"with internet run `python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` and copy its "
+        f"Hugging Face cache folder {folder.name} to {folder} here (HF_HOME or HF_HUB_CACHE move the cache), or train "
+        "from scratch with model.backbone.pretrained=false."
+    )
+
+
+def _hub_file(url: str, what: str) -> Path:
+    """torch hub's cached copy of `url` (what torch.hub.load_state_dict_from_url would download); a clear
+    error naming the exact file to put there when it is missing: weights are never fetched."""
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if not file.is_file():
+        raise UserError(
+            f"model.backbone.pretrained=true needs {what}, which are not in torch hub's cache; only the cache is read, "
+            f"never the network. Download {url} on a machine with internet and put it at {file} (TORCH_HOME moves the "
+            "cache), or train from scratch with model.backbone.pretrained=false."
+        )
+    return file
 
 
 @contextlib.contextmanager
@@ -293,19 +338,18 @@ def _note_patch_grid(net: nn.Module, name: str, image_size: int | None) -> None:
 
 
 def _load_imagenet(net: nn.Module, name: str, weights: ResNet18_Weights | ResNet50_Weights) -> None:
-    """ImageNet weights from torch hub's cache (downloaded if online); a clear error otherwise."""
+    """ImageNet weights from torch hub's cache only (see _hub_file); a clear error otherwise."""
+    file = _hub_file(weights.url, f"torchvision's ImageNet {name} weights")
     try:
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=False, weights_only=True)
-    except Exception as err:  # URLError, socket errors, HTTP errors: all mean "not available"
-        hub = torch.hub.get_dir()
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as err:  # a truncated download, another file under that name
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(
-            f"model.backbone.pretrained=true needs torchvision's ImageNet {name} weights, which are "
-            f"neither cached nor downloadable ({type(err).__name__}: {err}). Copy "
-            f"{weights.url.rsplit('/', 1)[-1]} into {hub}/checkpoints/ (or set TORCH_HOME), or train "
-            "from scratch with model.backbone.pretrained=false."
+            f"torch hub's cached {file} is not torchvision's ImageNet {name} weights ({type(err).__name__}: {first}). "
+            f"Delete it and download {weights.url} again, or set model.backbone.pretrained=false."
         ) from None
-    net.load_state_dict(state)
-    log.info("loaded ImageNet weights for %s", name)
+    log.info("loaded ImageNet weights for %s from %s", name, file)
 
 
 def check_input_size(name: str, stem: str, size: int) -> None:

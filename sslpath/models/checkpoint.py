@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from sslpath.core.errors import UserError
+from sslpath.data.digest import is_digest
+from sslpath.data.splits import SPLITS
 from sslpath.models import backbones
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
@@ -33,6 +35,10 @@ MAX_DEPTH = 4  # the schema nests a list in a dict; deeper metadata is refused b
 # Normalisation a real data set can have: a smaller std or a larger mean would blow inputs up to inf/NaN.
 MIN_STD, MAX_STD, MAX_ABS_MEAN = 1e-3, 1e3, 10.0
 SHOWN_KEYS = 3  # weight names a mismatch message lists per kind
+# Metadata.split: the seed and fractions of a folder's split (null for given train/ val/ test/ folders), and
+# per split the sha256 of its files' relative paths and bytes, so evaluate can re-split identically or refuse.
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction")
+SPLIT_KEYS = (*SPLIT_SETTINGS, *SPLITS)
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -155,6 +161,8 @@ class Metadata:
     mean: list[float]
     std: list[float]
     format: int = FORMAT
+    # A tile folder's split (see SPLIT_KEYS); None for npz data, whose file fixes the split itself.
+    split: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +207,7 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     unknown = sorted(set(map(str, meta)) - names)
     if unknown:
         raise _refuse(path, f"has unknown keys {reprlib.repr(unknown)}")
-    missing = sorted(names - {"format"} - set(meta))
+    missing = sorted(names - {"format", "split"} - set(meta))
     if missing:
         raise _refuse(path, f"lacks {missing} (written by an older sslpath? retrain or re-export it)")
 
@@ -231,7 +239,30 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     check(is_floats(meta["mean"], -MAX_ABS_MEAN, MAX_ABS_MEAN), "mean", f"3 numbers from {-MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}")
     check(is_floats(meta["std"], MIN_STD, MAX_STD), "std", f"3 numbers from {MIN_STD:g} to {MAX_STD:g}")
     check(is_int(meta.get("format", FORMAT), FORMAT, FORMAT), "format", str(FORMAT))
+    if "split" in meta:
+        check(
+            _is_split(meta["split"]),
+            "split",
+            f"null or {{{', '.join(SPLIT_KEYS)}}}: an int seed and fractions in (0, 1) "
+            "(all null for given train/ val/ test/ folders), and a sha256 hex digest per split",
+        )
     return Metadata(**{k: meta[k] for k in names if k in meta})
+
+
+def _is_split(split: Any) -> bool:
+    if split is None:
+        return True
+    if not isinstance(split, dict) or set(split) != set(SPLIT_KEYS) or not all(is_digest(split[s]) for s in SPLITS):
+        return False
+    seed, fractions = split["seed"], (split["val_fraction"], split["test_fraction"])
+    if seed is None:
+        return fractions == (None, None)
+    return (
+        type(seed) is int
+        and abs(seed) < 2**63
+        and all(type(f) in (int, float) and 0 < f < 1 for f in fractions)
+        and sum(fractions) < 1
+    )
 
 
 class InferenceModel(nn.Module):

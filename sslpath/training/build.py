@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
@@ -18,6 +19,7 @@ from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
 from sslpath.models.checkpoint import Metadata, load_ssl_backbone
 from sslpath.training.callbacks import CheckpointMetadata, TestResults
+from sslpath.training.tracking import open_mlflow
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
 
@@ -54,12 +56,14 @@ def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) ->
         image_size=int(cfg.data.size),
         mean=[float(v) for v in cfg.data.mean],
         std=[float(v) for v in cfg.data.std],
+        split=datamodule.split_record(),
     )
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    nodes = [lg for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = [open_mlflow(lg) if issubclass(get_class(lg._target_), MLFlowLogger) else instantiate(lg) for lg in nodes]
     try:
         return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers)
     except InstantiationException as err:

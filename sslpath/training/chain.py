@@ -1,8 +1,9 @@
 """Chaining: a fine-tune given no SSL checkpoint pretrains one first, once per SSL settings.
 
 The SSL stage runs in `<paths.pretrain_dir>/<method>-<key>`; the key hashes what shapes its
-weights (model, data, trainer, seed), so fine-tunes that share them (label fractions and linear
-probes in a sweep, a resumed chain) reuse one pretraining. Its checkpoint is the last epoch's,
+weights (model, data settings and the data's bytes, trainer, seed), so fine-tunes that share them
+(label fractions and linear probes in a sweep, a resumed chain) reuse one pretraining, and a stage
+is never reused once the data it trained on has changed. Its checkpoint is the last epoch's,
 chosen without labels, and its probe sees every label: the stage is the same whichever job ran it.
 """
 
@@ -33,11 +34,14 @@ def needs_pretraining(cfg: DictConfig) -> bool:
 
 
 def pretrain_key(cfg: DictConfig) -> str:
-    """Identity of an SSL stage: what shapes its weights, not where its files go."""
+    """Identity of an SSL stage: what shapes its weights (settings and the data's bytes), not where its files go."""
+    from hydra.utils import instantiate
+
     stage = stage_config(cfg, Path("."))
     payload = OmegaConf.to_container(stage, resolve=True)
     payload = {key: payload[key] for key in ("model", "data", "trainer", "seed")}
     payload["trainer"].pop("default_root_dir", None)
+    payload["data_digest"] = instantiate(stage.data, _convert_="all").data_digest()
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -75,6 +79,12 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
 
     A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
     """
+    if cfg.trainer.get("fast_dev_run"):
+        raise UserError(
+            "debug=fdr (trainer.fast_dev_run) writes no checkpoint, so the SSL stage this fine-tune chains would leave "
+            "no weights to start from, and a stage no later run could use. Smoke-test the stage alone (model=simclr "
+            "debug=fdr), give the fine-tune model.pretrained_ckpt=FILE, or try the whole chain with debug=limit."
+        )
     out = stage_dir(cfg)
     check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):

@@ -1,11 +1,17 @@
-"""The run summary every logger gets at the end: a curated, flat set of settings linked to the
-run's results, so TensorBoard's HPARAMS tab (and MLflow's run table) compare runs at a glance."""
+"""Loggers' stores and the run summary every logger gets at the end: a curated, flat set of settings
+linked to the run's results, so TensorBoard's HPARAMS tab (and MLflow's run table) compare runs at a glance."""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from sslpath.core.errors import UserError
+
+SQLITE = "sqlite:///"  # MLflow's local store: sqlite:///relative/path or sqlite:////absolute/path
 
 # summary name -> config key (missing keys are left out: e.g. temperature for supervised models)
 SETTINGS = {
@@ -59,3 +65,46 @@ def log_run_summary(loggers: list[Any], cfg: DictConfig, metrics: dict[str, Any]
             logger.log_hyperparams(settings)
             logger.log_metrics(results)
         logger.save()
+
+
+def open_mlflow(node: DictConfig) -> Any:
+    """The MLflow logger of `node`, its store opened and its experiment and run created before training.
+
+    Two runs creating one SQLite store at once race in MLflow's schema migration and in creating the
+    experiment; a file lock beside the database makes the second wait for the first. A store that cannot
+    be opened (a damaged file, a store of another MLflow version, an unreachable server) is a UserError
+    here, not a traceback.
+    """
+    from filelock import FileLock
+    from hydra.utils import instantiate
+
+    tracking_uri = node.get("tracking_uri")
+    db = sqlite_file(tracking_uri)
+    try:
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext():
+            logger = instantiate(node)  # MlflowClient opens (and migrates) the store here
+            _ = logger.experiment, logger.run_id  # the experiment and this run's record
+    except Exception as err:  # sqlite3/SQLAlchemy/alembic/MlflowException/OSError: all mean "not usable"
+        cause = err.__cause__ or err  # instantiate wraps the logger's own error
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        if db is None:
+            raise UserError(
+                f"could not open the MLflow tracking store logger.mlflow.tracking_uri={tracking_uri} "
+                f"({type(cause).__name__}: {first}). Check that the server is up and reachable, or log locally "
+                "with logger=tensorboard or logger=csv."
+            ) from None
+        raise UserError(
+            f"could not open the MLflow store {db} ({type(cause).__name__}: {first}). It is damaged, or was written "
+            f"by another MLflow version. Move it away (MLflow starts a new store there), or point "
+            "logger.mlflow.tracking_uri=sqlite:///OTHER.db at another store."
+        ) from None
+    return logger
+
+
+def sqlite_file(tracking_uri: str | None) -> Path | None:
+    """The database file of a local SQLite store URI (query parameters dropped); None for other stores."""
+    if not isinstance(tracking_uri, str) or not tracking_uri.startswith(SQLITE):
+        return None
+    return Path(tracking_uri.removeprefix(SQLITE).split("?", 1)[0])
