@@ -1,7 +1,7 @@
 """sslpath: SimCLR, supervised and fine-tuning experiments on PathMNIST."""
 
-from sslpath.config import register_resolvers  # import-light: keeps `--help` fast
-from sslpath.console import quiet_loggers
+from sslpath.core.console import quiet_loggers
+from sslpath.core.resolvers import register_resolvers  # import-light: keeps `--help` fast
 
 register_resolvers()
 quiet_loggers()

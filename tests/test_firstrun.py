@@ -12,8 +12,8 @@ from filelock import FileLock
 from test_download import closed_port
 from test_reliability import cli
 
-from sslpath import runs
 from sslpath.data.download import partial_path, size_text
+from sslpath.training import rundir as runs
 
 from conftest import TINY_TRAINER, cli_env, read_metrics, run_cli
 from test_data import write_npz

@@ -24,8 +24,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from sslpath.errors import UserError
-from sslpath.runs import check_writable
+from sslpath.core.errors import UserError
+from sslpath.training.rundir import check_writable
 
 log = logging.getLogger(__name__)
 
