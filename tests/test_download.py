@@ -3,6 +3,7 @@ tests/conftest.py's FileServer on 127.0.0.1 (never the internet)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -71,6 +72,29 @@ def test_interrupted_download_resumes_with_a_range_request(tmp_path, file_server
     dm.prepare_data()
     assert file_server.requests[1]["Range"] == f"bytes={CUT}-"
     assert dm.file.read_bytes() == data and not part.exists()
+
+
+def test_ctrl_c_mid_download_keeps_what_arrived_for_the_next_run(tmp_path, file_server, served, monkeypatch):
+    data, md5, url = served
+    file_server.pause_at, file_server.pause_s = CUT, 0.2
+
+    @contextlib.contextmanager
+    def interrupted_bar(name, total, done):
+        def advance(n):
+            raise KeyboardInterrupt
+
+        yield advance
+
+    dest = tmp_path / "pathmnist.npz"
+    with monkeypatch.context() as patch:
+        patch.setattr(dl, "progress_bar", interrupted_bar)
+        with pytest.raises(KeyboardInterrupt):
+            dl.download(url, md5, dest)
+    kept = dl.partial_path(dest).read_bytes()
+    assert 0 < len(kept) <= CUT and data.startswith(kept) and not dest.exists()
+    file_server.pause_s = 0
+    dl.download(url, md5, dest)
+    assert file_server.requests[1]["Range"] == f"bytes={len(kept)}-" and dest.read_bytes() == data
 
 
 def test_a_server_that_ignores_range_restarts_cleanly(tmp_path, file_server, served):
