@@ -264,8 +264,8 @@ class MomentumMethod(SSLMethod):
         super().__init__(**kwargs)
         if not 0 <= momentum_start <= momentum_end <= 1:
             raise ValueError(f"need 0 <= momentum_start <= momentum_end <= 1, got {momentum_start}, {momentum_end}")
-        if momentum_max_init_share is not None and not 0 < momentum_max_init_share < 1:
-            raise ValueError(f"momentum_max_init_share must be in (0, 1) or null, got {momentum_max_init_share}")
+        if momentum_max_init_share is not None and not 0 < momentum_max_init_share <= 1:
+            raise ValueError(f"momentum_max_init_share must be in (0, 1] or null, got {momentum_max_init_share}")
         if export_target and self.joint:
             raise UserError(
                 f"{type(self).__name__}: joint=true trains the exported backbone with the probe's loss, but the exported "
