@@ -89,6 +89,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "ckpt_path": str(Path(best).resolve()) if best else None,
             "epochs": trainer.current_epoch,
             "wall_seconds": round(time.perf_counter() - start, 2),
+            **model.run_record(),
             **finetune_fields(cfg),
         }
         if trainer.is_global_zero:

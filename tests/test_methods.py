@@ -168,12 +168,12 @@ def test_dino_loss_is_cross_entropy_of_centred_sharpened_teacher(tmp_path):
 
 
 class RecordSteps(L.Callback):
-    """Online and momentum parameters before and after each optimiser step, and which had gradients."""
+    """Online and momentum parameters before and after each optimiser step, and whether a frozen one had a gradient."""
 
     def __init__(self) -> None:
         self.before: list[dict[str, torch.Tensor]] = []
         self.after: list[dict[str, torch.Tensor]] = []
-        self.momentum_grads: list[bool] = []
+        self.frozen_grads: list[bool] = []
 
     @staticmethod
     def snapshot(model: SSLMethod) -> dict[str, torch.Tensor]:
@@ -183,22 +183,38 @@ class RecordSteps(L.Callback):
         self.before.append(self.snapshot(pl_module))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.momentum_grads.append(any(p.grad is not None for n, p in pl_module.named_parameters() if n.startswith("momentum_")))
+        self.frozen_grads.append(any(p.grad is not None for p in pl_module.parameters() if not p.requires_grad))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.after.append(self.snapshot(pl_module))
 
 
+def momentum_pairs(model: SSLMethod) -> dict[str, str]:
+    """Each momentum-copy parameter's name -> the online parameter it follows."""
+    child = {id(m): n for n, m in model.named_children()}
+    pairs = {}
+    for target, online in ((model.target, model.online), (model.momentum_projector, model.projector)):
+        for key, _ in target.named_parameters():
+            pairs[f"{child[id(target)]}.{key}"] = f"{child[id(online)]}.{key}"
+    return pairs
+
+
+# The exported `backbone` (what fine-tunes load) is the online network, except DINO's teacher.
+EXPORTED = {"byol": "online", "mocov3": "online", "dino": "target"}
+
+
 @pytest.mark.parametrize("method", MOMENTUM_METHODS)
 def test_momentum_copies_follow_the_schedule_after_each_step(tmp_path, method):
-    model = build(tmp_path, method, "model.momentum_start=0.5")
-    momentum = {n: p for n, p in model.named_parameters() if n.startswith("momentum_")}
-    online = {n: p for n, p in model.named_parameters() if not n.startswith("momentum_")}
-    pairs = {n: n.removeprefix("momentum_") for n in momentum}
-    assert {n.split(".")[0] for n in momentum} == {"momentum_backbone", "momentum_projector"}
-    assert set(pairs.values()) <= online.keys()
+    # the paper's schedule as is (no lowering of momentum_start for the run's length)
+    model = build(tmp_path, method, "model.momentum_start=0.5", "model.momentum_max_init_share=null")
+    params = dict(model.named_parameters())
+    pairs = momentum_pairs(model)
+    targets = {n.split(".")[0] for n in pairs}
+    copy = "backbone" if EXPORTED[method] == "target" else "momentum_backbone"
+    assert targets == {copy, "momentum_projector"}
+    assert (model.backbone is model.target) == (EXPORTED[method] == "target")
     for name, twin in pairs.items():  # the copy starts as the online network and is frozen
-        assert torch.equal(momentum[name], online[twin]) and not momentum[name].requires_grad
+        assert torch.equal(params[name], params[twin]) and not params[name].requires_grad
 
     gen = torch.Generator().manual_seed(5)
     data = TensorDataset(torch.rand(24, 3, 16, 16, generator=gen), torch.rand(24, 3, 16, 16, generator=gen), torch.arange(24) % 9)
@@ -216,17 +232,18 @@ def test_momentum_copies_follow_the_schedule_after_each_step(tmp_path, method):
     trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=8))
 
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert not optimised & {id(p) for p in momentum.values()}  # not in the optimiser's param groups
-    assert record.momentum_grads == [False] * 3  # and never given a gradient
+    assert not optimised & {id(params[n]) for n in pairs}  # not in the optimiser's param groups
+    assert record.frozen_grads == [False] * 3  # and never given a gradient
     # m_k = 1 − (1 − m_start)(cos(πk/(K−1)) + 1)/2 over K = 3 steps (BYOL's cosine, reaching 1 at the last step)
     for k, m in enumerate([0.5, 0.75, 1.0]):
         before, after = record.before[k], record.after[k]
         assert any(not torch.equal(before[t], after[t]) for t in pairs.values())  # the step moved θ
         for name, twin in pairs.items():
             torch.testing.assert_close(after[name], m * before[name] + (1 - m) * after[twin], rtol=1e-6, atol=1e-7)
-    # saved with the model, under names load_ssl_backbone (backbone.*) never takes
-    keys = [k for k in model.state_dict() if "momentum" in k]
-    assert keys and all(k.startswith(("momentum_backbone.", "momentum_projector.")) for k in keys)
+    assert model.run_record() == {"momentum_start": 0.5, "target_init_share": pytest.approx(0.5 * 0.75 * 1.0)}
+    # saved with the model; load_ssl_backbone takes backbone.*: the online network, or DINO's teacher
+    keys = [k for k in model.state_dict() if "momentum" in k or "online" in k]
+    assert keys and all(k.startswith(("momentum_backbone.", "momentum_projector.", "online_backbone.")) for k in keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +277,11 @@ def test_method_pretrains_and_chains_into_finetuning(tmp_path, method):
     ckpt = load_checkpoint(pre["ckpt_path"])
     assert read_metadata(ckpt, pre["ckpt_path"]).kind == method
     state = ckpt["state_dict"]
-    if method in MOMENTUM_METHODS:
-        assert any(k.startswith("momentum_backbone.") for k in state)
-    # the fine-tune started from the online backbone, exactly, and from nothing else
+    if method in MOMENTUM_METHODS:  # the momentum copy is kept: DINO's student beside its exported teacher
+        other = "online_backbone." if EXPORTED[method] == "target" else "momentum_backbone."
+        assert any(k.startswith(other) for k in state)
+        assert 0 <= pre["target_init_share"] <= 0.1 + 1e-9 and 0 < pre["momentum_start"] <= 1
+    # the fine-tune started from the exported backbone, exactly, and from nothing else
     start = helpers.RECORDED["finetune"]
     assert start.keys() == {k.removeprefix("backbone.") for k in state if k.startswith("backbone.")}
     for key, value in start.items():

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sslpath.core.errors import UserError
+
 
 class Pipeline(nn.Module):
     """Applies `ops` to a float batch in [0, 1]; an empty pipeline is the identity."""
@@ -48,13 +50,14 @@ class BatchTransform(nn.Module):
     """uint8 N×C×H×W batch on the device -> what a model consumes.
 
     Training: `views` independently augmented, normalised views (SSL methods take 2; with
-    `clean_first_view` the first is the plain image, as in the reference notebook). Evaluation:
+    `clean_first_view` the first is the plain image, as in the reference notebook). `augment` is
+    one pipeline for every view, or a list of one per view (BYOL's asymmetric views). Evaluation:
     the normalised image, never augmented.
     """
 
     def __init__(
         self,
-        augment: nn.Module | None = None,
+        augment: nn.Module | Sequence[nn.Module] | None = None,
         views: int = 1,
         clean_first_view: bool = False,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
@@ -64,6 +67,13 @@ class BatchTransform(nn.Module):
         super().__init__()
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
+        if isinstance(augment, Sequence):
+            if len(augment) != views:
+                raise UserError(
+                    f"model.input.augment lists {len(augment)} per-view pipelines but model.input.views={views}: give one "
+                    "pipeline per view, or a single pipeline for all views."
+                )
+            augment = nn.ModuleList(augment)
         self.augment = augment if augment is not None else Pipeline()
         self.views, self.clean_first_view = views, clean_first_view
         self.normalize = Normalize(mean, std)
@@ -75,7 +85,8 @@ class BatchTransform(nn.Module):
 
     def train_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = Normalize.to_unit(images)
-        return [self._finish(x if (i == 0 and self.clean_first_view) else self.augment(x)) for i in range(self.views)]
+        per_view = self.augment if isinstance(self.augment, nn.ModuleList) else [self.augment] * self.views
+        return [self._finish(x if (i == 0 and self.clean_first_view) else per_view[i](x)) for i in range(self.views)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The evaluation transform: normalised, not augmented."""

@@ -6,6 +6,7 @@ Test batches return their logits; `sslpath.training.callbacks.TestResults` turns
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslpath.data.loader import PAD_LABEL
-from sslpath.models.optim import parameter_groups
+from sslpath.models.optim import build_optimizer, parameter_groups, split_settings
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -44,7 +47,8 @@ class ImageModel(L.LightningModule):
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_dim, num_classes)
         self.num_classes = num_classes
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory, self.optimizer_settings = split_settings(optimizer)
+        self.scheduler_factory = scheduler
         self.no_decay_norm_bias = no_decay_norm_bias
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=PAD_LABEL)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=PAD_LABEL)
@@ -58,7 +62,9 @@ class ImageModel(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, labels = batch
-        logits = self(x).float()
+        self.log_validation(self(x).float(), labels)
+
+    def log_validation(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.log("val/loss", F.cross_entropy(logits, labels, ignore_index=PAD_LABEL), on_epoch=True, sync_dist=True)
         self.val_acc(logits, labels)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
@@ -70,12 +76,48 @@ class ImageModel(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).float().softmax(dim=1)
 
+    def parameter_groups(self) -> list[dict]:
+        return parameter_groups(self, self.no_decay_norm_bias)
+
+    def run_record(self) -> dict[str, Any]:
+        """Values of the finished run that metrics.json records beside its results (none here)."""
+        return {}
+
+    def global_batch(self) -> int:
+        """Images per optimiser step over every rank: the batch the papers' lr scaling refers to."""
+        self.trainer.estimated_stepping_batches  # noqa: B018 (makes Lightning load the training data)
+        per_rank = int(self.trainer.train_dataloader.batch_size)
+        return per_rank * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
     def configure_optimizers(self) -> Any:
-        params = parameter_groups(self, self.no_decay_norm_bias)
-        optimizer = self.optimizer_factory(params)
+        settings = self.optimizer_settings
+        batch = self.global_batch() if settings.reference_batch else 1
+        optimizer = build_optimizer(self.optimizer_factory, settings, self.parameter_groups(), batch)
+        if settings.reference_batch:
+            log.info(
+                "learning rate %.4g = optimizer.lr × global batch %d / optimizer.reference_batch %d",
+                optimizer.param_groups[0]["lr"],
+                batch,
+                settings.reference_batch,
+            )
         if self.scheduler_factory is None:
             return optimizer
         epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // epochs)
         scheduler = self.scheduler_factory(optimizer, steps_per_epoch=steps_per_epoch, max_epochs=epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """optimizer.weight_decay_end: the decayed group's weight decay on a cosine over the run's
+        optimiser steps (DINO's schedule; norms, biases and the probe stay at 0)."""
+        end = self.optimizer_settings.weight_decay_end
+        if end is None:
+            return
+        from lightly.utils.scheduler import cosine_schedule  # the momentum schedule's cosine
+
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        total = self.trainer.estimated_stepping_batches
+        for group in optimizer.param_groups:
+            if group.get("role") == "decay":
+                start = group.setdefault("weight_decay_start", group["weight_decay"])
+                group["weight_decay"] = cosine_schedule(self.trainer.global_step, max(1, int(total)), start, end)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.utils import dist as lightly_dist
 from torch import nn
-from torch.distributed.nn.functional import all_gather  # carries gradients back to each rank
+from torch.distributed._functional_collectives import all_gather_single  # carries gradients back to each rank
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +46,9 @@ def gather_views(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     if z1.shape != z2.shape:
         raise ValueError(f"gather_views needs two views of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    gathered = torch.cat(all_gather(torch.stack((z1, z2), dim=1)))  # (world·N, 2, D)
+    # torch's functional collective (torch.distributed.nn.functional.all_gather is deprecated since 2.10);
+    # its backward is a summing reduce-scatter, the same gradients as the deprecated one's.
+    gathered = all_gather_single(torch.stack((z1, z2), dim=1), 0, dist.group.WORLD)  # (world·N, 2, D)
     return gathered[:, 0], gathered[:, 1]
 
 

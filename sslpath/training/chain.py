@@ -61,6 +61,7 @@ def stage_config(cfg: DictConfig, out: Path) -> DictConfig:
     stage = copy.deepcopy(cfg)
     with open_dict(stage):
         stage.model = OmegaConf.to_container(cfg.pretrain, resolve=True)  # its backbone points at model's
+        stage.optimizer = stage.model.optimizer  # the stage's own (its method's preset), also where records read it
         stage.run_name = f"{STAGE_RUN_NAME}-{method_name(cfg)}"  # one report row per method
         stage.paths.output_dir = str(out)
         if not stage.model.get("joint"):

@@ -37,6 +37,26 @@ RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
     "model.knn_k": (INT, 0, None, False),
     "pretrain.temperature": (FLOAT, 0, None, True),
     "pretrain.knn_k": (INT, 0, None, False),
+    # SSL methods' optimiser presets and momentum schedules (docs/methods.md)
+    **{
+        f"{node}.{key}": rule
+        for node in ("model", "pretrain")
+        for key, rule in {
+            "momentum_start": (FLOAT, 0, 1, False),
+            "momentum_max_init_share": (FLOAT, 0, 1, True),
+            "clip_grad": (FLOAT, 0, None, True),
+        }.items()
+    },
+    **{
+        f"{node}.{key}": rule
+        for node in ("optimizer", "pretrain.optimizer")
+        for key, rule in {
+            **({"lr": (FLOAT, 0, None, True), "weight_decay": (FLOAT, 0, None, False)} if node != "optimizer" else {}),
+            "reference_batch": (INT, 1, None, False),
+            "weight_decay_end": (FLOAT, 0, None, False),
+            "norm_bias_lr": (FLOAT, 0, None, True),
+        }.items()
+    },
 }
 
 
