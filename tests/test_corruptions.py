@@ -14,10 +14,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sslpath.corruptions import CORRUPTIONS, MAX_SEVERITY, Suite, _border_index, benchmark, disk_kernel, load_suite, relative_drop
+from sslpath.core.errors import UserError
+from sslpath.data.stain import stain_density
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
-from sslpath.stain import stain_density
+from sslpath.evaluation.corruptions import (
+    CORRUPTIONS,
+    MAX_SEVERITY,
+    Suite,
+    _border_index,
+    benchmark,
+    disk_kernel,
+    load_suite,
+    relative_drop,
+)
 
 from conftest import SAMPLE
 
