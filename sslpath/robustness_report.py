@@ -47,6 +47,8 @@ CSV_FIELDS = ("model", "run_name", "corruption", "severity", "param", "acc", "au
 
 def to_record(robustness: Robustness, name: str, kind: str, ckpt_path: str) -> dict[str, Any]:
     """What robustness.json holds: plain values a comparison can be rebuilt from."""
+    from sslpath.evaluation.corruptions import CONVENTION
+
     suite = robustness.suite
     return {
         "run_name": name,
@@ -55,7 +57,7 @@ def to_record(robustness: Robustness, name: str, kind: str, ckpt_path: str) -> d
         "summary": robustness.summary(),
         "rows": robustness.rows(),
         "params": {n: list(v) for n, v in suite.params.items()},
-        "reference_size": suite.reference_size,
+        "convention": CONVENTION,
         "source": SOURCE,
     }
 
@@ -146,8 +148,8 @@ def record_markdown(record: dict[str, Any], formats: Sequence[str] = ("png",)) -
             "## AUC per corruption and severity\n",
             _grid(record, "auc", 1, 3),
             _embed(STEM, formats) + "\n",
-            f"## Corruptions\n\n{record['source']}. Seed {s['seed']}; spatial parameters in px of "
-            f"{record['reference_size']} px tiles, scaled to the tile size. Parameter per severity:\n",
+            f"## Corruptions\n\n{record['source']}. Seed {s['seed']}; spatial parameters in px of the tile itself, as "
+            "MedMNIST-C applies them (docs/robustness/corruption_strength.md). Parameter per severity:\n",
             "| corruption | " + " | ".join(map(str, range(1, 1 + len(next(iter(record["params"].values())))))) + " |",
             "| --- |" + " --- |" * len(next(iter(record["params"].values()))),
             params + "\n",
@@ -248,7 +250,7 @@ def check_comparable(records: Sequence[dict[str, Any]], paths: Sequence[Path]) -
 
     def key(r: dict[str, Any]) -> tuple:
         s = r["summary"]
-        return (json.dumps(r["params"], sort_keys=True), s["severities"], s["seed"], s["num_images"], r.get("reference_size"))
+        return (json.dumps(r["params"], sort_keys=True), s["severities"], s["seed"], s["num_images"], r.get("convention"))
 
     first = key(records[0])
     for record, path in zip(records[1:], paths[1:], strict=True):

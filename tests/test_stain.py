@@ -1,21 +1,28 @@
-"""HED colour deconvolution against scikit-image, HED jitter and right-angle rotations drawn per image,
-and the stain-aware SimCLR recipe (augment@augment.ssl=pathology) in training."""
+"""HED colour deconvolution against scikit-image, HED jitter in scikit-image rgb2hed units with its light and
+strong presets calibrated to Tellez et al.'s augmenter, right-angle rotations drawn per image, and the
+stain-aware SimCLR recipe (augment@augment.ssl=pathology) in training."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import medmnistc_reference as reference
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from skimage.color import hed2rgb, rgb2hed
 
 from sslpath.data.augment import Pipeline
-from sslpath.data.stain import OD_SCALE, RandomHEDJitter, RandomRotate90, density_to_rgb, hed_to_rgb, jitter_stains, rgb_to_hed
+from sslpath.data.stain import RandomHEDJitter, RandomRotate90, density_to_rgb, hed_to_rgb, jitter_stains, rgb_to_hed
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.corruptions import load_suite
 from sslpath.train import train
 
-from conftest import compose_cfg
+from conftest import SAMPLE, compose_cfg
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 TOL = 1e-4  # fp32 against scikit-image's float64
 
@@ -46,18 +53,69 @@ def test_hed_matches_scikit_image(images):
 
 
 def test_jitter_is_tellez_alpha_s_plus_beta_in_scikit_images_hed():
-    """jitter_stains(x, α, β) = hed2rgb(α·rgb2hed(x) + β), with β in optical density (skimage's units × OD_SCALE)."""
+    """jitter_stains(x, α, β) = hed2rgb(α·rgb2hed(x) + β): β in scikit-image's rgb2hed units, as Tellez et al.'s augmenter."""
     torch.manual_seed(0)
     density = 0.05 + 0.6 * torch.rand(4, 3, 16, 16)  # positive stains: nothing for rgb2hed to clip
     x = density_to_rgb(density)
-    alpha, beta = 0.9 + 0.2 * torch.rand(4, 3, 1, 1), 0.04 * torch.rand(4, 3, 1, 1)
+    alpha, beta = 0.9 + 0.2 * torch.rand(4, 3, 1, 1), 0.1 * torch.rand(4, 3, 1, 1) - 0.05
     expected = torch.stack(
         [
-            skimage_batch(lambda im, a=a, b=b: hed2rgb(rgb2hed(im) * a + b / OD_SCALE), xi[None])[0]
+            skimage_batch(lambda im, a=a, b=b: hed2rgb(rgb2hed(im) * a + b), xi[None])[0]
             for xi, a, b in zip(x, alpha.view(4, 3).double().numpy(), beta.view(4, 3).double().numpy(), strict=True)
         ]
     )
     torch.testing.assert_close(jitter_stains(x, alpha, beta).double(), expected, atol=TOL, rtol=0)
+
+
+def he_tiles(n: int = 199) -> torch.Tensor:
+    """uint8 N×3×28×28, skip-free: the sample's test tiles when SSLPATH_SAMPLE_NPZ names it, else fixed H&E-like
+    tiles (positive haematoxylin and eosin, a trace of DAB, varying per pixel), on which the results agree."""
+    if SAMPLE and Path(SAMPLE).is_file():
+        with np.load(SAMPLE) as npz:
+            return torch.from_numpy(npz["test_images"][:n]).permute(0, 3, 1, 2).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    density = torch.rand(n, 3, 28, 28, generator=gen, dtype=torch.float64) * torch.tensor([0.6, 0.5, 0.05]).view(1, 3, 1, 1)
+    return (density_to_rgb(density + 0.02) * 255).round().to(torch.uint8)
+
+
+def reference_change(images: torch.Tensor, spread: float, repeats: int, seed: int = 0) -> float:
+    """Mean |colour change| (grey levels) of Tellez et al.'s augmenter with σ and bias ranges ±spread."""
+    rng = np.random.default_rng(seed)
+    changes = [
+        np.abs(reference.hed_jitter(im, 1 + rng.uniform(-spread, spread, 3), rng.uniform(-spread, spread, 3)) - im.astype(float))
+        for _ in range(repeats)
+        for im in images.permute(0, 2, 3, 1).numpy()
+    ]
+    return float(np.mean(changes))
+
+
+def jitter_change(op: RandomHEDJitter, images: torch.Tensor, repeats: int) -> float:
+    torch.manual_seed(0)
+    x = images.float() / 255
+    changes = [(op(x) * 255).floor() - images.float() for _ in range(repeats)]  # truncated, as the reference
+    return float(torch.cat(changes).abs().mean())
+
+
+def test_light_and_strong_presets_change_colours_as_tellez_et_al():
+    """The default (0.05, "HED-light") and augment/pathology.yaml's jitter (0.2, "HED-strong") move colours as much
+    on average as Tellez et al.'s augmenter at those ranges (on the sample: 42 and 88 grey levels), within 6 %:
+    the draws differ, the units and maths are the same."""
+    images = he_tiles()
+    strong = next(op for op in OmegaConf.load(CONF / "augment" / "pathology.yaml").ops if op._target_.endswith("RandomHEDJitter"))
+    for op, spread in ((RandomHEDJitter(), 0.05), (RandomHEDJitter(strong.alpha, strong.beta, p=1.0), 0.2)):
+        assert op.alpha == op.beta == spread
+        ours, theirs = jitter_change(op, images, 4), reference_change(images, spread, 4)
+        assert ours == pytest.approx(theirs, rel=0.06), (spread, ours, theirs)
+
+
+def test_stain_shift_severities_match_the_jitter_they_are_named_after():
+    """conf/corruptions/pathology.yaml's stain_shift severity 1 moves colours as much as HED-light jitter and severity 4
+    as HED-strong, within 8 % (calibrated on the sample's 1,000 tiles)."""
+    images = he_tiles()
+    suite = load_suite(OmegaConf.load(CONF / "corruptions" / "pathology.yaml"))
+    for severity, spread in ((1, 0.05), (4, 0.2)):
+        shifted = float((suite.corrupt(images, "stain_shift", severity).float() - images.float()).abs().mean())
+        assert shifted == pytest.approx(reference_change(images, spread, 4), rel=0.08), severity
 
 
 def test_hed_jitter_draws_per_image_and_honours_p():

@@ -6,6 +6,14 @@ stain variation between labs and scanners better than RGB/HSV jitter, because it
 each dye there is rather than the hue of every pixel alike. Both ops are nn.Modules on float batches
 N×3×H×W in [0, 1], so they sit in any `sslpath.data.augment.Pipeline` op list, and draw one set of
 parameters per image from torch's global RNG (seeded per epoch by sslpath's EpochSeed).
+
+Stain units. Every stain amount a user sets (RandomHEDJitter's alpha and beta, the stain_shift
+corruption's magnitude) is in the units of scikit-image's `rgb2hed` (>= 0.19), the space Tellez et al.'s
+HED augmenter perturbs: optical density (natural log) divided by ln(10⁶) ≈ 13.8155 (OD_SCALE), so
+β = 0.05 shifts a stain's optical density by 0.69. Scales (α) are unitless. scikit-image < 0.19 (the
+version of Tellez et al.'s 2018-19 experiments) computed rgb2hed as −log(rgb + 2) times the same matrix,
+a space with no linear conversion to these units: there the same numbers changed colours about half
+as much (docs/methods.md, "HED jitter", has the measurements).
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from torch import nn
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 EPS = 1e-6  # scikit-image floors RGB at 1e-6 before the log, so black has a finite density
-# scikit-image >= 0.19 divides optical density by -log(EPS) so stains lie in [0, 1]; the HED jitter
-# works in plain optical density (natural log), the units of Tellez et al.'s ranges.
+# scikit-image >= 0.19 divides optical density by -log(EPS) so stains lie in [0, 1]: the stain unit
+# of every user-set amount (module docstring); densities here are plain optical density.
 OD_SCALE = -math.log(EPS)
 
 
@@ -62,9 +70,12 @@ def _chosen(n: int, p: float, device: torch.device) -> torch.Tensor:
 class RandomHEDJitter(nn.Module):
     """HED jitter (Tellez et al. 2018): each stain's density s becomes α·s + β, per image and stain.
 
-    α ~ U(1 − alpha, 1 + alpha) and β ~ U(−beta, beta) (β in optical-density units). Tellez et al.
-    2019 call alpha = beta = 0.05 "HED-light" and 0.2 "HED-strong". Each image is jittered with
-    probability p; the others pass through unchanged. Runs in fp32 and clamps to [0, 1].
+    α ~ U(1 − alpha, 1 + alpha) and β ~ U(−beta, beta), β in rgb2hed units (module docstring), as
+    Tellez et al.'s augmenter draws them on scikit-image's rgb2hed output. Tellez et al. 2019 call
+    alpha = beta = 0.05 "HED-light" and 0.2 "HED-strong"; on the PathMNIST sample these change colours
+    by 42 and 88 grey levels (of 255) on average, as the reference recipe does (tests/test_stain.py).
+    Each image is jittered with probability p; the others pass through unchanged. Runs in fp32 and
+    clamps to [0, 1].
     """
 
     def __init__(self, alpha: float = 0.05, beta: float = 0.05, p: float = 1.0) -> None:
@@ -85,10 +96,11 @@ class RandomHEDJitter(nn.Module):
 
 
 def jitter_stains(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x with each stain density s replaced by scale·s + shift (N×3×1×1 each, optical-density units)."""
+    """x with each stain s replaced by scale·s + shift (N×3×1×1 each; shift in rgb2hed units), in fp32
+    (fp64 kept, as the corruption benchmark uses to match scikit-image)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.float()
-        return density_to_rgb(stain_density(x) * scale.float() + shift.float())
+        x = x if x.dtype == torch.float64 else x.float()
+        return density_to_rgb(stain_density(x) * scale.to(x.dtype) + shift.to(x.dtype) * OD_SCALE)
 
 
 class RandomRotate90(nn.Module):
