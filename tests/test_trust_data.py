@@ -47,6 +47,7 @@ def run_offline(tmp_path: Path, module: str, *args: str) -> tuple[subprocess.Com
     return result, home, net
 
 
+@pytest.mark.slow  # a whole CLI run in a fresh process: the process boundary is the point
 def test_an_mlflow_run_opens_no_socket_and_writes_nothing_outside_its_paths(tmp_path):
     logs = tmp_path / "logs"
     result, home, net = run_offline(tmp_path, "sslpath.train", *TINY, "logger=mlflow", f"paths.log_dir={logs}")
