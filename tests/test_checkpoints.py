@@ -19,8 +19,8 @@ import pytest
 import torch
 from test_predict import tiny_run
 
-from sslpath.checkpoints import MAX_DEPTH, load_inference_model
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models.checkpoint import MAX_DEPTH, load_inference_model
 
 from conftest import TINY_DATA, run_cli
 
@@ -128,7 +128,7 @@ def test_a_class_name_is_only_ever_a_label(real, tmp_path):
     """Class names are free text by design (folder names); one that reads like code stays a string."""
     path = crafted(real, tmp_path / "named.ckpt", first_class_name(WALK))
     model, meta = load_inference_model(path)
-    assert meta.class_names[0] == WALK and type(model.backbone).__module__ == "sslpath.backbones"
+    assert meta.class_names[0] == WALK and type(model.backbone).__module__ == "sslpath.models.backbones"
 
 
 def test_pickle_payload_is_refused_and_never_run(real, tmp_path):

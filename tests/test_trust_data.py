@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 from conftest import TINY, cli_env
 
@@ -66,7 +66,7 @@ def test_an_mlflow_run_opens_no_socket_and_writes_nothing_outside_its_paths(tmp_
 def test_a_damaged_mlflow_store_is_a_clear_error_before_training(tmp_path):
     from omegaconf import OmegaConf
 
-    from sslpath.tracking import open_mlflow
+    from sslpath.training.tracking import open_mlflow
 
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"SQLite format 3\0" + bytes(range(256)) * 8)  # a header, then garbage
@@ -78,7 +78,7 @@ def test_a_damaged_mlflow_store_is_a_clear_error_before_training(tmp_path):
 
 
 def test_keep_local_turns_telemetry_off_and_moves_matplotlibs_cache_out_of_home(monkeypatch):
-    from sslpath.environment import keep_local
+    from sslpath.core.environment import keep_local
 
     for name in HIDING:
         monkeypatch.delenv(name, raising=False)
@@ -93,7 +93,7 @@ def test_keep_local_turns_telemetry_off_and_moves_matplotlibs_cache_out_of_home(
 def test_two_runs_creating_one_mlflow_store_at_once_both_work(tmp_path):
     """Without the lock, MLflow's schema migration races and one process fails (alembic CommandError)."""
     code = (
-        "import sys; from omegaconf import OmegaConf; from sslpath.tracking import open_mlflow; "
+        "import sys; from omegaconf import OmegaConf; from sslpath.training.tracking import open_mlflow; "
         "open_mlflow(OmegaConf.create({'_target_': 'lightning.pytorch.loggers.MLFlowLogger', 'experiment_name': 'sslpath', "
         f"'run_name': sys.argv[1], 'tracking_uri': 'sqlite:///{tmp_path}/logs/mlflow.db'}}))"
     )
@@ -231,7 +231,7 @@ def test_the_cache_follows_the_bytes_not_the_sizes_and_times(tmp_path, tiles):
 
 
 def stage_dir_for(tmp_path: Path, *overrides: str) -> Path:
-    from sslpath import chain
+    from sslpath.training import chain
 
     from conftest import TINY_TRAINER, compose_cfg
 
@@ -323,7 +323,7 @@ def evaluate_folder(run: dict, out: Path, *overrides: str) -> dict:
 
 
 def test_the_checkpoint_records_the_folders_split(folder_run):
-    from sslpath.checkpoints import load_checkpoint, read_metadata
+    from sslpath.models.checkpoint import load_checkpoint, read_metadata
 
     split = read_metadata(load_checkpoint(folder_run["ckpt"]), folder_run["ckpt"]).split
     dm = folder_module(folder_run["tiles"], folder_run["base"] / "folder_cache", seed=7, val_fraction=0.1, test_fraction=0.1)
@@ -368,7 +368,7 @@ def test_evaluate_refuses_a_folder_whose_split_changed(folder_run, tmp_path):
     ids=["seed-float", "seed-bool", "fraction-outside", "seed-null-with-fractions", "short-digest", "not-hex", "extra-key"],
 )
 def test_a_crafted_split_record_is_refused(folder_run, split):
-    from sslpath.checkpoints import load_checkpoint, read_metadata
+    from sslpath.models.checkpoint import load_checkpoint, read_metadata
 
     ckpt = load_checkpoint(folder_run["ckpt"])
     ckpt["sslpath"]["split"] = {**ckpt["sslpath"]["split"], **split}

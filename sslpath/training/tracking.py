@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 SQLITE = "sqlite:///"  # MLflow's local store: sqlite:///relative/path or sqlite:////absolute/path
 

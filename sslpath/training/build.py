@@ -13,13 +13,13 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from sslpath.backbones import check_input_size
-from sslpath.callbacks import CheckpointMetadata, TestResults
-from sslpath.checkpoints import Metadata, load_ssl_backbone
+from sslpath.core.errors import UserError
 from sslpath.data.datamodule import ArrayDataModule
-from sslpath.errors import UserError
+from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
-from sslpath.tracking import open_mlflow
+from sslpath.models.checkpoint import Metadata, load_ssl_backbone
+from sslpath.training.callbacks import CheckpointMetadata, TestResults
+from sslpath.training.tracking import open_mlflow
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
 

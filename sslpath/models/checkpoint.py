@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslpath import backbones
+from sslpath.core.errors import UserError
 from sslpath.data.digest import is_digest
 from sslpath.data.splits import SPLITS
-from sslpath.errors import UserError
+from sslpath.models import backbones
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])
