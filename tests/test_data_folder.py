@@ -30,7 +30,7 @@ def make_tiles(folder: Path, counts: dict[str, int], start: int = 0) -> None:
         for i in range(start, start + n):
             suffix = FORMATS[i % len(FORMATS)]
             image = Image.new("RGB", SIZES[i % 2], COLOURS[name])
-            image.putpixel((0, 0), (i % 256, 0, 0))  # every file's bytes differ, as real tiles' do
+            image.putpixel((0, 0), (i % 256, 0, 0))  # files differ in their bytes (JPEG may round the mark away)
             if i == 0:
                 image, suffix = image.convert("RGBA"), ".png"
             image.save(folder / name / f"tile{i}{suffix}")

@@ -47,6 +47,7 @@ def run_offline(tmp_path: Path, module: str, *args: str) -> tuple[subprocess.Com
     return result, home, net
 
 
+@pytest.mark.slow  # a whole CLI run in a fresh process: the process boundary is the point
 def test_an_mlflow_run_opens_no_socket_and_writes_nothing_outside_its_paths(tmp_path):
     logs = tmp_path / "logs"
     result, home, net = run_offline(tmp_path, "sslpath.train", *TINY, "logger=mlflow", f"paths.log_dir={logs}")
@@ -286,14 +287,14 @@ def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
 # A checkpoint trained on a folder records its split; evaluate re-splits with it or refuses
 
 
-def bmp_tiles(root: Path, per_class: int) -> None:
+def bmp_tiles(root: Path, per_class: int, start: int = 0) -> None:
     """Uncompressed tiles (a pixel can change in place), every file's bytes distinct."""
     from PIL import Image
     from test_data_folder import COLOURS
 
     for name, colour in COLOURS.items():
         (root / name).mkdir(parents=True)
-        for i in range(per_class):
+        for i in range(start, start + per_class):
             image = Image.new("RGB", (16, 16), colour)
             image.putpixel((0, 0), (i, 0, 0))
             image.save(root / name / f"tile{i}.bmp")
@@ -373,3 +374,55 @@ def test_a_crafted_split_record_is_refused(folder_run, split):
     ckpt["sslpath"]["split"] = {**ckpt["sslpath"]["split"], **split}
     with pytest.raises(UserError, match=r"its sslpath metadata has split=.*allowed: null or \{seed, val_fraction"):
         read_metadata(ckpt, folder_run["ckpt"])
+
+
+def test_two_runs_on_one_folder_convert_it_once(tmp_path, tiles, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sslpath.data import folder
+
+    conversions = []
+    read_tiles = folder._read_tiles
+
+    def counting(*args, **kwargs):
+        conversions.append(1)
+        return read_tiles(*args, **kwargs)
+
+    monkeypatch.setattr(folder, "_read_tiles", counting)
+    modules = [folder_module(tiles, tmp_path / "cache") for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        assert len({path for path in pool.map(lambda dm: dm.tiles.prepare(), modules)}) == 1
+    assert len(conversions) == 1 and all(dm.tiles.record is not None for dm in modules)
+
+
+def test_the_left_out_tiles_are_counted_per_given_split(tmp_path, caplog):
+    from test_data_folder import make_tiles
+
+    root = tmp_path / "tiles"
+    for split, start in (("train", 0), ("val", 10), ("test", 20)):
+        make_tiles(root / split, {"adipose": 3, "tumour": 3}, start=start)
+    pool = tmp_path / "pool"
+    make_tiles(pool, {"mucus": 2}, start=50)
+    copies = [sorted((root / "val" / "tumour").iterdir())[0], *sorted((root / "test" / "tumour").iterdir())[:2]]
+    for i, source in enumerate(copies):
+        (pool / f"copy{i}{source.suffix}").write_bytes(source.read_bytes())
+    folder_module(root, tmp_path / "cache", unlabeled_dir=str(pool))
+    assert "left out 3 of its 5 image files that are labelled tiles" in caplog.text
+    assert "(2 of test/, 1 of val/), the same file or the same bytes" in caplog.text and "uses the other 2" in caplog.text
+
+
+def test_a_test_tile_with_a_training_tiles_bytes_is_named_every_run(tmp_path, caplog):
+    import json
+
+    root = tmp_path / "tiles"
+    for split, start in (("train", 0), ("val", 10), ("test", 20)):
+        bmp_tiles(root / split, 3, start=start)
+    twin, original = root / "test" / "tumour" / "twin.bmp", root / "train" / "tumour" / "tile0.bmp"
+    twin.write_bytes(original.read_bytes())
+    for _ in range(2):  # converted, then reused
+        caplog.clear()
+        dm = folder_module(root, tmp_path / "cache")
+        dm.setup("fit")
+        assert f"1 validation/test tile(s) of {root} have the same bytes as a training tile" in caplog.text
+        assert f"{twin} = {original}" in caplog.text
+    assert json.loads(dm.tiles.sidecar.read_text())["leaked"] == [{"file": str(twin), "same_as": str(original)}]

@@ -185,8 +185,7 @@ class TileFolder:
     def _outside_labelled(self, unlabeled: list[Path]) -> list[Path]:
         """The unlabelled files that are not also labelled tiles: not the same file (by resolved path, so
         links count) and not the same bytes. data.unlabeled_dir may be data.dir itself, or hold copies."""
-        group = {"all": "labelled"}
-        labelled = [(f, group.get(split, split)) for split, pairs in self.files.items() for f, _ in pairs]
+        labelled = [(f, split) for split, pairs in self.files.items() for f, _ in pairs]
         same_path = {os.path.realpath(f): split for f, split in labelled}
         same_bytes = {self.contents[f]: split for f, split in labelled if self.contents[f] is not None}
         kept, dropped = [], Counter()
@@ -196,25 +195,25 @@ class TileFolder:
                 kept.append(file)
             else:
                 dropped[split] += 1
-        if dropped:
-            counts = ", ".join(f"{n} {split}" for split, n in sorted(dropped.items()))
-            log.warning(
-                "data.unlabeled_dir=%s: left out %d of its %d image files that are labelled tiles of data.dir=%s (the "
-                "same file or the same bytes: %s), so SSL pretraining never sees a validation or test tile; it uses "
-                "the other %d.",
-                self.unlabeled_dir,
-                sum(dropped.values()),
-                len(unlabeled),
-                self.root,
-                counts,
-                len(kept),
-            )
         if unlabeled and not kept:
             raise UserError(
                 f"every image file under data.unlabeled_dir={self.unlabeled_dir} is also a labelled tile of "
                 f"data.dir={self.root} (the same file or the same bytes), so no unlabelled tile is left: SSL must not "
                 "pretrain on validation or test tiles. Point data.unlabeled_dir at a folder of extra tiles only, or set "
                 "data.unlabeled_dir=null."
+            )
+        if dropped:
+            where = f" ({', '.join(f'{n} of {split}/' for split, n in sorted(dropped.items()))})" if self.given_splits else ""
+            log.warning(
+                "data.unlabeled_dir=%s: left out %d of its %d image files that are labelled tiles of data.dir=%s%s, "
+                "the same file or the same bytes, so SSL pretraining never sees a validation or test tile; it uses "
+                "the other %d.",
+                self.unlabeled_dir,
+                sum(dropped.values()),
+                len(unlabeled),
+                self.root,
+                where,
+                len(kept),
             )
         return kept
 
