@@ -18,6 +18,7 @@ from sslpath.checkpoints import Metadata, load_ssl_backbone
 from sslpath.data.datamodule import ArrayDataModule
 from sslpath.errors import UserError
 from sslpath.models.base import ImageModel
+from sslpath.names import check_class_names
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
 
@@ -45,6 +46,9 @@ def build_model(cfg: DictConfig, num_classes: int) -> ImageModel:
 
 
 def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) -> Metadata:
+    """What every checkpoint of the run carries; class names a checkpoint could not carry are refused
+    here, before training, by the rule its reader applies."""
+    check_class_names(list(datamodule.class_names), "the data")
     return Metadata(
         kind=model.kind,
         backbone=cfg.model.backbone.name,
