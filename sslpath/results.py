@@ -4,7 +4,6 @@ and the shared steps of the inference commands: checking where output goes, and 
 
 from __future__ import annotations
 
-import csv
 import io
 import tempfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch import nn
 
 from sslpath.data.splits import Split
 from sslpath.errors import UserError
-from sslpath.files import atomic_write_bytes, atomic_write_text
+from sslpath.files import atomic_write_bytes, atomic_write_text, csv_text
 
 PREDICTIONS = "test_predictions.csv"
 EXAMPLES = "test_examples.npz"
@@ -23,12 +22,9 @@ EXAMPLES = "test_examples.npz"
 
 def write_predictions(dirpath: str | Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
     """One row per test image: index, true label, predicted label, probability per class."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["index", "label", "pred"] + [f"p_{name}" for name in class_names])
-    for i, (p, y) in enumerate(zip(probs, labels)):
-        writer.writerow([i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p])
-    return atomic_write_text(Path(dirpath) / PREDICTIONS, buf.getvalue())
+    rows = [["index", "label", "pred"] + [f"p_{name}" for name in class_names]]
+    rows += [[i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p] for i, (p, y) in enumerate(zip(probs, labels))]
+    return atomic_write_text(Path(dirpath) / PREDICTIONS, csv_text(rows))
 
 
 def write_examples(dirpath: str | Path, split: Split, probs: np.ndarray, count: int = 36, seed: int = 0) -> Path:

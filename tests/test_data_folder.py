@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from sslpath.data.datamodule import FolderDataModule
-from sslpath.data.folder import read_image
+from sslpath.data.images import read_image
 from sslpath.data.splits import SPLITS
 from sslpath.errors import UserError
 from sslpath.files import read_json

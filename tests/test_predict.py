@@ -20,7 +20,8 @@ from sslpath.checkpoints import load_inference_model
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.errors import UserError
-from sslpath.predict import predict, spreadsheet_safe
+from sslpath.files import spreadsheet_safe
+from sslpath.predict import predict
 from sslpath.train import train
 
 from conftest import compose_cfg, run_cli

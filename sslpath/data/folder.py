@@ -13,49 +13,25 @@ import contextlib
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from sslpath.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image
 from sslpath.data.npz import UNLABELED
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
 from sslpath.errors import UserError
 from sslpath.files import atomic_output, atomic_write_json, read_json
+from sslpath.names import check_class_names, path_name, text_name
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-CACHE_FORMAT = 1  # part of the key: bump it when conversion changes, so older caches are not reused
+CACHE_FORMAT = 2  # part of the key: bump it when conversion changes, so older caches are not reused
 SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of them
-# Default cap on an image's pixels: tiles are small, and a 120-megapixel file would take gigabytes to decode.
-MAX_PIXELS = 50_000_000
-
-
-class TooLargeImage(ValueError):
-    """An image with more pixels than the cap: refused before it is decoded."""
-
-
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Any PIL-readable file -> uint8 H×W×3 RGB at its native size (resizing is to_tiles' job).
-
-    An image of more than `max_pixels` pixels is refused (TooLargeImage) from its header, before decoding.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides, with a reason
-        image = Image.open(path)
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise TooLargeImage(
-                f"{width}x{height} pixels is more than the cap of {max_pixels:,} pixels (max_pixels); cut it into tiles first"
-            )
-        return np.array(image.convert("RGB"))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -74,7 +50,8 @@ def _subfolders(folder: Path) -> list[str]:
 class TileFolder:
     """The classes and files of `root` and where their converted tiles are cached.
 
-    `root` holds one subfolder per class (the class names, sorted), either directly, then split
+    `root` holds one subfolder per class (sorted; the class names are the folder names as printable
+    text, `sslpath.names.text_name`, the folder names themselves kept in the sidecar), either directly, then split
     per class by `val_fraction`/`test_fraction` (seeded), or under `train/ val/ test/`, then used
     as given. A class's images may sit anywhere below its folder. Files under `unlabeled_dir`
     (recursively) are kept apart, for SSL pretraining.
@@ -99,7 +76,9 @@ class TileFolder:
                 f"decoded (default {MAX_PIXELS})."
             )
         self.max_pixels = max_pixels
-        self.class_names, self.files = self._scan()
+        self.class_folders, self.files = self._scan()
+        self.class_names = [text_name(name) for name in self.class_folders]
+        check_class_names(self.class_names, f"data.dir={text_name(str(self.root))}")
         self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
         self.unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
         self.given_splits = "all" not in self.files
@@ -186,7 +165,7 @@ class TileFolder:
         if not self.given_splits:
             settings |= {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed}
         payload = json.dumps({"files": listing, "settings": settings}, sort_keys=True)
-        return f"{self.root.resolve().name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+        return f"{path_name(self.root.resolve().name)}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
     def prepare(self) -> Path:
         """The cached npz, converted now unless an unchanged folder's cache is already there."""
@@ -207,7 +186,12 @@ class TileFolder:
         # The sidecar comes first, so the errors below can point at its list of unreadable files;
         # a cache counts as present only once the npz, written last, is there too.
         with self._writing():
-            sidecar = {"source": str(self.root), "class_names": self.class_names, "skipped": skipped}
+            sidecar = {
+                "source": str(self.root),
+                "class_names": self.class_names,
+                "class_folders": self.class_folders,  # the originals: JSON keeps an undecodable byte as \udcNN
+                "skipped": skipped,
+            }
             atomic_write_json(self.sidecar, sidecar)
         self._warn_skipped(skipped)
         labels = np.array([c for _, c in labelled] + [-1] * len(self.unlabeled))[readable]
@@ -286,7 +270,7 @@ class TileFolder:
 
     def _warn_skipped(self, skipped: list[dict[str, str]]) -> None:
         if skipped:
-            shown = "; ".join(f"{s['file']} ({s['error']})" for s in skipped[:SHOWN_SKIPS])
+            shown = "; ".join(text_name(f"{s['file']} ({s['error']})") for s in skipped[:SHOWN_SKIPS])
             more = f"; … and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
             log.warning(
                 "skipped %d unreadable image file(s) under %s (all listed in %s): %s%s. Replace or delete them.",
