@@ -9,7 +9,9 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,21 @@ def test_other_modes_through_pillows_conversion(tmp_path):
         image.save(path)
         out = read_image(path)
         assert out.dtype == np.uint8 and out.shape == (2, 2, 3) and out[0, 0].tolist() == rgb, mode
+
+
+def test_16_bit_rgb_keeps_each_channels_high_byte(tmp_path):
+    """Pillow reads 16-bit-per-channel RGB as 8-bit RGB by its high bytes (v // 256): scaled, not clipped."""
+    pixels = np.array([[[1000, 30000, 65535], [257, 512, 0]]], ">u2")
+    scanlines = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)  # 2×1 px, 16 bits per sample, truecolour
+    path = tmp_path / "rgb16.png"
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(scanlines)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    assert read_image(path).tolist() == (pixels // 256).tolist()
 
 
 def test_16_bit_classes_stay_apart_in_the_tile_cache(tmp_path):
