@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 MAX_NAME_BYTES = 120  # the run dir adds a timestamp, a cache file a digest: well inside a file system's 255
 # Characters of a class name: one limit, checked alike before training, when a checkpoint's metadata is

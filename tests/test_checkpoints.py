@@ -19,8 +19,8 @@ import pytest
 import torch
 from test_predict import tiny_run
 
-from sslpath.checkpoints import MAX_DEPTH, load_inference_model
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models.checkpoint import MAX_DEPTH, load_inference_model
 
 from conftest import TINY_DATA, run_cli
 

@@ -23,18 +23,18 @@ from omegaconf import open_dict, read_write
 from PIL import EpsImagePlugin, Image
 from test_predict import compose_predict, read_csv
 
-from sslpath.checkpoints import read_metadata
-from sslpath.corruptions import Robustness, Suite
+from sslpath.core.errors import UserError
+from sslpath.core.files import csv_text
 from sslpath.data.folder import TileFolder
 from sslpath.data.images import UnreadableImage, read_image
-from sslpath.errors import UserError
-from sslpath.files import csv_text
-from sslpath.hydra_callbacks import CheckOutputDir
+from sslpath.evaluation.corruptions import Robustness, Suite
+from sslpath.models.checkpoint import read_metadata
 from sslpath.names import MAX_CLASS_NAME, MAX_NAME_BYTES, check_class_names, check_path_name, path_name, text_name
 from sslpath.predict import image_batches, predict
 from sslpath.robustness_report import main as robustness_main
 from sslpath.robustness_report import read_record, records_csv, to_record
 from sslpath.train import train
+from sslpath.training.hydra_callbacks import CheckOutputDir
 
 from conftest import TINY_TRAINER, compose_cfg, run_cli
 

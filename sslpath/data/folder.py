@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_output, atomic_write_json, read_json
 from sslpath.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image
 from sslpath.data.npz import UNLABELED
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
-from sslpath.errors import UserError
-from sslpath.files import atomic_output, atomic_write_json, read_json
 from sslpath.names import check_class_names, path_name, text_name
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.errors import UserError
-from sslpath.files import read_json
+from sslpath.core.errors import UserError
+from sslpath.core.files import read_json
 from sslpath.names import path_name
-from sslpath.runs import check_writable
+from sslpath.training.rundir import check_writable
 
 log = logging.getLogger(__name__)
 
