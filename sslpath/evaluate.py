@@ -44,6 +44,7 @@ USAGE = (
 
 def check_args(cfg: DictConfig) -> tuple[Path, Path]:
     """The checkpoint and the output folder, after every setting is checked and before any work."""
+    from sslpath.core.names import path_name
     from sslpath.data.splits import SPLITS
     from sslpath.predict import check_out_path
     from sslpath.results.artifacts import check_writable
@@ -61,7 +62,8 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         raise UserError("run_name is empty; give the report's row a name, or leave it unset for the model kind.")
     ckpt = Path(str(cfg.ckpt)).expanduser()
     if cfg.out is None:
-        out = Path(cfg.paths.log_dir).expanduser() / "evaluations" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{ckpt.stem}"
+        name = path_name(ckpt.stem)  # a file name up to the file system's limit would overflow it with the time
+        out = Path(cfg.paths.log_dir).expanduser() / "evaluations" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{name}"
     else:
         out = Path(str(cfg.out)).expanduser()
     check_out_path(out, "out")  # a symlink loop, or a file where a folder must be

@@ -13,8 +13,6 @@ are imported inside functions so `--help` answers at once.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 from collections.abc import Iterator
@@ -37,8 +35,6 @@ USAGE = (
 )
 KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels")
 HEADER = "file,predicted,"  # how every predictions CSV this tool writes begins: the only file `out` may replace
-# A cell starting with one of these is a formula to a spreadsheet: file and class names are not trusted.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def check_args(cfg: DictConfig) -> dict[str, Any]:
@@ -143,7 +139,9 @@ def image_batches(
     """An image file, or the images under a folder; an unreadable file is reported, recorded and skipped."""
     import torch
 
-    from sslpath.data.folder import MAX_PIXELS, image_files, read_image
+    from sslpath.core.names import text_name
+    from sslpath.data.folder import image_files
+    from sslpath.data.images import MAX_PIXELS, read_image
     from sslpath.data.preprocess import to_tiles
 
     files = [source] if source.is_file() else image_files(source)
@@ -153,7 +151,7 @@ def image_batches(
         try:
             tiles.append(to_tiles(read_image(file, max_pixels or MAX_PIXELS)[None], size)[0])
         except Exception as err:  # decoders raise many types on malformed files; one bad file must not stop the rest
-            print(f"skipped {file}: {str(err) or type(err).__name__}", file=sys.stderr, flush=True)
+            print(f"skipped {text_name(str(file))}: {str(err) or type(err).__name__}", file=sys.stderr, flush=True)
             skipped.append(str(file))
             continue
         names.append(file.name if file == source else file.relative_to(source).as_posix())
@@ -164,21 +162,13 @@ def image_batches(
         yield names, torch.stack(tiles)
 
 
-def spreadsheet_safe(cell: str) -> str:
-    """Prefix a quote to a cell a spreadsheet would run as a formula (CSV injection)."""
-    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
-
-
 def write_predictions(path: Path, names: list[str], probs: np.ndarray, class_names: list[str]) -> None:
     """file, predicted class, then one probability column per class."""
-    from sslpath.core.files import atomic_write_text
+    from sslpath.core.files import atomic_write_text, csv_text
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     rows = [["file", "predicted", *class_names]]
     rows += [[name, class_names[int(p.argmax())], *(f"{v:.6f}" for v in p)] for name, p in zip(names, probs)]
-    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, csv_text(rows))
 
 
 def predict(cfg: DictConfig) -> Path:

@@ -44,8 +44,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError, exit_on_user_error
-from sslpath.core.files import atomic_write_bytes, atomic_write_text
-from sslpath.predict import spreadsheet_safe
+from sslpath.core.files import atomic_write_bytes, atomic_write_text, csv_text
+from sslpath.core.names import path_name
 from sslpath.results.metrics import classification_results
 
 REPORT_DIR = "report"
@@ -589,18 +589,16 @@ def markdown_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
 
 def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
     """The table's numbers unformatted: mean and std per metric (std empty below two values, both without any)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     stats = [f"{column.key}_{stat}" for column in columns for stat in ("mean", "std")]
-    writer.writerow(["model", "kind", "label_fraction", "n", *stats])
+    rows: list[list[Any]] = [["model", "kind", "label_fraction", "n", *stats]]
     for group in groups:
-        row: list[Any] = [spreadsheet_safe(group.name), spreadsheet_safe(group.kind), group.fraction, len(group.runs)]
+        row: list[Any] = [group.name, group.kind, group.fraction, len(group.runs)]
         for column in columns:
             values = group.values(column.key)
             mean, std = mean_std(values) if values else ("", "")
             row += [mean, std if len(values) > 1 else ""]
-        writer.writerow(row)
-    return buf.getvalue()
+        rows.append(row)
+    return csv_text(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -819,7 +817,8 @@ def log_figures(run: Run, log_dir: Path) -> None:
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    """A figure's file stem for a run name: letters, digits, . _ - only (markdown links stay plain), and short."""
+    return path_name(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model")
 
 
 def group_stems(groups: Sequence[Group]) -> list[str]:

@@ -13,12 +13,11 @@ canvas, saving and model-kind colours.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import os
+import math
+import reprlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,12 @@ SOURCE = (
     "re-implemented on tensors in sslpath.evaluation.corruptions; parameters and sources in conf/corruptions/"
 )
 CSV_FIELDS = ("model", "run_name", "corruption", "severity", "param", "acc", "auc", "loss", "relative_drop")
+ROW_KEYS = CSV_FIELDS[2:]  # what each record row holds
+# Bounds on a robustness.json read back (it is untrusted): ours are tens of kilobytes, 11 corruptions long.
+MAX_RECORD_BYTES = 16 * 2**20
+MAX_CORRUPTIONS = 100
+MAX_NAME_CHARS = 200  # a run, model or corruption name
+SHOWN_PROBLEMS = 4  # problems one message lists
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,15 +163,16 @@ def record_markdown(record: dict[str, Any], formats: Sequence[str] = ("png",)) -
 
 
 def records_csv(records: Sequence[dict[str, Any]]) -> str:
-    """Long table: one row per model × (clean, corruption × severity)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    writer.writeheader()
+    """Long table: one row per model × (clean, corruption × severity); text cells escaped (sslpath.core.files.csv_text)."""
+    from sslpath.core.files import csv_text
+
+    table: list[list[Any]] = [list(CSV_FIELDS)]
     for record in records:
         for row in record["rows"]:
-            param = "" if row["param"] is None else json.dumps(row["param"])
-            writer.writerow({"model": record["model"], "run_name": record["run_name"], **row, "param": param})
-    return buf.getvalue()
+            cells = {**row, "model": record["model"], "run_name": record["run_name"]}
+            cells["param"] = "" if row["param"] is None else json.dumps(row["param"])
+            table.append([cells[field] for field in CSV_FIELDS])
+    return csv_text(table)
 
 
 def _colour_kind(record: dict[str, Any]) -> str:
@@ -233,16 +239,209 @@ def find_records(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def read_record(path: Path) -> dict[str, Any]:
+    """robustness.json as plain data, every value the comparison reads type- and range-checked, and its
+    summary agreeing with its rows; a UserError naming the first problems otherwise."""
+    from sslpath.report import _non_finite
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
     try:
-        record = json.loads(Path(path).read_text())
-        keys = ("run_name", "model", "summary", "rows", "params")
-        ok = isinstance(record, dict) and all(k in record for k in keys) and isinstance(record["rows"], list)
-        ok = ok and any(r.get("corruption") == "clean" for r in record["rows"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        ok = False
-    if not ok:
-        raise UserError(f"{path} is not a robustness.json written by sslpath.evaluate corruptions=…; re-run that evaluation.")
+        size = Path(path).stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(f"{size:,} bytes, more than the {MAX_RECORD_BYTES:,} a robustness.json can need")
+        record = json.loads(Path(path).read_text(), parse_constant=no_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise _bad_record(path, [f"it cannot be read as JSON ({type(err).__name__}: {err})"]) from None
+    if not isinstance(record, dict):
+        raise _bad_record(path, ["it holds no JSON object"])
+    if where := _non_finite(record):
+        raise _bad_record(path, [f"it has a number too large to be finite at {where}"])
+    problems = record_problems(record)
+    if problems:
+        raise _bad_record(path, problems)
     return record
+
+
+def _bad_record(path: Path, problems: list[str]) -> UserError:
+    from sslpath.core.names import text_name
+
+    more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return UserError(
+        f"{path} is not a robustness.json as sslpath.evaluate writes it: {text_name('; '.join(problems[:SHOWN_PROBLEMS]))}"
+        f"{more}. Nothing was written. Re-run that evaluation (python -m sslpath.evaluate ckpt=… corruptions=pathology "
+        "out=DIR), or leave it out."
+    )
+
+
+class _Checks:
+    """Collects `` `where` is VALUE, not WHAT `` for each value that fails its check."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, where: str, value: Any, ok: Callable[[Any], bool], what: str) -> bool:
+        if not ok(value):
+            self.problems.append(f"`{where}` is {reprlib.repr(value)}, not {what}")
+            return False
+        return True
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != "" and len(value) <= MAX_NAME_CHARS
+
+
+def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _whole(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and lo <= value <= hi
+
+
+RATE, RATE_OR_NULL = "a number from 0 to 1", "a number from 0 to 1, or null"
+TEXT = f"a non-empty text of at most {MAX_NAME_CHARS} characters"
+
+
+def record_problems(record: dict[str, Any]) -> list[str]:
+    """What is wrong with a parsed robustness.json (nothing: an empty list). Each part is checked only
+    once the parts it relies on passed: the top-level types, the summary, the params, each row, and
+    last whether the summary agrees with the rows."""
+    for part in (_top_problems, _summary_problems, _params_problems, _rows_problems, _agreement_problems):
+        problems = part(record)
+        if problems:
+            return problems
+    return []
+
+
+def _top_problems(record: dict[str, Any]) -> list[str]:
+    check = _Checks()
+    for key, ok, what in (
+        ("run_name", _is_text, TEXT),
+        ("model", _is_text, TEXT),
+        ("summary", lambda v: isinstance(v, dict), "an object"),
+        ("rows", lambda v: isinstance(v, list), "a list"),
+        ("params", lambda v: isinstance(v, dict), "an object"),
+    ):
+        if key not in record:
+            check.problems.append(f"`{key}` is missing")
+        else:
+            check(key, record[key], ok, what)
+    for key, ok, what in (  # optional: only shown
+        ("ckpt_path", _or_null(lambda v: isinstance(v, str) and len(v) <= 4096), "a path, or null"),
+        ("reference_size", _whole(1, 100_000), "a whole number of pixels from 1 to 100000"),
+        ("source", lambda v: isinstance(v, str) and len(v) <= 4096, "a text of at most 4096 characters"),
+    ):
+        if key in record:
+            check(key, record[key], ok, what)
+    return check.problems
+
+
+def _summary_problems(record: dict[str, Any]) -> list[str]:
+    from sslpath.evaluation.corruptions import MAX_SEVERITY
+    from sslpath.report import _is_number, _is_rate
+
+    def names(v: Any) -> bool:
+        distinct = len(set(v)) == len(v) and "clean" not in v  # "clean" names the uncorrupted row
+        return isinstance(v, list) and 0 < len(v) <= MAX_CORRUPTIONS and all(map(_is_text, v)) and distinct
+
+    def severities(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(map(_whole(1, MAX_SEVERITY), v)) and v == sorted(set(v))
+
+    check, summary = _Checks(), record["summary"]
+    for key, ok, what in (
+        ("clean_acc", _is_rate, RATE),
+        ("clean_auc", _or_null(_is_rate), RATE_OR_NULL),
+        ("mean_corruption_acc", _is_rate, RATE),
+        ("mean_corruption_auc", _or_null(_is_rate), RATE_OR_NULL),
+        ("relative_drop", _or_null(_is_number), "a number, or null"),
+        ("corruptions", names, f"a list of 1 to {MAX_CORRUPTIONS} distinct corruption names (not 'clean')"),
+        ("severities", severities, f"an ascending list of distinct severities from 1 to {MAX_SEVERITY}"),
+        ("seed", _whole(0, 2**63 - 1), "a whole number from 0 to 2**63-1"),
+        ("num_images", _whole(1, 10**9), "a whole number of images from 1 to 10**9"),
+    ):
+        if key not in summary:
+            check.problems.append(f"`summary.{key}` is missing")
+        else:
+            check(f"summary.{key}", summary[key], ok, what)
+    return check.problems
+
+
+def _params_problems(record: dict[str, Any]) -> list[str]:
+    from sslpath.evaluation.corruptions import MAX_SEVERITY
+
+    check, names = _Checks(), record["summary"]["corruptions"]
+    if check("params", record["params"], lambda v: list(v) == names, f"an object with one entry per corruption {names}"):
+        for key, values in record["params"].items():
+            is_list = lambda v: isinstance(v, list) and len(v) == MAX_SEVERITY  # noqa: E731
+            check(f"params.{key}", values, is_list, f"a list of {MAX_SEVERITY} parameters (severities 1 to {MAX_SEVERITY})")
+    return check.problems
+
+
+def _expected_rows(record: dict[str, Any]) -> list[tuple[str, int]]:
+    summary = record["summary"]
+    return [("clean", 0), *((name, s) for name in summary["corruptions"] for s in summary["severities"])]
+
+
+def _rows_problems(record: dict[str, Any]) -> list[str]:
+    from sslpath.evaluation.corruptions import relative_drop
+    from sslpath.report import _is_number, _is_rate
+
+    check, expected, clean_acc = _Checks(), _expected_rows(record), record["summary"]["clean_acc"]
+    if len(record["rows"]) != len(expected):
+        return [f"`rows` has {len(record['rows'])} rows, not {len(expected)} (clean, then each corruption × severity)"]
+    has_keys = lambda v: isinstance(v, dict) and set(ROW_KEYS) <= set(v)  # noqa: E731
+    for i, (row, (corruption, severity)) in enumerate(zip(record["rows"], expected, strict=True)):
+        where = f"rows[{i}]"
+        if not check(where, row, has_keys, f"an object with {', '.join(ROW_KEYS)}"):
+            continue
+        param = None if corruption == "clean" else record["params"][corruption][severity - 1]
+        check(f"{where}.corruption", row["corruption"], lambda v, c=corruption: v == c, repr(corruption))
+        check(f"{where}.severity", row["severity"], lambda v, sev=severity: type(v) is int and v == sev, str(severity))
+        check(f"{where}.param", row["param"], lambda v, p=param: v == p, f"{reprlib.repr(param)}, as in params")
+        check(f"{where}.auc", row["auc"], _or_null(_is_rate), RATE_OR_NULL)
+        check(f"{where}.loss", row["loss"], _or_null(lambda v: _is_number(v) and v >= 0), "a number >= 0, or null")
+        if check(f"{where}.acc", row["acc"], _is_rate, RATE):
+            drop = relative_drop(clean_acc, row["acc"])
+            check(
+                f"{where}.relative_drop",
+                row["relative_drop"],
+                lambda v, d=drop: _agrees(v, d),
+                f"{_shown(drop)}, from the accuracies",
+            )
+    return check.problems
+
+
+def _agreement_problems(record: dict[str, Any]) -> list[str]:
+    """The summary is what its rows give: an edited number shows up as a disagreement."""
+    from sslpath.evaluation.corruptions import relative_drop
+
+    rows, summary = record["rows"], record["summary"]
+    accs = [row["acc"] for row in rows[1:]]
+    aucs = [row["auc"] for row in rows[1:] if row["auc"] is not None]
+    mca = sum(accs) / len(accs)
+    check = _Checks()
+    for key, value in (
+        ("clean_acc", rows[0]["acc"]),
+        ("clean_auc", rows[0]["auc"]),
+        ("mean_corruption_acc", mca),
+        ("mean_corruption_auc", sum(aucs) / len(aucs) if aucs else None),
+        ("relative_drop", relative_drop(summary["clean_acc"], mca)),
+    ):
+        check(f"summary.{key}", summary[key], lambda v, x=value: _agrees(v, x), f"{_shown(value)}, what its rows give")
+    return check.problems
+
+
+def _shown(value: float | None) -> str:
+    return "null" if value is None else f"{value:.6g}"
+
+
+def _agrees(value: Any, expected: float | None) -> bool:
+    """Equal up to rounding (the numbers went through JSON, and a mean may add in another order)."""
+    if value is None or expected is None:
+        return value is None and expected is None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def check_comparable(records: Sequence[dict[str, Any]], paths: Sequence[Path]) -> None:
@@ -262,15 +461,17 @@ def check_comparable(records: Sequence[dict[str, Any]], paths: Sequence[Path]) -
 
 
 def _labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Run names, made unique with a counter where several share one."""
-    names = [r["run_name"] for r in records]
+    """Run names as printable text, made unique with a counter where several share one."""
+    from sslpath.core.names import text_name
+
+    names = [text_name(r["run_name"]) for r in records]
     return [n if names.count(n) == 1 else f"{n} ({names[: i + 1].count(n)})" for i, n in enumerate(names)]
 
 
 def comparison_markdown(records: Sequence[dict[str, Any]], formats: Sequence[str]) -> str:
     from sslpath.report import _embed
 
-    labels = _labels(records)
+    labels = [label.replace("|", "\\|") for label in _labels(records)]  # a | would end the table cell
     head = "| corruption | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels)
     summary = [
         "| model | clean acc (%) | mCA (%) | relative drop (%) | clean AUC | mean corruption AUC |",
@@ -427,6 +628,25 @@ class SweepRobustness(Callback):
 # ----------------------------------------------------------------------------------------------
 
 
+def comparison_dir(dirs: Sequence[Path], out: Path | None) -> Path:
+    """Where the comparison goes: `out`, or for one DIR its robustness/ (a robustness.json: its folder's). Never a
+    folder the user did not name: several DIRs need --out, as their common parent may lie far from all of them."""
+    from sslpath.results.artifacts import check_writable
+
+    if out is None:
+        if len(dirs) > 1:
+            raise UserError(
+                f"{len(dirs)} DIRs given and no --out: pass --out DIR for the comparison (robustness_comparison.md/.csv/"
+                ".png), e.g. --out robustness_comparison. With one DIR it goes to DIR/robustness/."
+            )
+        single = Path(dirs[0])
+        out = (single if single.is_dir() else single.parent) / STEM
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: pass a folder for robustness_comparison.md/.csv/.png.")
+    check_writable(out, "--out")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from sslpath.report import FORMATS
 
@@ -436,13 +656,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "`sslpath.evaluate ckpt=… corruptions=pathology` or experiment=robustness) -> robustness_comparison.md/.csv/.png.",
     )
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
-    parser.add_argument("--out", type=Path, help="output dir (default: robustness/ in the models' common parent)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output dir for robustness_comparison.md/.csv/.png; required with several DIRs, default with one: DIR/robustness/",
+    )
     parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {','.join(FORMATS)}; default png")
     parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150; 300 for print)")
     args = parser.parse_args(argv)
     with exit_on_user_error("sslpath.robustness_report"):
+        out = comparison_dir(args.dirs, args.out)
         paths = find_records(args.dirs)
-        out = args.out or Path(os.path.commonpath([str(p.parent) for p in paths])) / STEM
         result = write_comparison(paths, out, args.formats, args.dpi)
     print(f"sslpath.robustness_report: {len(paths)} model(s) -> {result}")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from sslpath.core.errors import UserError
 from sslpath.core.files import read_json
 from sslpath.data.datamodule import FolderDataModule
-from sslpath.data.folder import read_image
+from sslpath.data.images import read_image
 from sslpath.data.splits import SPLITS
 
 from conftest import compose_cfg

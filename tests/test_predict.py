@@ -16,11 +16,12 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from sslpath.core.errors import UserError
+from sslpath.core.files import spreadsheet_safe
 from sslpath.data.augment import BatchTransform
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.predict import predict, spreadsheet_safe
+from sslpath.predict import predict
 from sslpath.train import train
 
 from conftest import compose_cfg, run_cli

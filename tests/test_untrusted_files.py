@@ -17,7 +17,8 @@ from test_evaluate import SYNTHETIC, compose_evaluate
 from test_predict import compose_predict, read_csv, tiny_run
 
 from sslpath.core.errors import UserError
-from sslpath.data.folder import TooLargeImage, _read_tiles, read_image
+from sslpath.data.folder import _read_tiles
+from sslpath.data.images import TooLargeImage, read_image
 from sslpath.data.npz import read_arrays, read_images
 from sslpath.evaluate import check_finite, evaluate
 from sslpath.models.checkpoint import load_inference_model

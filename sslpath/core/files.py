@@ -1,14 +1,22 @@
-"""Atomic result files: a kill mid-write leaves the old file or none, never half of one."""
+"""Result files: atomic (a kill mid-write leaves the old file or none, never half of one), and CSVs
+whose cells a spreadsheet shows as text, never runs as formulas."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from sslpath.core.names import text_name
+
+# A cell starting with one of these is a formula to a spreadsheet: file, class and run names are not trusted.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @contextlib.contextmanager
@@ -50,3 +58,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """Prefix a quote to a cell a spreadsheet would run as a formula (CSV injection)."""
+    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell as printable text (text_name) that no spreadsheet runs; numbers and None as they are."""
+    return spreadsheet_safe(text_name(value)) if isinstance(value, str) else value
+
+
+def csv_text(rows: Iterable[Iterable[Any]]) -> str:
+    """The CSV every sslpath table is written as: each row's text cells through csv_cell."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows([csv_cell(cell) for cell in row] for row in rows)
+    return buf.getvalue()

@@ -21,6 +21,14 @@ def first_set(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def run_dir_name(run_name: Any) -> str:
+    """`run_name` as the run dir's (or sweep job dir's) suffix: refused unless it is a safe path
+    component (sslpath.core.names), so no run_name can place a run outside paths.log_dir."""
+    from sslpath.core.names import check_path_name
+
+    return check_path_name(str(run_name), "run_name")
+
+
 def pretrain_dir(log_dir: str, output_dir: str) -> str:
     """Where chained SSL stages live, beside the runs that share them, so a run placed elsewhere
     (hydra.run.dir=/x) writes nothing in the current directory:
@@ -40,7 +48,12 @@ def pretrain_dir(log_dir: str, output_dir: str) -> str:
 
 
 def register_resolvers() -> None:
-    resolvers = {"sslpath.auto_precision": auto_precision, "sslpath.first_set": first_set, "sslpath.pretrain_dir": pretrain_dir}
+    resolvers = {
+        "sslpath.auto_precision": auto_precision,
+        "sslpath.first_set": first_set,
+        "sslpath.pretrain_dir": pretrain_dir,
+        "sslpath.run_dir_name": run_dir_name,
+    }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,44 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 from filelock import FileLock
-from PIL import Image
 from tqdm import tqdm
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_output, atomic_write_json, read_json
+from sslpath.core.names import check_class_names, path_name, text_name
 from sslpath.data.digest import file_digest, is_digest, value_digest
+from sslpath.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image
 from sslpath.data.npz import UNLABELED
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 CACHE_FORMAT = 2  # part of the key: bump it when conversion changes, so older caches are not reused
 SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of them
-# Default cap on an image's pixels: tiles are small, and a 120-megapixel file would take gigabytes to decode.
-MAX_PIXELS = 50_000_000
-
-
-class TooLargeImage(ValueError):
-    """An image with more pixels than the cap: refused before it is decoded."""
-
-
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Any PIL-readable file -> uint8 H×W×3 RGB at its native size (resizing is to_tiles' job).
-
-    An image of more than `max_pixels` pixels is refused (TooLargeImage) from its header, before decoding.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides, with a reason
-        image = Image.open(path)
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise TooLargeImage(
-                f"{width}x{height} pixels is more than the cap of {max_pixels:,} pixels (max_pixels); cut it into tiles first"
-            )
-        return np.array(image.convert("RGB"))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -81,7 +57,8 @@ def _subfolders(folder: Path) -> list[str]:
 class TileFolder:
     """The classes and files of `root` and where their converted tiles are cached.
 
-    `root` holds one subfolder per class (the class names, sorted), either directly, then split
+    `root` holds one subfolder per class (sorted; the class names are the folder names as printable
+    text, `sslpath.core.names.text_name`, the folder names themselves kept in the sidecar), either directly, then split
     per class by `val_fraction`/`test_fraction` (seeded), or under `train/ val/ test/`, then used
     as given. A class's images may sit anywhere below its folder. Files under `unlabeled_dir`
     (recursively) are kept apart, for SSL pretraining.
@@ -106,7 +83,9 @@ class TileFolder:
                 f"decoded (default {MAX_PIXELS})."
             )
         self.max_pixels = max_pixels
-        self.class_names, self.files = self._scan()
+        self.class_folders, self.files = self._scan()
+        self.class_names = [text_name(name) for name in self.class_folders]
+        check_class_names(self.class_names, f"data.dir={text_name(str(self.root))}")
         self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
         unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
         self.given_splits = "all" not in self.files
@@ -118,7 +97,7 @@ class TileFolder:
         self.contents = _contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
         self.unlabeled = self._outside_labelled(unlabeled)
         self.digest = self._digest()  # of every file's path and bytes, and of the settings: the data's identity
-        key = f"{self.root.resolve().name}-{self.digest[:16]}"
+        key = f"{path_name(self.root.resolve().name)}-{self.digest[:16]}"
         cache_dir = Path(cache_dir).expanduser()
         self.cache_file = cache_dir / f"{key}.npz"
         self.sidecar = cache_dir / f"{key}.json"
@@ -283,7 +262,7 @@ class TileFolder:
 
     def _is_record(self, record: Any) -> bool:
         """The sidecar's schema: plain values only, as _convert writes them."""
-        keys = {"format", "source", "source_digest", "npz_sha256", "class_names", "skipped", "splits", "leaked"}
+        keys = {"format", "source", "source_digest", "npz_sha256", "class_names", "class_folders", "skipped", "splits", "leaked"}
         return (
             isinstance(record, dict)
             and set(record) == keys
@@ -291,6 +270,7 @@ class TileFolder:
             and is_digest(record["source_digest"])
             and is_digest(record["npz_sha256"])
             and record["class_names"] == self.class_names
+            and record["class_folders"] == self.class_folders
             and _is_file_notes(record["skipped"], "error")
             and _is_file_notes(record["leaked"], "same_as")
             and isinstance(record["splits"], dict)
@@ -311,6 +291,7 @@ class TileFolder:
         # valid only once the npz and then the sidecar with the npz's digest are written.
         record = {"format": CACHE_FORMAT, "source": str(self.root), "source_digest": self.digest, "npz_sha256": None}
         record |= {"class_names": self.class_names, "skipped": skipped, "splits": None, "leaked": []}
+        record["class_folders"] = self.class_folders  # the originals: JSON keeps an undecodable byte as \udcNN
         with self._writing():
             atomic_write_json(self.sidecar, record)
         self._warn_skipped(skipped)
@@ -426,7 +407,7 @@ class TileFolder:
 
     def _warn_skipped(self, skipped: list[dict[str, str]]) -> None:
         if skipped:
-            shown = "; ".join(f"{s['file']} ({s['error']})" for s in skipped[:SHOWN_SKIPS])
+            shown = "; ".join(text_name(f"{s['file']} ({s['error']})") for s in skipped[:SHOWN_SKIPS])
             more = f"; … and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
             log.warning(
                 "skipped %d unreadable image file(s) under %s (all listed in %s): %s%s. Replace or delete them.",

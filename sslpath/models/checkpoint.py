@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sslpath.core.errors import UserError
+from sslpath.core.names import MAX_CLASS_NAME, class_name_problem
 from sslpath.data.digest import is_digest
 from sslpath.data.splits import SPLITS
 from sslpath.models import backbones
@@ -230,10 +231,10 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     check(
         isinstance(meta["class_names"], list)
         and len(meta["class_names"]) == meta["num_classes"]
-        and all(isinstance(n, str) and 0 < len(n) <= 200 for n in meta["class_names"])
+        and all(class_name_problem(n) is None for n in meta["class_names"])
         and len(set(meta["class_names"])) == len(meta["class_names"]),
         "class_names",
-        f"a list of {meta['num_classes']} distinct non-empty strings",
+        f"a list of {meta['num_classes']} distinct printable texts of 1 to {MAX_CLASS_NAME} characters",
     )
     check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
     check(is_floats(meta["mean"], -MAX_ABS_MEAN, MAX_ABS_MEAN), "mean", f"3 numbers from {-MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}")

@@ -4,7 +4,6 @@ and the shared steps of the inference commands: checking where output goes, and 
 
 from __future__ import annotations
 
-import csv
 import io
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from sslpath.core.errors import UserError
-from sslpath.core.files import atomic_write_bytes, atomic_write_text
+from sslpath.core.files import atomic_write_bytes, atomic_write_text, csv_text
 from sslpath.data.splits import Split
 
 PREDICTIONS = "test_predictions.csv"
@@ -23,12 +22,9 @@ EXAMPLES = "test_examples.npz"
 
 def write_predictions(dirpath: str | Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
     """One row per test image: index, true label, predicted label, probability per class."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["index", "label", "pred"] + [f"p_{name}" for name in class_names])
-    for i, (p, y) in enumerate(zip(probs, labels)):
-        writer.writerow([i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p])
-    return atomic_write_text(Path(dirpath) / PREDICTIONS, buf.getvalue())
+    rows = [["index", "label", "pred"] + [f"p_{name}" for name in class_names]]
+    rows += [[i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p] for i, (p, y) in enumerate(zip(probs, labels))]
+    return atomic_write_text(Path(dirpath) / PREDICTIONS, csv_text(rows))
 
 
 def write_examples(dirpath: str | Path, split: Split, probs: np.ndarray, count: int = 36, seed: int = 0) -> Path:

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
+from sslpath.core.names import check_class_names
 from sslpath.data.datamodule import ArrayDataModule
 from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
@@ -47,6 +48,9 @@ def build_model(cfg: DictConfig, num_classes: int) -> ImageModel:
 
 
 def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) -> Metadata:
+    """What every checkpoint of the run carries; class names a checkpoint could not carry are refused
+    here, before training, by the rule its reader applies."""
+    check_class_names(list(datamodule.class_names), "the data")
     return Metadata(
         kind=model.kind,
         backbone=cfg.model.backbone.name,

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import read_json
+from sslpath.core.names import path_name
 from sslpath.training.rundir import check_writable
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def method_name(cfg: DictConfig) -> str:
 
 def stage_dir(cfg: DictConfig) -> Path:
     """Readable in TensorBoard: the method's name, then the settings key."""
-    return Path(cfg.paths.pretrain_dir) / f"{method_name(cfg)}-{pretrain_key(cfg)}"
+    return Path(cfg.paths.pretrain_dir) / path_name(f"{method_name(cfg)}-{pretrain_key(cfg)}")
 
 
 def stage_config(cfg: DictConfig, out: Path) -> DictConfig:

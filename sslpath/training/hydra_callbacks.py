@@ -20,18 +20,20 @@ class CheckOutputDir(Callback):
         from lightning.pytorch.utilities import rank_zero_only
 
         from sslpath.core.errors import UserError, exit_on_user_error
+        from sslpath.core.names import check_path_name
         from sslpath.training.rundir import check_can_start, check_writable, note_if_new
 
         if rank_zero_only.rank != 0:
             return  # a DDP rank that Lightning (or SLURM) started: rank 0 checked and holds the run dir
         with exit_on_user_error("sslpath.train"):
+            HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
+            check_path_name(str(config.run_name), "run_name")  # before the run dir, which it names, is resolved
             resume = config.get("resume")
             if resume is not None and not (Path(str(resume)) / "config.yaml").is_file():
                 raise UserError(
                     f"resume={resume} is not a run dir of sslpath.train (no config.yaml there); nothing was created. "
                     "Pass the dir of the interrupted run (outputs/runs/<time>_<name>)."
                 )
-            HydraConfig.instance().set_config(config)  # run dirs interpolate ${hydra:…}; Hydra sets it later
             run_dir = Path(config.hydra.run.dir)
             note_if_new(run_dir)
             check_writable(run_dir, "output dir")
@@ -39,13 +41,33 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sslpath.core.errors import exit_on_user_error
+        from sslpath.core.names import check_path_name
         from sslpath.training.rundir import check_new_sweep, check_writable
 
         with exit_on_user_error("sslpath.train"):
             HydraConfig.instance().set_config(config)
+            for run_name in [str(config.run_name), *swept_values(config, "run_name")]:
+                check_path_name(run_name, "run_name")  # each job's dir is named by it
             sweep = Path(config.hydra.sweep.dir)
             check_new_sweep(sweep)
             check_writable(sweep, "output dir")
+
+
+def swept_values(config: DictConfig, key: str) -> list[str]:
+    """The literal values a multirun's command line gives `key` (`key=a,b` or `key=choice(a,b)`);
+    interpolations and non-choice sweeps are left to the job, whose dir resolution checks them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: list[str] = []
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if override.get_key_element() != key:
+            continue
+        try:
+            found = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        except Exception:  # an interval or range sweep, or a value Hydra will refuse itself
+            continue
+        values += [v for v in found if "${" not in v]
+    return values
 
 
 class SweepReport(Callback):
