@@ -26,9 +26,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
     from lightning.pytorch.utilities import rank_zero_only
 
+    from sslpath.checks.validate import validate
     from sslpath.report import write_report
     from sslpath.training import chain
-    from sslpath.training.validate import validate
 
     validate(cfg)
     check_optimized_metric(cfg)

@@ -13,10 +13,10 @@ import time
 import pytest
 from filelock import FileLock
 
+from sslpath.checks.validate import validate
 from sslpath.core.errors import UserError
 from sslpath.data import download as dl
 from sslpath.data.datamodule import MedMNISTDataModule
-from sslpath.training.validate import validate
 
 from conftest import compose_cfg
 from test_data import SMALL, write_npz

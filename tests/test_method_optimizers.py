@@ -12,9 +12,9 @@ from test_methods import build
 from test_methods_reference import fit
 from torch import nn
 
+from sslpath.checks.validate import validate
 from sslpath.models.optim import build_optimizer, parameter_groups, split_settings
 from sslpath.training.build import build_datamodule, build_model
-from sslpath.training.validate import validate
 
 from conftest import compose_cfg
 
