@@ -21,8 +21,8 @@ from sslpath.build import build_model
 from sslpath.checkpoints import SSL_KINDS, load_checkpoint, read_metadata
 from sslpath.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod
-from sslpath.train import check_optimized_metric, train
-from sslpath.validate import validate
+from sslpath.train import train
+from sslpath.validate import check_optimized_metric, validate
 
 import helpers
 from conftest import compose_cfg, read_metrics

@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sslpath.errors import UserError
 from sslpath.hydra_callbacks import SweepReport, job_order
 from sslpath.report import group_runs, label_efficiency_figure, load_run
-from sslpath.train import check_optimized_metric, main
+from sslpath.train import main
+from sslpath.validate import check_optimized_metric
 
 from conftest import TINY, compose_cfg, run_cli
 from test_report import fake_run
