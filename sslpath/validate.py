@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from sslpath.errors import UserError
 
 FIX = "Fix the override on the command line (or in your experiment config)."
 KNN_METRIC = "val/knn_acc"
+SHOWN_CHARS = 200  # of a value in a message: a 4,000-character path would fill the screen
 
 
 def validate(cfg: DictConfig) -> None:
@@ -75,7 +75,8 @@ def check_value(node: DictConfig, key: str, path: str, rule: Any) -> None:
         raise UserError(f"{path} is required but not set: set {path}=… ({rule.allowed}).") from None
     if value is not _ABSENT and not rule.ok(value):
         shown = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-        raise UserError(f"{path}={shown!r} is not valid: it must be {rule.allowed}. {FIX}")
+        shown = repr(shown) if len(repr(shown)) <= SHOWN_CHARS else f"{repr(shown)[:SHOWN_CHARS]}…"
+        raise UserError(f"{path}={shown} is not valid: it must be {rule.allowed}. {FIX}")
 
 
 def target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
@@ -276,16 +277,16 @@ def check_label_fraction(cfg: DictConfig) -> None:
 def check_model_size(cfg: DictConfig, key: str) -> None:
     """The model at `key`, built on the meta device (no memory), must fit this machine: a projector of
     a million by a million weights is refused here rather than by the allocator mid-build."""
-    import torch
     from hydra.utils import instantiate
 
+    from sslpath.backbones import on_meta
     from sslpath.build import NOT_MODEL_ARGS
     from sslpath.data.npz import memory_budget
 
     node = OmegaConf.to_container(cfg[key], resolve=True)
     node = {k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}
     node["backbone"] = {**node["backbone"], "pretrained": False}  # weights do not change sizes; no file read
-    with quiet("sslpath.backbones"), torch.device("meta"):
+    with on_meta():
         model = instantiate(node, num_classes=cfg.data.get("num_classes") or 2, _convert_="all")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     other = sum(p.numel() for p in model.parameters() if not p.requires_grad) + sum(b.numel() for b in model.buffers())
@@ -306,17 +307,6 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
         f"machine's memory ({memory_budget() / 2**30:,.0f} GiB). Use smaller widths"
         f"{': ' + ', '.join(widths) if widths else ''}, or a smaller backbone."
     )
-
-
-@contextlib.contextmanager
-def quiet(logger: str) -> Iterator[None]:
-    """The meta-device build logs nothing: the real build says it all once."""
-    log = logging.getLogger(logger)
-    saved, log.disabled = log.disabled, True
-    try:
-        yield
-    finally:
-        log.disabled = saved
 
 
 # ----------------------------------------------------------------------------------------------
