@@ -149,7 +149,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def _number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo) and v <= hi
+        is_number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return is_number and (v > lo if lo_open else v >= lo) and v <= hi
 
     return check
 
@@ -160,6 +161,7 @@ class Corruption:
     check: Callable[[Any], bool]
     expects: str  # what check accepts, for the error message
     draw: Draw | None = None
+    extent: Callable[[Any], float] | None = None  # a spatial parameter's reach in px at reference_size
 
 
 CORRUPTIONS: dict[str, Corruption] = {
@@ -174,12 +176,15 @@ CORRUPTIONS: dict[str, Corruption] = {
     "contrast_up": Corruption(contrast, _number(0), "a contrast factor >= 0"),
     "contrast_down": Corruption(contrast, _number(0), "a contrast factor >= 0"),
     "saturate": Corruption(saturate, _number(-1, 1), "a saturation shift in [-1, 1]"),
-    "defocus_blur": Corruption(defocus_blur, _number(0), "a disk radius >= 0 (px at reference_size)"),
+    "defocus_blur": Corruption(
+        defocus_blur, _number(0), "a disk radius >= 0 (px at reference_size)", extent=lambda radius: radius
+    ),
     "motion_blur": Corruption(
         motion_blur,
         lambda v: isinstance(v, Sequence) and len(v) == 2 and _number(0)(v[0]) and _number(0, lo_open=True)(v[1]),
         "[radius >= 0, sigma > 0] (px at reference_size)",
         lambda gen, shape: torch.empty(()).uniform_(-45, 45, generator=gen),
+        extent=lambda radius_sigma: radius_sigma[0],
     ),
     "pixelate": Corruption(pixelate, _number(0, 1, lo_open=True), "a resize factor in (0, 1]"),
     "jpeg_compression": Corruption(
@@ -286,6 +291,14 @@ def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Su
         raise UserError(f"{option}.seed={seed!r} is not a non-negative integer.")
     if type(size) is not int or size < 1:
         raise UserError(f"{option}.reference_size={size!r} is not a positive integer (MedMNIST-C's tiles: 224).")
+    for name, values in params.items():
+        extent = CORRUPTIONS[name].extent
+        if extent is not None and max(map(extent, values)) > size:
+            # the kernel grows with the square of the radius: a blur past the tile is all cost and no picture
+            raise UserError(
+                f"{option}.params.{name}={values!r} reaches {max(map(extent, values)):g} px, wider than the whole "
+                f"{size} px reference tile ({option}.reference_size): use radii of at most {size}."
+            )
     return Suite(
         params={n: tuple(v) for n, v in params.items()},
         severities=tuple(sorted(severities)),
