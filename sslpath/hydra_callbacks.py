@@ -38,8 +38,10 @@ class CheckOutputDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sslpath.errors import exit_on_user_error
         from sslpath.runs import check_new_sweep, check_writable
+        from sslpath.validate import check_settings
 
         with exit_on_user_error("sslpath.train"):
+            check_settings(config, "hydra.sweeper")  # e.g. hydra.sweeper.n_trials=0, before any trial
             HydraConfig.instance().set_config(config)
             sweep = Path(config.hydra.sweep.dir)
             check_new_sweep(sweep)

@@ -525,6 +525,20 @@ TARGETS: dict[str, Params] = {
             "log_model": Either((BOOL, OneOf(("all",)))),
         }
     ),
+    # hparams_search=optuna (hydra.sweeper.*: checked when the sweep starts, sslpath.hydra_callbacks)
+    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper": Params(
+        {
+            "n_trials": COUNT,  # 0 trials end in optuna's "No trials are completed yet"
+            "n_jobs": COUNT,
+            "direction": Either((OneOf(("minimize", "maximize")), Seq(OneOf(("minimize", "maximize")), 1))),
+            "study_name": opt(Text()),
+            "storage": opt(Text()),
+            "max_failure_rate": num(0, 1),
+            "sampler": NODE,
+            "params": opt(NODE),
+        }
+    ),
+    "optuna.samplers.TPESampler": Params({"seed": opt(SEED), "n_startup_trials": integer(0)}),
 }
 
 # Settings no class receives, by config path (train.yaml's own keys and paths/).
