@@ -256,6 +256,41 @@ def _nesterov(node: DictConfig, path: str) -> None:
         )
 
 
+def _synthetic_memory(node: DictConfig, path: str) -> None:
+    """Synthetic tiles are drawn in float64 (about 9 arrays of N×size² values per split): refused before
+    a count too large for this machine ends in a MemoryError."""
+    from sslpath.data.npz import memory_budget
+    from sslpath.errors import UserError
+
+    counts = {k: node.get(k) for k in ("train_count", "val_count", "test_count")}
+    size = node.get("size")
+    if not all(is_number(v) for v in (*counts.values(), size)):
+        return
+    need = (9 * 8 * max(counts.values()) + 3 * sum(counts.values())) * float(size) ** 2
+    if need > memory_budget():
+        shown = ", ".join(f"{path}.{k}={v}" for k, v in counts.items())
+        raise UserError(
+            f"{shown} at {path}.size={size} need about {need / 2**30:,.0f} GiB to draw, more than half of this machine's "
+            f"memory ({memory_budget() / 2**30:,.0f} GiB). Use smaller counts: synthetic data is for tests and dry runs."
+        )
+
+
+def _sync_batchnorm(node: DictConfig, path: str) -> None:
+    """torch's SyncBatchNorm runs on GPUs only: found when the trainer is set, not when fit starts."""
+    if not node.get("sync_batchnorm"):
+        return
+    import torch
+
+    from sslpath.errors import UserError
+
+    accelerator = str(node.get("accelerator", "auto"))
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        raise UserError(
+            f"{path}.sync_batchnorm=true (trainer=ddp) needs GPUs, but this run would use the CPU ({path}.accelerator="
+            f"{accelerator}). Set {path}.sync_batchnorm=false, or use trainer=cpu / trainer=default here."
+        )
+
+
 DATA = {
     "batch_size": COUNT,
     "eval_batch_size": COUNT,
@@ -287,7 +322,7 @@ TARGETS: dict[str, Params] = {
             "download": BOOL,
             "download_timeout_s": POSITIVE,
             "num_classes": opt(CLASSES),
-            "url": opt(Text(r"https?://\S+", "an http(s) URL")),
+            "url": opt(Text(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+", "a URL (scheme://…)")),
             "md5": opt(Text(r"[0-9a-fA-F]{32}", "32 hexadecimal digits")),
         }
     ),
@@ -304,7 +339,7 @@ TARGETS: dict[str, Params] = {
         }
     ),
     "sslpath.data.datamodule.SyntheticDataModule": Params(
-        {"size": SIZE, "train_count": COUNT, "val_count": COUNT, "test_count": COUNT}
+        {"size": SIZE, "train_count": COUNT, "val_count": COUNT, "test_count": COUNT}, _synthetic_memory
     ),
     # models
     "sslpath.backbones.build": Params(
@@ -469,7 +504,8 @@ TARGETS: dict[str, Params] = {
             "enable_checkpointing": opt(BOOL),
             "plugins": opt(Seq(NODE)),
             "profiler": opt(Either((NODE, OneOf(("simple", "advanced", "pytorch"))))),
-        }
+        },
+        _sync_batchnorm,
     ),
     "lightning.pytorch.callbacks.ModelCheckpoint": Params(
         {

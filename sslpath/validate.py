@@ -257,6 +257,20 @@ def check_chain(cfg: DictConfig) -> None:
 
     if not chained(cfg):
         return
+    if cfg.trainer.get("fast_dev_run"):
+        raise UserError(
+            f"trainer.fast_dev_run={cfg.trainer.fast_dev_run} (debug=fdr) writes no checkpoint, so the SSL stage of this "
+            "chained fine-tune would hand it nothing and it would train from random weights. Use debug=limit for a quick "
+            "chained run, or give the fine-tune an SSL checkpoint with model.pretrained_ckpt=FILE."
+        )
+    for part in ("name", "stem"):
+        mine, stage_part = cfg.model.backbone.get(part), cfg.pretrain.backbone.get(part)
+        if mine != stage_part:
+            raise UserError(
+                f"pretrain.backbone.{part}={stage_part} but model.backbone.{part}={mine}: the SSL stage's backbone weights "
+                "are loaded into the fine-tune's, so both must be the same design. Leave pretrain.backbone unset (it "
+                "follows model.backbone)."
+            )
     stage = get_class(cfg.pretrain._target_)
     if not stage.trains_on_unlabelled:
         raise UserError(
