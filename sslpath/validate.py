@@ -10,9 +10,9 @@ size and this machine's memory), each with a message naming the key, the value a
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,18 +132,24 @@ def locate(target: Any, path: str) -> Any:
         ) from None
 
 
-@functools.cache
+_RESOLVED: dict[str, Any] = {}  # sslpath.schema.TARGETS names -> the objects they name
+
+
 def _table() -> dict[Any, Any]:
-    """sslpath.schema.TARGETS keyed by the objects its import paths name (a kornia op's public path and
-    its module path name one class)."""
+    """sslpath.schema.TARGETS keyed by the objects its import paths name (a kornia op's public path and its
+    module path name one class). Only names of modules already imported are resolved: a node's class and
+    its bases are, and importing the rest (optuna: seconds) would only slow every run down."""
     from hydra.utils import get_object
 
     from sslpath.schema import TARGETS
 
     table = {}
     for name, params in TARGETS.items():
-        with contextlib.suppress(Exception):  # an optional package missing: nothing of it can be configured
-            table[get_object(name)] = params
+        if name not in _RESOLVED and name.rsplit(".", 1)[0] in sys.modules:
+            with contextlib.suppress(Exception):
+                _RESOLVED[name] = get_object(name)
+        if name in _RESOLVED:
+            table[_RESOLVED[name]] = params
     return table
 
 
