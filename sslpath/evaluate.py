@@ -82,6 +82,8 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
     checked against the checkpoint's before any data is read."""
     from hydra.utils import instantiate
 
+    from sslpath.checks.validate import check_settings
+
     size = meta.image_size if cfg.data.size is None else cfg.data.size
     if size != meta.image_size:
         raise UserError(
@@ -90,6 +92,7 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
         )
     with open_dict(cfg.data):
         cfg.data.size, cfg.data.mean, cfg.data.std = meta.image_size, list(meta.mean), list(meta.std)
+    check_settings(cfg, "data")  # training's schema for the data settings, before any file is read
     if meta.split is not None and meta.split["seed"] is not None and is_folder(cfg.data):
         use_recorded_split(cfg, meta, ckpt)
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -210,20 +213,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "epochs": 0,  # an evaluation trains nothing
     }
-    check_finite(metrics, ckpt)  # before any file is written
-    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
-    write_examples(out, split, probs, seed=cfg.seed)
+    check_finite(metrics, ckpt)
     robustness = None
     if suite is not None:
-        from sslpath.robustness_report import write_robustness
-
         robustness = benchmark(
             suite, split.images, split.labels, meta.class_names, predict, logits, cfg.data.eval_batch_size, device
         )
-        write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
         metrics["robustness"] = robustness.summary()
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    check_finite(metrics, ckpt)
+    check_finite(metrics, ckpt)  # every number is computed before any file is written
+    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
+    write_examples(out, split, probs, seed=cfg.seed)
+    if robustness is not None:
+        from sslpath.robustness_report import write_robustness
+
+        write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
     atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
     if cfg.report:
         from sslpath.report import write_report  # matplotlib and tensorboard: only when asked for

@@ -26,17 +26,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from sslpath.checks.validate import validate
+    from sslpath.checks.validate import check_label_fraction, nan_advice, validate
     from sslpath.report import write_report
     from sslpath.training import chain
 
     validate(cfg)
-    check_optimized_metric(cfg)
     if not chain.needs_pretraining(cfg):
-        return fit_and_test(cfg)
-    with open_dict(cfg):
+        with nan_advice(cfg):
+            return fit_and_test(cfg)
+    check_label_fraction(cfg)  # on the data, before the SSL stage trains
+    with open_dict(cfg), nan_advice(cfg, "pretrain"):
         cfg.model.pretrained_ckpt = chain.pretrained_checkpoint(cfg, fit_and_test)
-    metrics = fit_and_test(cfg)
+    with nan_advice(cfg):
+        metrics = fit_and_test(cfg)
     if cfg.report and rank_zero_only.rank == 0:
         out = Path(cfg.paths.output_dir) / "report"
         write_report([chain.ssl_run_dir(metrics), Path(cfg.paths.output_dir)], out)
@@ -144,19 +146,6 @@ def best_score(trainer: Any) -> float | None:
     ckpt = trainer.checkpoint_callback
     score = getattr(ckpt, "best_model_score", None) if getattr(ckpt, "monitor", None) else None
     return None if score is None else float(score)
-
-
-def check_optimized_metric(cfg: DictConfig) -> None:
-    """The value main() returns to sweepers must be one the model logs; checked before any training."""
-    from sslpath.training.build import model_class
-
-    model_cls = model_class(cfg)
-    if cfg.optimized_metric not in model_cls.val_metrics:
-        raise UserError(
-            f"optimized_metric={cfg.optimized_metric} is not a validation metric that {model_cls.__name__} logs; "
-            f"valid names for this model: {', '.join(model_cls.val_metrics)}. It is the value returned to Hydra "
-            "sweepers (hparams_search=optuna maximizes it; for val/loss also set hydra.sweeper.direction=minimize)."
-        )
 
 
 def best_value(trainer: Any, metric: str) -> float | None:

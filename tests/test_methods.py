@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sslpath.checks.validate import validate
+from sslpath.checks.validate import check_optimized_metric, validate
 from sslpath.models.checkpoint import SSL_KINDS, load_checkpoint, read_metadata
 from sslpath.models.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod

@@ -307,6 +307,24 @@ def bad_files(tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "huge declared array": (file_data("huge.npz"), [], "more than half of this machine's memory"),
         "NaN loss": (TINY_DATA, ["optimizer.lr=1e30", "trainer.max_epochs=2"], "loss became nan"),
         "output dir not writable": (TINY_DATA, [f"paths.log_dir={tmp}/text.npz/sub"], "cannot write the output dir"),
+        # Third round: once exit 1 ("Error executing job") or a traceback, or found only after training
+        "flag as a list": (["data=medmnist", *FILE_DATA], ["data.flag=[a,b]"], "data.flag=['a', 'b'] is not valid"),
+        "momentum > 1": (TINY_DATA, ["model=byol", "model.momentum_start=1.5"], "model.momentum_start=1.5 is not valid"),
+        "negative HED alpha": (
+            TINY_DATA,
+            ["augment@augment.train=pathology", "augment.train.ops.4.alpha=-1"],
+            "augment.train.ops.4.alpha=-1 is not valid",
+        ),
+        "one view for SimCLR": (TINY_DATA, ["model=simclr", "model.input.views=1"], "model.input.views=1 is not valid"),
+        "unknown model parameter": (TINY_DATA, ["+model.foo=1"], "model.foo is not a setting of"),
+        "early stopping on an unlogged metric": (
+            TINY_DATA,
+            ["callbacks=early_stopping", "callbacks.early_stopping.monitor=val/foo"],
+            "callbacks.early_stopping.monitor=val/foo is not a metric",
+        ),
+        "supervised chain stage": (TINY_DATA, ["model=finetune", "model@pretrain=baseline"], "model@pretrain chose a baseline"),
+        "n_trials 0": (TINY_DATA, ["hparams_search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is not valid"),
+        "data path past the name limit": (file_data("N" * 300 + ".npz"), [], "is not valid: it must be a path whose every name"),
     }
 
 

@@ -14,6 +14,7 @@ validation or test tile.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections import Counter
@@ -42,12 +43,38 @@ SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of t
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under folder, recursively and sorted; hidden files and folders are left out."""
+    """Image files under folder, recursively and sorted; hidden files and folders are left out, and
+    linked folders are not entered (as Path.rglob). A loop over a stack, not recursion: a folder
+    nested a thousand deep is walked, not a RecursionError."""
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                    found.append(Path(entry.path))
+    return sorted(found)
 
-    def visible(p: Path) -> bool:
-        return not any(part.startswith(".") for part in p.relative_to(folder).parts)
 
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and visible(p))
+@contextlib.contextmanager
+def _scanning(root: Path) -> Iterator[None]:
+    """An OS error while the folder is listed (a file deleted mid-scan, a path too long) is the user's to fix."""
+    try:
+        yield
+    except OSError as err:
+        name = str(err.filename or "")
+        name = name if len(name) <= 160 else f"{name[:80]}…{name[-60:]}"  # a path past PATH_MAX would fill the screen
+        where = f"{err.strerror or err}: {name}" if name else str(err)
+        if isinstance(err, FileNotFoundError):
+            fix = "it was moved or deleted while the folder was read. Run again once nothing changes the folder."
+        elif err.errno == errno.ENAMETOOLONG:
+            fix = "a path under it is longer than the system allows (folders nested too deeply?). Move the images up."
+        else:
+            fix = "check that the folder and everything under it can be read."
+        raise UserError(f"could not list the images of data.dir={root} ({where}): {fix}") from None
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -83,18 +110,20 @@ class TileFolder:
                 f"decoded (default {MAX_PIXELS})."
             )
         self.max_pixels = max_pixels
-        self.class_folders, self.files = self._scan()
+        with _scanning(self.root):
+            self.class_folders, self.files = self._scan()
+            self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
+            unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
         self.class_names = [text_name(name) for name in self.class_folders]
         check_class_names(self.class_names, f"data.dir={text_name(str(self.root))}")
-        self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
-        unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
         self.given_splits = "all" not in self.files
         if not self.given_splits and not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
             raise UserError(
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be above 0 "
                 f"and sum to less than 1 to split {self.root} into train/val/test; use e.g. 0.1 and 0.1."
             )
-        self.contents = _contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
+        with _scanning(self.root):  # a file deleted or unreadable while its bytes are hashed
+            self.contents = _contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
         self.unlabeled = self._outside_labelled(unlabeled)
         self.digest = self._digest()  # of every file's path and bytes, and of the settings: the data's identity
         key = f"{path_name(self.root.resolve().name)}-{self.digest[:16]}"

@@ -227,9 +227,13 @@ def quantize(g: torch.Tensor, truncate: bool) -> torch.Tensor:
 # Registry: what each corruption's parameter must be, and what it draws per image
 
 
+MAX_EXTENT_PX = 1024  # data.size's upper limit (sslpath.checks.validate)
+
+
 def _number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo) and v <= hi
+        is_number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return is_number and (v > lo if lo_open else v >= lo) and v <= hi
 
     return check
 
@@ -245,6 +249,7 @@ class Corruption:
     expects: str  # what check accepts, for the error message
     draw: Draw | None = None
     truncate: bool = True  # the reference's uint8 conversion: truncation (numpy astype, Pillow blend) or rounding
+    extent: Callable[[Any], float] | None = None  # a spatial parameter's reach in px of the tile
 
 
 CORRUPTIONS: dict[str, Corruption] = {
@@ -263,6 +268,7 @@ CORRUPTIONS: dict[str, Corruption] = {
         defocus_blur,
         _pair(_number(0), _number(0, lo_open=True)),
         "[disk radius >= 0, alias-blur sigma > 0] (px of the tile)",
+        extent=lambda radius_sigma: radius_sigma[0],
     ),
     "motion_blur": Corruption(
         motion_blur,
@@ -270,6 +276,7 @@ CORRUPTIONS: dict[str, Corruption] = {
         "[radius > 0, sigma > 0] (px of the tile)",
         lambda gen, shape: torch.empty(()).uniform_(-45, 45, generator=gen),
         truncate=False,  # ImageMagick rounds to its quantum
+        extent=lambda radius_sigma: radius_sigma[0],
     ),
     "pixelate": Corruption(pixelate, _number(0, 1, lo_open=True), "a resize factor in (0, 1]", truncate=False),
     "jpeg_compression": Corruption(
@@ -376,6 +383,14 @@ def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Su
     seed = cfg.get("seed", 0)
     if type(seed) is not int or seed < 0:
         raise UserError(f"{option}.seed={seed!r} is not a non-negative integer.")
+    for name, values in params.items():
+        extent = CORRUPTIONS[name].extent
+        if extent is not None and max(map(extent, values)) > MAX_EXTENT_PX:
+            # the kernel grows with the square of the radius: a blur past any tile is all cost and no picture
+            raise UserError(
+                f"{option}.params.{name}={values!r} reaches {max(map(extent, values)):g} px, wider than the largest "
+                f"tile sslpath trains on ({MAX_EXTENT_PX} px, data.size's limit): use radii of at most {MAX_EXTENT_PX}."
+            )
     return Suite(params={n: tuple(v) for n, v in params.items()}, severities=tuple(sorted(severities)), seed=seed)
 
 

@@ -361,3 +361,15 @@ def check_input_size(name: str, stem: str, size: int) -> None:
             f"image size {size} px is too small for model.backbone.stem={stem} (needs >= {MIN_SIZE[stem]} px); "
             "use stem=cifar (or, for resnet18, stem=reference) for 28 px tiles, or a larger data.size."
         )
+
+
+@contextlib.contextmanager
+def on_meta() -> Iterator[None]:
+    """Build on the meta device: shapes and parameter counts without memory, and without the notes the
+    real build logs (a check before it, which would print them twice)."""
+    saved, log.disabled = log.disabled, True
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        log.disabled = saved

@@ -48,7 +48,11 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     `what` names the setting that gave the path (e.g. "ckpt_path"), so the message points at it.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name past the file-name limit, a symlink loop: no file can be there
+        raise UserError(f"{what}: {str(path)[:200]} is not a usable path ({err.strerror}). Check the path.") from None
+    if not found:
         raise UserError(f"{what}: checkpoint not found: {path}. Check the path (run dirs keep them in checkpoints/).")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load would try anything else as a bare pickle
         raise _unreadable(what, path, "not a zip archive")
@@ -96,6 +100,7 @@ def _check_state_dict(state: dict[Any, Any], what: str, path: Path) -> None:
             "written by sslpath.train names every tensor by a string. The file was written by something else or "
             "edited: pass a .ckpt written by sslpath.train."
         )
+    _check_stored(state, what, path)
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
             if not bool(torch.isfinite(value).all()):
@@ -104,6 +109,25 @@ def _check_state_dict(state: dict[Any, Any], what: str, path: Path) -> None:
                     "would be meaningless. The checkpoint is corrupt, or its training run diverged (lower "
                     "optimizer.lr, or use an earlier checkpoint of the run)."
                 )
+
+
+def _check_stored(state: dict[str, Any], what: str, path: Path) -> None:
+    """The tensors hold no more values than the file stores. torch.save writes each weight's own values;
+    a crafted file can view one stored value as a tensor of any size (stride 0), so a tiny file could
+    claim the weights of a huge model. Tied weights (one tensor under two names) count once."""
+    tensors = {
+        (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride()): t
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    }
+    claimed = sum(t.numel() * t.element_size() for t in tensors.values())
+    stored = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors.values()}.values())
+    if claimed > stored:
+        raise UserError(
+            f"{what}: refused {path}: its weights claim {claimed:,} bytes of values but the file stores {stored:,}: "
+            "some tensors repeat stored values (views), which torch.save never writes for a model's weights. The "
+            "file was crafted or edited: pass a .ckpt written by sslpath.train."
+        )
 
 
 def _unreadable(what: str, path: Path, reason: str) -> UserError:
@@ -282,8 +306,8 @@ def _weights(ckpt: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, torch
     return {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes) and isinstance(v, torch.Tensor)}
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
-    expected = module.state_dict()
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """The file's weights have the names and shapes of `expected` (a module's state_dict, also a meta-device one)."""
     problems = []
     for kind, keys in (
         ("missing", [k for k in expected if k not in state]),
@@ -300,13 +324,21 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, f
         if keys:
             more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
             problems.append(f"{len(keys)} {kind}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    if problems:
+        counts = f"the model holds {_count(expected):,} values, the file {_count(state):,}"
+        raise UserError(f"the weights in {path} do not fit ({counts}; {'; '.join(problems)}). {fix}")
+
+
+def _count(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in state.values())
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    _check_fit(module.state_dict(), state, path, fix)
     try:
-        if problems:
-            raise RuntimeError("; ".join(problems))
         module.load_state_dict(state)
     except RuntimeError as err:
-        detail = "; ".join(problems) or " ".join(str(err).split())[:300]
-        raise UserError(f"the weights in {path} do not fit ({detail}). {fix}") from None
+        raise UserError(f"the weights in {path} do not fit ({' '.join(str(err).split())[:300]}). {fix}") from None
 
 
 def load_inference_model(path: str | Path, what: str = "ckpt") -> tuple[InferenceModel, Metadata]:
@@ -314,8 +346,13 @@ def load_inference_model(path: str | Path, what: str = "ckpt") -> tuple[Inferenc
     path = Path(path).expanduser()
     ckpt = load_checkpoint(path, what)
     meta = read_metadata(ckpt, path)
+    weights, fix = _weights(ckpt, ("backbone.", "head.")), "The file does not match its own metadata."
+    # The metadata names the architecture, the file holds the weights: they are compared on a model built on
+    # the meta device (no memory), so a small file naming a huge architecture is refused before it is built.
+    with backbones.on_meta():
+        _check_fit(InferenceModel(meta).state_dict(), weights, path, fix)
     model = InferenceModel(meta)
-    _load_state(model, _weights(ckpt, ("backbone.", "head.")), path, "The file does not match its own metadata.")
+    _load_state(model, weights, path, fix)
     return model.eval(), meta
 
 

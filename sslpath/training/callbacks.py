@@ -125,6 +125,19 @@ class EpochSeed(L.Callback):
         torch.manual_seed(self.seed * 100_003 + trainer.current_epoch + 1 + 7_919 * trainer.global_rank)
 
 
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite. `sslpath.checks.validate.nan_advice` names the settings that
+    likely caused it; on its own the message gives the usual remedies."""
+
+    def __init__(self, loss: float, epoch: int, step: int, last: str) -> None:
+        self.what = f"the training loss became {loss} at epoch {epoch}, step {step}."
+        self.kept = f"The last good checkpoint is kept: {last}."
+        super().__init__(
+            f"{self.what} Lower the learning rate (optimizer.lr), use trainer.precision=32-true, or check the data "
+            f"for broken images. {self.kept}"
+        )
+
+
 class FiniteLoss(L.Callback):
     """Stops at the first NaN/inf training loss, before it reaches a checkpoint."""
 
@@ -135,12 +148,7 @@ class FiniteLoss(L.Callback):
         if loss is not None and not torch.isfinite(loss).all():
             ckpt = trainer.checkpoint_callback
             last = getattr(ckpt, "last_model_path", "") or "none yet"
-            raise UserError(
-                f"the training loss became {loss.item()} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step}. Lower the learning rate (optimizer.lr), use "
-                "trainer.precision=32-true, or check the data for broken images. The last good "
-                f"checkpoint is kept: {last}."
-            )
+            raise NonFiniteLoss(loss.item(), trainer.current_epoch, trainer.global_step, last)
 
 
 class InterruptCheckpoint(L.Callback):

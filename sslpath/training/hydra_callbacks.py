@@ -40,11 +40,13 @@ class CheckOutputDir(Callback):
             check_can_start(run_dir, resuming=resume is not None or config.get("ckpt_path") == "last")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sslpath.checks.validate import check_settings
         from sslpath.core.errors import exit_on_user_error
         from sslpath.core.names import check_path_name
         from sslpath.training.rundir import check_new_sweep, check_writable
 
         with exit_on_user_error("sslpath.train"):
+            check_settings(config, "hydra.sweeper")  # e.g. hydra.sweeper.n_trials=0, before any trial
             HydraConfig.instance().set_config(config)
             for run_name in [str(config.run_name), *swept_values(config, "run_name")]:
                 check_path_name(run_name, "run_name")  # each job's dir is named by it
