@@ -319,8 +319,8 @@ TARGETS: dict[str, Params] = {
             "root": PATH,
             "path": opt(PATH),
             "size": SIZE,
-            "download": BOOL,
-            "download_timeout_s": POSITIVE,
+            "download": Either((BOOL, OneOf(("auto",)))),
+            "download_timeout_s": num(0, 3600, open_low=True),
             "num_classes": opt(CLASSES),
             "url": opt(Text(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+", "a URL (scheme://…)")),
             "md5": opt(Text(r"[0-9a-fA-F]{32}", "32 hexadecimal digits")),
@@ -358,7 +358,7 @@ TARGETS: dict[str, Params] = {
             "no_decay_norm_bias": BOOL,
             "channels_last": BOOL,
             "compile": BOOL,
-            "input.augment": opt(NODE),
+            "input.augment": opt(Either((NODE, Seq(NODE, 1, 32)))),  # one pipeline, or one per view
             "input.views": integer(1, 1),  # supervised batches are (x, y)
             "input.clean_first_view": BOOL,
         }
@@ -386,7 +386,15 @@ TARGETS: dict[str, Params] = {
             "gather_distributed": BOOL,
         }
     ),
-    "sslpath.models.ssl.MomentumMethod": Params({"momentum_start": EMA, "momentum_end": EMA}, _momentum_order),
+    "sslpath.models.ssl.MomentumMethod": Params(
+        {
+            "momentum_start": EMA,
+            "momentum_end": EMA,
+            "momentum_max_init_share": opt(num(0, 1, open_low=True)),
+            "export_target": BOOL,
+        },
+        _momentum_order,
+    ),
     "sslpath.models.ssl.BYOL": Params({**HEAD, "predictor_hidden_dim": WIDTH}),
     "sslpath.models.ssl.MoCoV3": Params(
         {**HEAD, "predictor_hidden_dim": WIDTH, "temperature": TEMPERATURE, "gather_distributed": BOOL}
@@ -404,10 +412,27 @@ TARGETS: dict[str, Params] = {
             "warmup_teacher_temp_epochs": integer(0),
             "student_temp": TEMPERATURE,
             "center_momentum": EMA,
+            "clip_grad": opt(POSITIVE),
+            "export": OneOf(("teacher", "student")),
             "input.views": integer(2, 32),  # two global views; extra same-size views the student alone sees
         }
     ),
-    # optimisation
+    # optimisation: sslpath's own keys on any optimizer node (sslpath.models.optim.OptimizerSettings)
+    "torch.optim.Optimizer": Params(
+        {"reference_batch": opt(COUNT), "weight_decay_end": opt(NON_NEGATIVE), "norm_bias_lr": opt(LR)}
+    ),
+    "lightly.utils.lars.LARS": Params(
+        {
+            "lr": LR,
+            "momentum": num(0, 1, open_high=True),
+            "dampening": num(0, 1),
+            "weight_decay": NON_NEGATIVE,
+            "nesterov": BOOL,
+            "trust_coefficient": POSITIVE,
+            "eps": POSITIVE,
+        },
+        _nesterov,
+    ),
     "torch.optim.Adam": Params(
         {"lr": LR, "weight_decay": NON_NEGATIVE, "betas": Seq(num(0, 1, open_high=True), 2, 2), "eps": POSITIVE, "amsgrad": BOOL}
     ),

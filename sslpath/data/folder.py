@@ -449,11 +449,14 @@ class TileFolder:
 
 
 def _contents(files: list[Path]) -> dict[Path, str | None]:
-    """Each file's sha256 (None for a file that cannot be read now: it is skipped, and named, when converting)."""
+    """Each file's sha256 (None for a file that cannot be read now: it is skipped, and named, when converting).
+    A file that vanished since it was listed is not unreadable but a folder changing under us: re-raised."""
     contents = {}
     for file in tqdm(files, desc="checking files", unit="file", disable=None):
         try:
             contents[file] = file_digest(file)
+        except FileNotFoundError:
+            raise
         except OSError:
             contents[file] = None
     return contents
