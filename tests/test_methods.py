@@ -20,7 +20,7 @@ from sslpath.checks.validate import check_optimized_metric, validate
 from sslpath.models.checkpoint import SSL_KINDS, load_checkpoint, read_metadata
 from sslpath.models.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod
-from sslpath.train import check_optimized_metric, train
+from sslpath.train import train
 from sslpath.training import chain
 from sslpath.training.build import build_model
 
