@@ -521,7 +521,12 @@ class Group:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name."""
+    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name.
+
+    A group's runs are its seeds, so n is the number of distinct seeds: a seed that appears twice (a copied
+    run dir, a rerun with the same seed, or runs that differ in something other than the seed under one run
+    name) is refused rather than counted twice, which would inflate n and shrink the ±. A run dir named
+    twice is one run already (find_run_dirs)."""
     by_key: dict[tuple[str, float], list[Run]] = {}
     for run in runs:
         by_key.setdefault((run.name, run.fraction), []).append(run)
@@ -534,6 +539,16 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                     f"runs named {group.name!r} with {percent(group.fraction)} labels have different {what} "
                     f"({', '.join(str(run.dir) for run in group.runs)}), so they cannot be pooled as seeds of one "
                     "model. Give runs of different models or data different run_name values."
+                )
+        first_of_seed: dict[int, Run] = {}
+        for run in group.runs:
+            twin = first_of_seed.setdefault(run.metrics["seed"], run)
+            if twin is not run:
+                raise UserError(
+                    f"{twin.dir} and {run.dir} are both seed {run.metrics['seed']} of {group.name!r} with "
+                    f"{percent(group.fraction)} labels: the same seed twice is not two replicates (a copy of a run, "
+                    "or a rerun with the same seed, would inflate n and shrink the ±). Report one of them, or "
+                    "give runs that differ in more than the seed different run_name values."
                 )
     return groups
 
