@@ -26,11 +26,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from sslpath import chain
+    from sslpath import chain, protocol
     from sslpath.report import write_report
     from sslpath.validate import validate
 
     validate(cfg)
+    protocol.check(cfg)
+    protocol.apply_selection(cfg)
     check_optimized_metric(cfg)
     if not chain.needs_pretraining(cfg):
         return fit_and_test(cfg)
@@ -88,6 +90,10 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "optimized_value": value,
             "ckpt_path": str(Path(best).resolve()) if best else None,
             "epochs": trainer.current_epoch,
+            "optimizer_steps": trainer.global_step,
+            "budget": cfg.budget,
+            "selection": cfg.selection,
+            "selection_val_images": len(datamodule.splits["val"]) if getattr(trainer.checkpoint_callback, "monitor", None) else 0,
             "wall_seconds": round(time.perf_counter() - start, 2),
             **finetune_fields(cfg),
         }
