@@ -1,6 +1,6 @@
 """Label-efficiency protocol: how long a run that sees a fraction of the labels trains (`budget`) and
 which checkpoint it is tested with (`selection`), set in conf/train.yaml and
-conf/experiment/label_efficiency.yaml (docs/label_efficiency/README.md explains the choices).
+conf/experiment/label_efficiency.yaml (docs/methods.md, "Label-efficiency protocol", explains the choices).
 
 - budget=epochs: trainer.max_epochs passes over the labelled subset, so 1 % of the labels gets about
   1 % of the optimiser steps; budget=steps: as many optimiser steps as trainer.max_epochs passes over

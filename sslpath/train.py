@@ -92,8 +92,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "optimizer_steps": trainer.global_step,
             "budget": cfg.budget,
-            "selection": cfg.selection,
-            "selection_val_images": len(datamodule.splits["val"]) if getattr(trainer.checkpoint_callback, "monitor", None) else 0,
+            **selection_fields(cfg, trainer, datamodule),
             "wall_seconds": round(time.perf_counter() - start, 2),
             **finetune_fields(cfg),
         }
@@ -102,6 +101,16 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(out / "metrics.json", metrics)
             log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
         return metrics
+
+
+def selection_fields(cfg: DictConfig, trainer: Any, datamodule: Any) -> dict[str, Any]:
+    """How the tested checkpoint was chosen, for metrics.json: a run whose checkpoint callback monitors nothing
+    (selection=last, a chain's SSL stage) tested its last epoch, and no validation image chose it."""
+    monitored = getattr(trainer.checkpoint_callback, "monitor", None) is not None
+    return {
+        "selection": cfg.selection if monitored else "last",
+        "selection_val_images": len(datamodule.splits["val"]) if monitored else 0,
+    }
 
 
 def finetune_fields(cfg: DictConfig) -> dict[str, Any]:

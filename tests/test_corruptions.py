@@ -206,3 +206,16 @@ def test_benchmark_tables_and_summary(images):
     assert summary["mean_corruption_acc"] == 0.75 and summary["relative_drop"] == 0.25
     assert summary["clean_acc"] == 1.0 and summary["num_images"] == len(images) and summary["severities"] == [1, 5]
     assert relative_drop(0.0, 0.0) is None
+
+
+def test_results_under_the_earlier_scale_convention_are_not_compared(tmp_path):
+    """robustness.json records the convention: a record from before it (224 px-scaled blurs) is refused."""
+    from sslpath.corruptions import CONVENTION
+    from sslpath.robustness_report import check_comparable
+
+    summary = {"severities": [1, 2, 3, 4, 5], "seed": 0, "num_images": 10}
+    now = {"params": {"pixelate": [0.8] * 5}, "summary": summary, "convention": CONVENTION}
+    check_comparable([now, dict(now)], [tmp_path / "a", tmp_path / "b"])
+    before = {"params": {"pixelate": [0.8] * 5}, "summary": summary, "reference_size": 224}
+    with pytest.raises(UserError, match="benchmarked on other corruptions, parameters"):
+        check_comparable([now, before], [tmp_path / "a", tmp_path / "b"])

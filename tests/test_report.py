@@ -365,6 +365,17 @@ def test_n_counts_distinct_seeds(tmp_path, capsys):
     assert exit_.value.code == 2 and "are both seed 3" in capsys.readouterr().err
 
 
+def test_report_says_how_each_checkpoint_was_chosen(tmp_path):
+    """The sentence under the table follows the runs' `selection` (runs from before it: the best validation accuracy)."""
+    fake_run(tmp_path / "runs" / "old")
+    fake_run(tmp_path / "runs" / "last", run_name="probe-last", selection="last")
+    only_old = write_report([tmp_path / "runs" / "old"], tmp_path / "r1", tensorboard=False).read_text()
+    assert "checkpoint chosen by the best validation accuracy on the whole validation split." in only_old
+    both = write_report([tmp_path / "runs"], tmp_path / "r2", tensorboard=False).read_text()
+    assert "the best validation accuracy on the whole validation split / the last epoch, without validation labels" in both
+    assert "(runs differ; each metrics.json names its `selection`)" in both
+
+
 def test_other_dataset_gets_index_names_and_a_legend(tmp_path):
     classes = ["tissue type one", "tissue type two", "tissue type three"]
     fake_run(tmp_path / "run", classes=classes, right=7, n=12)
