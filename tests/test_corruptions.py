@@ -173,6 +173,8 @@ def test_gaussian_noise_has_the_configured_spread(suite):
         ({"params": {"pixelate": [0.8] * 5}, "severities": [0, 1]}, "severities=[0, 1] is not a list of distinct integers"),
         ({"params": {"pixelate": [0.8] * 5}, "seed": -1}, "corruptions.seed=-1 is not a non-negative integer"),
         ({"params": {}, "names": ["pixelate"]}, "none: use corruptions=pathology"),
+        ({"params": {"pixelate": [0.8] * 5}, "reference_size": 224}, "reference_size is not a corruption setting (spatial"),
+        ({"params": {"pixelate": [0.8] * 5}, "scale": 1, "size": 2}, "corruptions.scale, corruptions.size are not corruption"),
     ],
 )
 def test_bad_configs_are_refused(cfg, message):

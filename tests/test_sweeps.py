@@ -176,7 +176,7 @@ def test_selection_uses_no_more_validation_labels_than_allowed(tmp_path, selecti
     [
         (["budget=weeks"], "budget='weeks' is not one of epochs, steps"),
         (["selection=best"], "selection='best' is not one of best_val, val_subset, last"),
-        (["selection=val_subset", "data.label_fraction=0.1"], "keeps no label of class 0 (4 validation images)"),
+        (["selection=val_subset", "data.label_fraction=0.1"], "keeps no label of class 0 (4 validation images); raise"),
     ],
 )
 def test_bad_protocol_settings_are_refused(tmp_path, overrides, message):

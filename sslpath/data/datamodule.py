@@ -90,7 +90,8 @@ class ArrayDataModule(L.LightningDataModule):
         train, val = splits["train"], splits["val"]
         self.labelled_train_size = int((train.labels >= 0).sum())
         if self.val_label_fraction < 1:
-            shown = stratified_subset(val.labels, self.val_label_fraction, self.num_classes, self.seed, "validation")
+            fix = ", or choose checkpoints without validation labels (selection=last)"
+            shown = stratified_subset(val.labels, self.val_label_fraction, self.num_classes, self.seed, "validation", fix)
             splits["val"] = Split(val.images[shown], val.labels[shown])
         keep = stratified_subset(train.labels, self.label_fraction, self.num_classes, self.seed)
         if self.keep_unlabelled:
