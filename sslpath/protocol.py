@@ -18,7 +18,7 @@ import math
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

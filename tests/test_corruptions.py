@@ -14,10 +14,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sslpath.corruptions import CORRUPTIONS, MAX_SEVERITY, Suite, _border_index, benchmark, disk_kernel, load_suite, relative_drop
+from sslpath.core.errors import UserError
+from sslpath.data.stain import stain_density
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
-from sslpath.stain import stain_density
+from sslpath.evaluation.corruptions import (
+    CORRUPTIONS,
+    MAX_SEVERITY,
+    Suite,
+    _border_index,
+    benchmark,
+    disk_kernel,
+    load_suite,
+    relative_drop,
+)
 
 from conftest import SAMPLE
 
@@ -212,7 +221,7 @@ def test_benchmark_tables_and_summary(images):
 
 def test_results_under_the_earlier_scale_convention_are_not_compared(tmp_path):
     """robustness.json records the convention: a record from before it (224 px-scaled blurs) is refused."""
-    from sslpath.corruptions import CONVENTION
+    from sslpath.evaluation.corruptions import CONVENTION
     from sslpath.robustness_report import check_comparable
 
     summary = {"severities": [1, 2, 3, 4, 5], "seed": 0, "num_images": 10}

@@ -17,8 +17,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from sslpath.errors import UserError
-from sslpath.metrics import classification_results
+from sslpath.core.errors import UserError
 from sslpath.report import (
     KIND_COLOURS,
     MARKER,
@@ -33,6 +32,7 @@ from sslpath.report import (
     short_class_names,
     write_report,
 )
+from sslpath.results.metrics import classification_results
 
 from conftest import run_cli
 
@@ -65,7 +65,7 @@ def fake_run(
     **metrics: object,
 ) -> Path:
     """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
-    metrics.json agreeing with them (test AUC as sslpath.metrics computes it), example images and validation curves in tb/."""
+    metrics.json agreeing with them (test AUC as sslpath.results.metrics computes it), example images and validation curves in tb/."""
     labels = np.arange(n) % len(classes)
     preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
     probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)

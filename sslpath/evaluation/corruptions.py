@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sslpath.errors import UserError
-from sslpath.stain import jitter_stains
+from sslpath.core.errors import UserError
+from sslpath.data.stain import jitter_stains
 
 MAX_SEVERITY = 5  # MedMNIST-C and ImageNet-C: five severities per corruption
 SETTINGS = ("params", "names", "severities", "seed")  # the keys of a corruptions config
@@ -89,7 +89,7 @@ def saturate(g: torch.Tensor, shift: float, _draws: Any) -> torch.Tensor:
 
 def stain_shift(g: torch.Tensor, magnitude: float, signs: torch.Tensor) -> torch.Tensor:
     """HED stain shift: Tellez et al.'s HED jitter at a fixed magnitude m (scikit-image rgb2hed units,
-    sslpath.stain): each stain density s becomes (1 ± m)·s ± m, the signs drawn per image and stain."""
+    sslpath.data.stain): each stain density s becomes (1 ± m)·s ± m, the signs drawn per image and stain."""
     n = g.shape[0]
     scale = 1 + magnitude * signs[:, 0].view(n, 3, 1, 1)
     return jitter_stains(g / 255, scale, magnitude * signs[:, 1].view(n, 3, 1, 1)) * 255
@@ -459,7 +459,7 @@ def benchmark(
     `predict` maps a uint8 batch to logits exactly as the clean evaluation did (severity 0 would give
     `clean_logits` bit for bit). Each batch's random draws are made once and shared by its severities.
     """
-    from sslpath.metrics import classification_results
+    from sslpath.results.metrics import classification_results
 
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for name in suite.names:
