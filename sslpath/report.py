@@ -145,6 +145,13 @@ REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}",
     ),
 }
+SELECTION_TEXT = {  # metrics.json `selection` (sslpath.training.protocol) -> how the tested checkpoint was chosen
+    "best_val": "the best validation accuracy on the whole validation split",
+    "val_subset": "the best validation accuracy on a share of the validation split the size of its label fraction",
+    "last": "the last epoch, without validation labels",
+}
+
+
 OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_knn_acc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
     "absent_classes": (lambda v: isinstance(v, list) and all(map(_is_name, v)), "a list of class names"),
@@ -153,6 +160,7 @@ OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "an object {class name: accuracy or null}",
     ),
     "train_labels_per_class": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "selection": (lambda v: v in SELECTION_TEXT, "one of best_val, val_subset, last"),
 }
 JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
@@ -521,7 +529,12 @@ class Group:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name."""
+    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name.
+
+    A group's runs are its seeds, so n is the number of distinct seeds: a seed that appears twice (a copied
+    run dir, a rerun with the same seed, or runs that differ in something other than the seed under one run
+    name) is refused rather than counted twice, which would inflate n and shrink the ±. A run dir named
+    twice is one run already (find_run_dirs)."""
     by_key: dict[tuple[str, float], list[Run]] = {}
     for run in runs:
         by_key.setdefault((run.name, run.fraction), []).append(run)
@@ -534,6 +547,16 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                     f"runs named {group.name!r} with {percent(group.fraction)} labels have different {what} "
                     f"({', '.join(str(run.dir) for run in group.runs)}), so they cannot be pooled as seeds of one "
                     "model. Give runs of different models or data different run_name values."
+                )
+        first_of_seed: dict[int, Run] = {}
+        for run in group.runs:
+            twin = first_of_seed.setdefault(run.metrics["seed"], run)
+            if twin is not run:
+                raise UserError(
+                    f"{twin.dir} and {run.dir} are both seed {run.metrics['seed']} of {group.name!r} with "
+                    f"{percent(group.fraction)} labels: the same seed twice is not two replicates (a copy of a run, "
+                    "or a rerun with the same seed, would inflate n and shrink the ±). Report one of them, or "
+                    "give runs that differ in more than the seed different run_name values."
                 )
     return groups
 
@@ -952,12 +975,19 @@ def _replace_dir(staged: Path, dest: Path, problem: Callable[[Path], str | None]
     raise UserError(f"{dest} kept being replaced by another process while this report was written; run it again.")
 
 
+def selection_sentence(groups: Sequence[Group]) -> str:
+    """How the runs chose the checkpoint they were tested with (runs from before `selection`: best_val)."""
+    chosen = sorted({run.metrics.get("selection", "best_val") for group in groups for run in group.runs})
+    mixed = " (runs differ; each metrics.json names its `selection`)" if len(chosen) > 1 else ""
+    return f"Test metrics of each run's checkpoint chosen by {' / '.join(SELECTION_TEXT[s] for s in chosen)}{mixed}."
+
+
 def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: bool, formats: Sequence[str]) -> str:
     with_fraction = len({group.fraction for group in groups}) > 1
     parts = [
         "# Results\n",
         markdown_table(groups, COLUMNS),
-        "Test metrics of each run's best checkpoint (by validation accuracy). A row pools the n runs (seeds) "
+        f"{selection_sentence(groups)} A row pools the n runs (seeds) "
         "that share a model name and a label fraction: mean ± sample std. Val kNN accuracy: weighted k-nearest-"
         "neighbour classification of validation images by the SSL backbone's features (— for other models). "
         "Wall time: training and testing, in minutes.\n",
@@ -1061,8 +1091,8 @@ def write_sweep_results(
     parts = [
         "# Sweep results\n",
         markdown_table(groups, SWEEP_COLUMNS),
-        "Test metrics of each job's best checkpoint (by validation accuracy): mean ± sample std over the n "
-        "jobs (seeds) that share a model and a label fraction (`data.label_fraction`).\n",
+        f"{selection_sentence(groups)} Mean ± sample std over the n jobs (seeds) that share a model and a "
+        "label fraction (`data.label_fraction`).\n",
     ]
     try:
         if figure is not None:

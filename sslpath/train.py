@@ -28,9 +28,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from sslpath.checks.validate import check_label_fraction, nan_advice, validate
     from sslpath.report import write_report
-    from sslpath.training import chain
+    from sslpath.training import chain, protocol
 
     validate(cfg)
+    protocol.check(cfg)
+    protocol.apply_selection(cfg)
     if not chain.needs_pretraining(cfg):
         with nan_advice(cfg):
             return fit_and_test(cfg)
@@ -90,6 +92,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "optimized_value": value,
             "ckpt_path": str(Path(best).resolve()) if best else None,
             "epochs": trainer.current_epoch,
+            "optimizer_steps": trainer.global_step,
+            "budget": cfg.budget,
+            **selection_fields(cfg, trainer, datamodule),
             "wall_seconds": round(time.perf_counter() - start, 2),
             **model.run_record(),
             **finetune_fields(cfg),
@@ -99,6 +104,16 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(out / "metrics.json", metrics)
             log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
         return metrics
+
+
+def selection_fields(cfg: DictConfig, trainer: Any, datamodule: Any) -> dict[str, Any]:
+    """How the tested checkpoint was chosen, for metrics.json: a run whose checkpoint callback monitors nothing
+    (selection=last, a chain's SSL stage) tested its last epoch, and no validation image chose it."""
+    monitored = getattr(trainer.checkpoint_callback, "monitor", None) is not None
+    return {
+        "selection": cfg.selection if monitored else "last",
+        "selection_val_images": len(datamodule.splits["val"]) if monitored else 0,
+    }
 
 
 def finetune_fields(cfg: DictConfig) -> dict[str, Any]:

@@ -182,6 +182,8 @@ def test_gaussian_noise_has_the_configured_spread(suite):
         ({"params": {"pixelate": [0.8] * 5}, "severities": [0, 1]}, "severities=[0, 1] is not a list of distinct integers"),
         ({"params": {"pixelate": [0.8] * 5}, "seed": -1}, "corruptions.seed=-1 is not a non-negative integer"),
         ({"params": {}, "names": ["pixelate"]}, "none: use corruptions=pathology"),
+        ({"params": {"pixelate": [0.8] * 5}, "reference_size": 224}, "reference_size is not a corruption setting (spatial"),
+        ({"params": {"pixelate": [0.8] * 5}, "scale": 1, "size": 2}, "corruptions.scale, corruptions.size are not corruption"),
     ],
 )
 def test_bad_configs_are_refused(cfg, message):
@@ -215,3 +217,16 @@ def test_benchmark_tables_and_summary(images):
     assert summary["mean_corruption_acc"] == 0.75 and summary["relative_drop"] == 0.25
     assert summary["clean_acc"] == 1.0 and summary["num_images"] == len(images) and summary["severities"] == [1, 5]
     assert relative_drop(0.0, 0.0) is None
+
+
+def test_results_under_the_earlier_scale_convention_are_not_compared(tmp_path):
+    """robustness.json records the convention: a record from before it (224 px-scaled blurs) is refused."""
+    from sslpath.evaluation.corruptions import CONVENTION
+    from sslpath.robustness_report import check_comparable
+
+    summary = {"severities": [1, 2, 3, 4, 5], "seed": 0, "num_images": 10}
+    now = {"params": {"pixelate": [0.8] * 5}, "summary": summary, "convention": CONVENTION}
+    check_comparable([now, dict(now)], [tmp_path / "a", tmp_path / "b"])
+    before = {"params": {"pixelate": [0.8] * 5}, "summary": summary, "reference_size": 224}
+    with pytest.raises(UserError, match="benchmarked on other corruptions, parameters"):
+        check_comparable([now, before], [tmp_path / "a", tmp_path / "b"])

@@ -94,6 +94,7 @@ BAD_INPUTS = {
     "absent not a list": ("metrics.json", edit_json(absent_classes="mucus"), "`absent_classes` is 'mucus', not a list"),
     "absent but present": ("metrics.json", edit_json(absent_classes=["mucus"]), "lists ['mucus'] in absent_classes"),
     "knn text": ("metrics.json", edit_json(val_knn_acc="0.8"), "`val_knn_acc` is '0.8'"),
+    "selection unknown": ("metrics.json", edit_json(selection="best"), "`selection` is 'best', not one of best_val"),
     "classes differ": ("metrics.json", edit_json(per_class_acc={"a": 0.5, "b": 0.5}), "per_class_acc for 2 classes"),
     "csv empty": ("test_predictions.csv", write("test_predictions.csv", ""), "is empty"),
     "csv header only": ("test_predictions.csv", edit_csv(lambda lines: lines[:1]), "has a header but no predictions"),

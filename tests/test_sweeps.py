@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sslpath.checks.validate import check_optimized_metric
 from sslpath.core.errors import UserError
 from sslpath.report import group_runs, label_efficiency_figure, load_run
-from sslpath.train import main
+from sslpath.train import check_optimized_metric, main
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
@@ -141,6 +141,50 @@ def test_label_efficiency_experiment_config(tmp_path):
         "seed": "0,1,2",
     }
     assert cfg.trainer.max_epochs >= 10
+    assert (cfg.budget, cfg.selection) == ("steps", "last")  # every fraction the same steps, no validation label picks
+
+
+# The label-efficiency protocol on 16 px synthetic tiles: 10 training and 10 validation images per class, batch 24,
+# so the whole training split is 90 // 24 = 3 steps an epoch, and 10 % of it (one image per class) 1 step.
+PROTOCOL = ["data.train_count=90", "data.val_count=90", "data.label_fraction=0.1", "trainer.max_epochs=2"]
+
+
+@pytest.mark.parametrize("budget, steps", [("epochs", 2), ("steps", 6)])
+def test_step_budget_gives_low_fractions_the_full_splits_steps(tmp_path, budget, steps):
+    """budget=steps: 10 % of the labels trains as many optimiser steps as 2 epochs of the whole split (6), not 2."""
+    from sslpath.train import train
+
+    metrics = train(compose_cfg(tmp_path, [*PROTOCOL, f"budget={budget}"]))
+    assert (metrics["optimizer_steps"], metrics["epochs"], metrics["budget"]) == (steps, steps, budget)
+    assert metrics["train_labels_per_class"] == 1.0
+
+
+@pytest.mark.parametrize("selection, val_images", [("best_val", 90), ("val_subset", 9), ("last", 0)])
+def test_selection_uses_no_more_validation_labels_than_allowed(tmp_path, selection, val_images):
+    """val_subset validates on the fraction's share of the validation split (one image per class here); last tests
+    the last epoch's checkpoint, which no validation label chose."""
+    from sslpath.train import train
+
+    metrics = train(compose_cfg(tmp_path, [*PROTOCOL, f"selection={selection}"]))
+    assert (metrics["selection"], metrics["selection_val_images"]) == (selection, val_images)
+    assert (metrics["best_val_acc"] is None) is (selection == "last")
+    if selection == "last":
+        assert Path(metrics["ckpt_path"]).name == "epoch001.ckpt"  # epochs 0 and 1: the newest
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["budget=weeks"], "budget='weeks' is not one of epochs, steps"),
+        (["selection=best"], "selection='best' is not one of best_val, val_subset, last"),
+        (["selection=val_subset", "data.label_fraction=0.1"], "keeps no label of class 0 (4 validation images); raise"),
+    ],
+)
+def test_bad_protocol_settings_are_refused(tmp_path, overrides, message):
+    from sslpath.train import train
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(compose_cfg(tmp_path, overrides))
 
 
 def test_label_efficiency_pretrains_once_per_seed(tmp_path):

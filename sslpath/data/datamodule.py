@@ -30,7 +30,7 @@ from sslpath.data.download import (
     size_text,
 )
 from sslpath.data.folder import MAX_PIXELS, TileFolder
-from sslpath.data.loader import BatchLoader
+from sslpath.data.loader import BatchLoader, training_batches
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
@@ -50,6 +50,8 @@ class ArrayDataModule(L.LightningDataModule):
 
     `keep_unlabelled=True` (SSL pretraining) keeps every training image and marks labels outside
     `label_fraction` with -1; otherwise the training split is the labelled subset itself.
+    `val_label_fraction` < 1 validates on a stratified share of the validation split (a label-efficiency
+    run that may not select its checkpoint with more labels than it trains with; sslpath.training.protocol).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ArrayDataModule(L.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         label_fraction: float = 1.0,
+        val_label_fraction: float = 1.0,
         on_device: bool | str = "auto",
         seed: int = 0,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
@@ -73,6 +76,8 @@ class ArrayDataModule(L.LightningDataModule):
             raise UserError(f"data.on_device={on_device!r}; use auto, true or false.")
         self.num_classes, self.batch_size, self.eval_batch_size = num_classes, batch_size, eval_batch_size
         self.label_fraction, self.on_device, self.seed = label_fraction, on_device, seed
+        self.val_label_fraction = val_label_fraction
+        self.labelled_train_size: int | None = None  # labelled training images before the label subset
         self.keep_unlabelled = keep_unlabelled
         self.transform = BatchTransform(augment, views, clean_first_view, mean, std, channels_last)
         self.splits: dict[str, Split] | None = None
@@ -104,7 +109,12 @@ class ArrayDataModule(L.LightningDataModule):
         if self.splits is not None:
             return
         splits = self.load_splits()
-        train = splits["train"]
+        train, val = splits["train"], splits["val"]
+        self.labelled_train_size = int((train.labels >= 0).sum())
+        if self.val_label_fraction < 1:
+            fix = ", or choose checkpoints without validation labels (selection=last)"
+            shown = stratified_subset(val.labels, self.val_label_fraction, self.num_classes, self.seed, "validation", fix)
+            splits["val"] = Split(val.images[shown], val.labels[shown])
         keep = stratified_subset(train.labels, self.label_fraction, self.num_classes, self.seed)
         if self.keep_unlabelled:
             labels = torch.full_like(train.labels, -1)
@@ -125,6 +135,10 @@ class ArrayDataModule(L.LightningDataModule):
             return {k: Split(s.images.to(device), s.labels.to(device)) for k, s in splits.items()}
         self.pin_memory = device.type == "cuda"
         return splits
+
+    def training_batches(self, images: int) -> int:
+        """Training batches per epoch of this many images on this trainer's ranks."""
+        return training_batches(images, self.batch_size, self.trainer.world_size if self.trainer is not None else 1)
 
     def loader(self, split: str, shuffle: bool) -> BatchLoader:
         if self.splits is None:

@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 PAD_LABEL = -1  # evaluation padding under DDP: metrics ignore it, so no image counts twice
 
 
+def training_batches(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Training batches per epoch of n images: equal shares per rank, the ragged last batch dropped."""
+    per_rank = n // world_size
+    return per_rank // min(batch_size, per_rank) if per_rank else 0
+
+
 class BatchLoader:
     """Under DDP each rank takes an equal, disjoint share of a shared permutation. Evaluation pads
     the shares to equal length like DistributedSampler, but marks the padding with label -1, so
@@ -49,7 +55,7 @@ class BatchLoader:
 
     def __len__(self) -> int:
         if self.shuffle:
-            return self.per_rank // self.batch_size
+            return training_batches(len(self.split), self.batch_size, self.world_size)
         return math.ceil(self.per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,8 +22,11 @@ class Split:
         return len(self.labels)
 
 
-def stratified_subset(labels: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
-    """Indices of a per-class share of the labels, at least one per class, chosen by seed."""
+def stratified_subset(
+    labels: torch.Tensor, fraction: float, num_classes: int, seed: int, split: str = "training", other_fix: str = ""
+) -> torch.Tensor:
+    """Indices of a per-class share of the labels (of the named split), at least one per class, chosen by seed;
+    `other_fix` ends the refusal with another way out."""
     if not 0 < fraction <= 1:
         raise UserError(f"data.label_fraction={fraction} is outside (0, 1]; use e.g. 0.01, 0.1 or 1.0.")
     if fraction == 1:
@@ -35,8 +38,8 @@ def stratified_subset(labels: torch.Tensor, fraction: float, num_classes: int, s
         k = round(fraction * len(idx))
         if len(idx) and k == 0:
             raise UserError(
-                f"data.label_fraction={fraction} keeps no label of class {c} ({len(idx)} training "
-                f"images); raise it to at least {1 / len(idx):.4g} so every class keeps one label."
+                f"data.label_fraction={fraction} keeps no label of class {c} ({len(idx)} {split} "
+                f"images); raise it to at least {1 / len(idx):.4g} so every class keeps one label{other_fix}."
             )
         keep.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
     return torch.cat(keep).sort().values

@@ -36,6 +36,7 @@ from sslpath.core.errors import UserError
 from sslpath.data.stain import jitter_stains
 
 MAX_SEVERITY = 5  # MedMNIST-C and ImageNet-C: five severities per corruption
+SETTINGS = ("params", "names", "severities", "seed")  # the keys of a corruptions config
 # Recorded in robustness.json: results under another convention (sslpath's earlier 224 px-scaled blurs)
 # are not compared with these.
 CONVENTION = "medmnist-c parameters in px of the tile, reference rounding"
@@ -343,6 +344,15 @@ def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Su
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = dict(cfg or {})
+    unknown = sorted(str(key) for key in cfg if key not in SETTINGS)
+    if unknown:
+        why = " (spatial parameters act on the tile's own pixels, as MedMNIST-C's; nothing rescales them)"
+        keys = ", ".join(f"{option}.{key}" for key in unknown)
+        raise UserError(
+            f"{keys} {'is not a corruption setting' if len(unknown) == 1 else 'are not corruption settings'}"
+            f"{why if 'reference_size' in unknown else ''}; remove {'it' if len(unknown) == 1 else 'them'}. The settings "
+            f"are {', '.join(SETTINGS)} (conf/corruptions/pathology.yaml)."
+        )
     params = cfg.get("params") or {}
     names = cfg.get("names")
     if not params and not names:

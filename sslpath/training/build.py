@@ -19,6 +19,7 @@ from sslpath.data.datamodule import ArrayDataModule
 from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
 from sslpath.models.checkpoint import Metadata, load_ssl_backbone
+from sslpath.training import protocol
 from sslpath.training.callbacks import CheckpointMetadata, TestResults
 from sslpath.training.tracking import open_mlflow
 
@@ -33,7 +34,12 @@ def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
     model_input = OmegaConf.to_container(cfg.model.input, resolve=True)
     augment = instantiate(model_input.pop("augment"), _convert_="all")
     return instantiate(
-        cfg.data, augment=augment, keep_unlabelled=model_class(cfg).trains_on_unlabelled, **model_input, _convert_="all"
+        cfg.data,
+        augment=augment,
+        keep_unlabelled=model_class(cfg).trains_on_unlabelled,
+        val_label_fraction=protocol.val_label_fraction(cfg),
+        **model_input,
+        _convert_="all",
     )
 
 
@@ -84,4 +90,6 @@ def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, 
     model = build_model(cfg, datamodule.num_classes)
     results = TestResults(cfg.paths.output_dir, seed=cfg.seed)
     meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
-    return datamodule, model, build_trainer(cfg, [results, meta]), results
+    # A step budget for label subsets; SSL models train on every image (and any unlabelled pool) anyway.
+    budget = [protocol.StepBudget()] if cfg.budget == "steps" and not model.trains_on_unlabelled else []
+    return datamodule, model, build_trainer(cfg, [results, meta, *budget]), results
