@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sslpath.checks.validate import check_optimized_metric
 from sslpath.core.errors import UserError
 from sslpath.report import group_runs, label_efficiency_figure, load_run
-from sslpath.train import check_optimized_metric, main
+from sslpath.train import main
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
