@@ -27,11 +27,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     from sslpath import chain
+    from sslpath.build import model_class
     from sslpath.report import write_report
     from sslpath.validate import validate
 
     validate(cfg)
     check_optimized_metric(cfg)
+    if model_class(cfg).trains_on_unlabelled:
+        chain.keep_last_epoch(cfg)
     if not chain.needs_pretraining(cfg):
         return fit_and_test(cfg)
     with open_dict(cfg):
@@ -75,6 +78,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         knn = trainer.callback_metrics.get("val/knn_acc")
         best = best_checkpoint(trainer)
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        frozen = frozen_features(cfg, model, datamodule) if trainer.is_global_zero else {}
         metrics = {
             "model": model.kind,
             "run_name": cfg.run_name,
@@ -90,6 +94,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "wall_seconds": round(time.perf_counter() - start, 2),
             **model.run_record(),
+            **frozen,
             **finetune_fields(cfg),
         }
         if trainer.is_global_zero:
@@ -97,6 +102,19 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(out / "metrics.json", metrics)
             log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
         return metrics
+
+
+def frozen_features(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
+    """An SSL run's frozen-feature evaluation of the tested checkpoint's exported backbone (nothing
+    for supervised models, or with frozen_eval.enabled=false)."""
+    settings = cfg.get("frozen_eval")
+    if not model.trains_on_unlabelled or settings is None or not settings.enabled:
+        return {}
+    from omegaconf import OmegaConf
+
+    from sslpath.features import FrozenEvalSettings, frozen_evaluation
+
+    return frozen_evaluation(model.backbone, datamodule, FrozenEvalSettings(**OmegaConf.to_container(settings, resolve=True)))
 
 
 def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
