@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslpath.metrics import WeightedKNN
+from sslpath.models.knn import WeightedKNN
 
 log = logging.getLogger(__name__)
 # Up to this many feature values the probe is fitted on one CPU thread: L-BFGS on cached features is

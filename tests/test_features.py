@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslpath.backbones import build as build_backbone
-from sslpath.build import build_datamodule
-from sslpath.checkpoints import load_ssl_backbone
 from sslpath.features import FrozenEvalSettings, extract, fit_linear, frozen_evaluation, linear_probe
+from sslpath.models.backbones import build as build_backbone
+from sslpath.models.checkpoint import load_ssl_backbone
 from sslpath.train import train
+from sslpath.training.build import build_datamodule
 
 from conftest import compose_cfg
 

@@ -12,9 +12,9 @@ from test_methods import build
 from test_methods_reference import fit
 from torch import nn
 
-from sslpath.build import build_datamodule, build_model
-from sslpath.optim import build_optimizer, parameter_groups, split_settings
-from sslpath.validate import validate
+from sslpath.checks.validate import validate
+from sslpath.models.optim import build_optimizer, parameter_groups, split_settings
+from sslpath.training.build import build_datamodule, build_model
 
 from conftest import compose_cfg
 
@@ -152,7 +152,7 @@ def test_byol_views_are_asymmetric(tmp_path):
 
 
 def test_per_view_pipelines_must_match_the_views(tmp_path):
-    from sslpath.errors import UserError
+    from sslpath.core.errors import UserError
 
     cfg = compose_cfg(tmp_path, ["model=byol", "model.input.views=3"])
     with pytest.raises(Exception) as err:  # Hydra's instantiate wraps it; the entry points unwrap it (exit 2)

@@ -15,8 +15,8 @@ from test_methods import SMALL_HEADS, build
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sslpath.checkpoints import load_checkpoint, load_ssl_backbone
 from sslpath.models import momentum as ema
+from sslpath.models.checkpoint import load_checkpoint, load_ssl_backbone
 from sslpath.train import train
 
 from conftest import compose_cfg
@@ -104,7 +104,7 @@ def two_views() -> list[torch.Tensor]:
 def test_each_view_is_normalised_by_its_own_batch_where_the_reference_does(tmp_path, method):
     model = build(tmp_path, method) if method != "simclr" else None
     if model is None:
-        from sslpath.build import build_model
+        from sslpath.training.build import build_model
 
         model = build_model(compose_cfg(tmp_path, ["model=simclr"]), num_classes=9)
     model.train()
@@ -168,7 +168,7 @@ def test_dino_exports_the_teacher_by_default(tmp_path, export):
     student = {k.removeprefix(student_prefix): v for k, v in state.items() if k.startswith(student_prefix)}
     assert teacher.keys() == student.keys() and any(not torch.equal(teacher[k], student[k]) for k in teacher)
     # what fine-tunes, probes and evaluate load
-    from sslpath.backbones import build as build_backbone
+    from sslpath.models.backbones import build as build_backbone
 
     loaded = build_backbone("tiny", "cifar")
     load_ssl_backbone(loaded, metrics["ckpt_path"])
@@ -178,7 +178,7 @@ def test_dino_exports_the_teacher_by_default(tmp_path, export):
 
 
 def test_dino_teacher_export_refuses_a_joint_probe(tmp_path):
-    from sslpath.errors import UserError
+    from sslpath.core.errors import UserError
 
     with pytest.raises(Exception) as err:  # Hydra's instantiate wraps it; the entry points unwrap it (exit 2)
         build(tmp_path, "dino", "model.joint=true")

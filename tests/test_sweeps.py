@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslpath.errors import UserError
-from sslpath.hydra_callbacks import SweepReport, job_order
+from sslpath.core.errors import UserError
 from sslpath.report import group_runs, label_efficiency_figure, load_run
 from sslpath.train import check_optimized_metric, main
+from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
 from test_report import fake_run

@@ -22,11 +22,11 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from sslpath.errors import UserError
-from sslpath.losses import BYOLLoss, Float32, MoCoV3Loss, NTXentLoss
-from sslpath.metrics import WeightedKNN
+from sslpath.core.errors import UserError
 from sslpath.models import momentum as ema
 from sslpath.models.base import Batch, ImageModel
+from sslpath.models.knn import WeightedKNN
+from sslpath.models.losses import BYOLLoss, Float32, MoCoV3Loss, NTXentLoss
 
 log = logging.getLogger(__name__)
 # A target that keeps more of its random initialisation than this at the end of a run gets a warning.

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 INT, FLOAT = "an integer", "a number"
 # key -> (kind, lowest, highest, open_low): None bounds are unbounded; open_low excludes `lowest`.
@@ -89,7 +89,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_value(key, value, *rule)
-    from sslpath.checkpoints import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
+    from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
 
     for key, lo, hi in (("data.mean", -MAX_ABS_MEAN, MAX_ABS_MEAN), ("data.std", MIN_STD, MAX_STD)):
         value = OmegaConf.select(cfg, key, default=None)

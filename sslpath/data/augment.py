@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 
 class Pipeline(nn.Module):
