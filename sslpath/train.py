@@ -29,10 +29,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from sslpath.checks.validate import check_label_fraction, nan_advice, validate
     from sslpath.report import write_report
     from sslpath.training import chain, protocol
+    from sslpath.training.build import model_class
 
     validate(cfg)
     protocol.check(cfg)
     protocol.apply_selection(cfg)
+    if model_class(cfg).trains_on_unlabelled:
+        chain.keep_last_epoch(cfg)
     if not chain.needs_pretraining(cfg):
         with nan_advice(cfg):
             return fit_and_test(cfg)
@@ -79,6 +82,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         knn = trainer.callback_metrics.get("val/knn_acc")
         best = best_checkpoint(trainer)
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        frozen = frozen_features(cfg, model, datamodule) if trainer.is_global_zero else {}
         metrics = {
             "model": model.kind,
             "run_name": cfg.run_name,
@@ -97,6 +101,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             **selection_fields(cfg, trainer, datamodule),
             "wall_seconds": round(time.perf_counter() - start, 2),
             **model.run_record(),
+            **frozen,
             **finetune_fields(cfg),
         }
         if trainer.is_global_zero:
@@ -114,6 +119,19 @@ def selection_fields(cfg: DictConfig, trainer: Any, datamodule: Any) -> dict[str
         "selection": cfg.selection if monitored else "last",
         "selection_val_images": len(datamodule.splits["val"]) if monitored else 0,
     }
+
+
+def frozen_features(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
+    """An SSL run's frozen-feature evaluation of the tested checkpoint's exported backbone (nothing
+    for supervised models, or with frozen_eval.enabled=false)."""
+    settings = cfg.get("frozen_eval")
+    if not model.trains_on_unlabelled or settings is None or not settings.enabled:
+        return {}
+    from omegaconf import OmegaConf
+
+    from sslpath.evaluation.features import FrozenEvalSettings, frozen_evaluation
+
+    return frozen_evaluation(model.backbone, datamodule, FrozenEvalSettings(**OmegaConf.to_container(settings, resolve=True)))
 
 
 def finetune_fields(cfg: DictConfig) -> dict[str, Any]:

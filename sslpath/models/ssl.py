@@ -269,7 +269,8 @@ class MomentumMethod(SSLMethod):
         if export_target and self.joint:
             raise UserError(
                 f"{type(self).__name__}: joint=true trains the exported backbone with the probe's loss, but the exported "
-                "backbone is the momentum target, which takes no gradients. Use joint=false, or export the online network."
+                "backbone is the momentum target, which takes no gradients. Use joint=false, or export the online "
+                "network (DINO: model.export=student)."
             )
         self.momentum_start, self.momentum_end = momentum_start, momentum_end
         self.momentum_max_init_share = momentum_max_init_share

@@ -67,13 +67,21 @@ def stage_config(cfg: DictConfig, out: Path) -> DictConfig:
         stage.paths.output_dir = str(out)
         if not stage.model.get("joint"):
             stage.data.label_fraction = 1.0  # the detached probe's labels never reach the backbone
-        # The last epoch, not the probe's best: a label-free choice (see module docstring).
-        stage.callbacks.model_checkpoint.monitor = None
-        stage.callbacks.model_checkpoint.filename = "epoch{epoch:03d}"
         stage.optimized_metric = "val/loss"
         stage.resume = None
         stage.ckpt_path = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None
+    keep_last_epoch(stage)
     return stage
+
+
+def keep_last_epoch(cfg: DictConfig) -> None:
+    """An SSL run's checkpoint is its last epoch's, not the probe's best: a label-free choice, the
+    same for a chain's stage and a standalone run (see module docstring)."""
+    if OmegaConf.select(cfg, "callbacks.model_checkpoint") is None:
+        return
+    with open_dict(cfg):
+        cfg.callbacks.model_checkpoint.monitor = None
+        cfg.callbacks.model_checkpoint.filename = "epoch{epoch:03d}"
 
 
 def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], dict[str, Any]]) -> str:

@@ -1,0 +1,186 @@
+"""Frozen-feature evaluation of a backbone: features of clean images in eval mode, then a weighted
+kNN and a linear probe trained to convergence on them, both fitted on the labelled training images
+only. SSL runs end with it (`frozen_*` keys in metrics.json, beside the online probe's
+`test_acc`), because the online probe lags the features on short runs.
+
+The linear probe is multinomial logistic regression on standardised features, fitted full-batch
+with L-BFGS for each L2 strength in a grid; the strength is chosen by validation accuracy and the
+test accuracy reported for it (the protocol of SimCLR's and solo-learn's linear evaluation on
+cached features, in closed form instead of SGD epochs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslpath.models.knn import WeightedKNN
+
+log = logging.getLogger(__name__)
+# Up to this many feature values the probe is fitted on one CPU thread: L-BFGS on cached features is
+# thousands of small operations, and thread-pool hand-offs cost more than they save (701×512
+# PathMNIST sample features: 10× faster on one thread of a 2-core machine).
+SINGLE_THREAD_MAX = 2**20
+
+
+@dataclass(frozen=True)
+class FrozenEvalSettings:
+    """`frozen_eval` in conf/train.yaml."""
+
+    enabled: bool = True
+    knn_k: int = 20  # as the kNN monitor (solo-learn's WeightedKNNClassifier defaults)
+    knn_temperature: float = 0.07
+    l2: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # penalty λ/2·‖W‖² beside the mean cross-entropy
+    max_iter: int = 1000  # L-BFGS iterations per strength
+    batch_size: int = 1024  # images per forward pass when extracting features
+
+
+@torch.no_grad()
+def extract(
+    backbone: nn.Module, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> torch.Tensor:
+    """fp32 features of `images` (uint8 N×C×H×W) after `transform` (the evaluation transform:
+    normalised, never augmented), with the backbone in eval mode (BatchNorm running statistics)."""
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return torch.cat([backbone(transform(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)])
+    finally:
+        backbone.train(was_training)
+
+
+def knn_accuracy(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    k: int,
+    temperature: float,
+    num_classes: int,
+) -> float:
+    """Weighted kNN accuracy of `feats` voted by `bank` (the kNN monitor's metric, on frozen features)."""
+    knn = WeightedKNN(k, temperature, num_classes)
+    knn.update(train_feats=bank, train_labels=bank_labels, test_feats=feats, test_labels=labels)
+    return float(knn.compute())
+
+
+def fit_linear(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int, start: nn.Linear | None = None
+) -> nn.Linear:
+    """Multinomial logistic regression on `feats` (already standardised): mean cross-entropy +
+    l2/2·‖W‖² (bias unpenalised), minimised full-batch by L-BFGS with a strong-Wolfe line search from
+    `start` (a neighbouring strength's solution) or zero weights. The objective is strictly convex:
+    the same optimum from any start, a nearby one only gets there in fewer iterations."""
+    linear = nn.Linear(feats.shape[1], num_classes).double()
+    with torch.no_grad():
+        linear.weight.copy_(start.weight if start is not None else torch.zeros_like(linear.weight))
+        linear.bias.copy_(start.bias if start is not None else torch.zeros_like(linear.bias))
+    x, y = feats.double(), labels
+    optimizer = torch.optim.LBFGS(
+        linear.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + l2 / 2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return linear
+
+
+@contextlib.contextmanager
+def threads_for(feats: torch.Tensor) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if feats.numel() <= SINGLE_THREAD_MAX:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def accuracy(linear: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((linear(feats.double()).argmax(1) == labels).double().mean())
+
+
+def linear_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    l2_grid: Sequence[float],
+    max_iter: int,
+) -> dict[str, float]:
+    """Fit on train for each L2 strength, choose by validation accuracy (ties: the stronger
+    penalty), report that probe's accuracies. Features are standardised by the training mean/std."""
+    mean, std = train[0].mean(0), train[0].std(0).clamp_min(1e-6)
+
+    def norm(feats: torch.Tensor) -> torch.Tensor:
+        return (feats - mean) / std
+
+    best: tuple[float, float, nn.Linear] | None = None
+    linear = None
+    for l2 in sorted(l2_grid, reverse=True):  # strongest first, each started from the previous solution
+        with threads_for(train[0]):
+            linear = fit_linear(norm(train[0]), train[1], num_classes, l2, max_iter, start=linear)
+        val_acc = accuracy(linear, norm(val[0]), val[1])
+        if best is None or val_acc > best[0]:
+            best = (val_acc, l2, linear)
+    assert best is not None  # l2_grid is checked non-empty
+    val_acc, l2, linear = best
+    return {
+        "frozen_linear_acc": accuracy(linear, norm(test[0]), test[1]),
+        "frozen_linear_val_acc": val_acc,
+        "frozen_linear_train_acc": accuracy(linear, norm(train[0]), train[1]),
+        "frozen_linear_l2": l2,
+    }
+
+
+def frozen_evaluation(backbone: nn.Module, datamodule: Any, settings: FrozenEvalSettings) -> dict[str, Any]:
+    """kNN and linear-probe accuracies of `backbone`'s frozen features on the datamodule's splits:
+    fitted on the labelled training images (unlabelled ones, -1, are left out), the L2 strength
+    chosen on validation, accuracies on validation and test."""
+    if not settings.l2:
+        raise ValueError("frozen_eval.l2 needs at least one strength")
+    feats, labels = {}, {}
+    for name in ("train", "val", "test"):
+        split = datamodule.splits[name]
+        keep = split.labels >= 0
+        feats[name] = extract(backbone, split.images[keep.to(split.images.device)], datamodule.transform, settings.batch_size)
+        labels[name] = split.labels[keep].cpu()
+    num_classes = datamodule.num_classes
+    knn = {
+        f"frozen_knn{suffix}": knn_accuracy(
+            feats["train"], labels["train"], feats[name], labels[name], settings.knn_k, settings.knn_temperature, num_classes
+        )
+        for name, suffix in (("test", "_acc"), ("val", "_val_acc"))
+    }
+    linear = linear_probe(
+        (feats["train"], labels["train"]),
+        (feats["val"], labels["val"]),
+        (feats["test"], labels["test"]),
+        num_classes,
+        settings.l2,
+        settings.max_iter,
+    )
+    record = {**knn, **linear, "frozen_train_images": len(labels["train"])}
+    log.info(
+        "frozen features: kNN test acc %.4f, linear probe test acc %.4f (L2 %g, val acc %.4f) on %d labelled training images",
+        record["frozen_knn_acc"],
+        record["frozen_linear_acc"],
+        record["frozen_linear_l2"],
+        record["frozen_linear_val_acc"],
+        record["frozen_train_images"],
+    )
+    return record
