@@ -6,9 +6,9 @@
     (b) real pipeline: the data module exactly as training uses it (BatchLoader over uint8 splits,
         then `on_after_batch_transfer` augments and normalises on the device);
     (c) reference loader: the notebook's torch DataLoader with per-image PIL + torchvision
-        transforms (`sslpath.augment.reference_transform`), batches copied to the device.
+        transforms (`sslpath.data.augment.reference_transform`), batches copied to the device.
 
-Configs, data modules, models and trainers come from the Hydra config through `sslpath.build`, as
+Configs, data modules, models and trainers come from the Hydra config through `sslpath.training.build`, as
 `python -m sslpath.train` composes them (SimCLR is the SSL stage a chained fine-tune runs), so all
 three modes run the same model, callbacks and precision; only the batches' source differs (with the
 default `--experiment reference`, (b) and (c) also apply the same augmentation recipe). Each
@@ -47,13 +47,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from sslpath.augment import Pipeline, reference_transform
-from sslpath.build import build_datamodule, build_model, build_trainer
-from sslpath.chain import stage_config
-from sslpath.config import auto_precision, register_resolvers
+from sslpath.core.devices import resolve_device
+from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.core.resolvers import auto_precision, register_resolvers
+from sslpath.data.augment import Pipeline, reference_transform
 from sslpath.data.datamodule import ArrayDataModule
-from sslpath.devices import resolve_device
-from sslpath.errors import UserError, exit_on_user_error
+from sslpath.training.build import build_datamodule, build_model, build_trainer
+from sslpath.training.chain import stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"a": "compute bound", "b": "real pipeline", "c": "reference loader"}

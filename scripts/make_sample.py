@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.core.files import atomic_output
 from sslpath.data.npz import read_arrays
 from sslpath.data.splits import SPLITS, stratified_order
-from sslpath.errors import UserError, exit_on_user_error
-from sslpath.files import atomic_output
 
 
 def positive_ints(text: str, n: int) -> tuple[int, ...]:

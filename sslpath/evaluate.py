@@ -9,7 +9,7 @@ mean and std. `out` gets what a training run dir holds after testing (metrics.js
 test_predictions.csv, test_examples.npz, written by the same code), so `sslpath.report` reads it
 like a run, and the run's best checkpoint on the same data gives the run's test accuracy. With
 `corruptions=pathology` it also tests the split under MedMNIST-C-style corruptions at five severities
-(sslpath.corruptions) and writes robustness.{json,csv,md,png} beside metrics.json and into report/.
+(sslpath.evaluation.corruptions) and writes robustness.{json,csv,md,png} beside metrics.json and into report/.
 Heavy libraries are imported inside functions so `--help` answers at once.
 """
 
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.errors import UserError, exit_on_user_error
+from sslpath.core.errors import UserError, exit_on_user_error
 
 if TYPE_CHECKING:
     import torch
 
-    from sslpath.checkpoints import Metadata
     from sslpath.data.datamodule import ArrayDataModule
     from sslpath.data.splits import Split
+    from sslpath.models.checkpoint import Metadata
 
 PROG = "sslpath.evaluate"
 Predict = Callable[["torch.Tensor"], "torch.Tensor"]  # uint8 N×3×H×W batch -> CPU logits
@@ -45,7 +45,7 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
     """The checkpoint and the output folder, after every setting is checked and before any work."""
     from sslpath.data.splits import SPLITS
     from sslpath.predict import check_out_path
-    from sslpath.results import check_writable
+    from sslpath.results.artifacts import check_writable
 
     if cfg.get("ckpt") in (None, ""):  # `???`, null or empty
         raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
@@ -78,7 +78,7 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
     checked against the checkpoint's before any data is read."""
     from hydra.utils import instantiate
 
-    from sslpath.validate import check_settings
+    from sslpath.checks.validate import check_settings
 
     size = meta.image_size if cfg.data.size is None else cfg.data.size
     if size != meta.image_size:
@@ -114,8 +114,8 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     function from a uint8 batch to CPU logits: one path for clean and corrupted images alike."""
     from functools import partial
 
-    from sslpath.checkpoints import load_inference_model
-    from sslpath.results import class_logits
+    from sslpath.models.checkpoint import load_inference_model
+    from sslpath.results.artifacts import class_logits
 
     model, meta = load_inference_model(ckpt, "ckpt")
     model.to(device)
@@ -136,11 +136,11 @@ def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> to
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
-    from sslpath.corruptions import benchmark, load_suite
-    from sslpath.devices import resolve_device
-    from sslpath.files import atomic_write_json
-    from sslpath.metrics import classification_results
-    from sslpath.results import write_examples, write_predictions
+    from sslpath.core.devices import resolve_device
+    from sslpath.core.files import atomic_write_json
+    from sslpath.evaluation.corruptions import benchmark, load_suite
+    from sslpath.results.artifacts import write_examples, write_predictions
+    from sslpath.results.metrics import classification_results
 
     start = time.perf_counter()
     ckpt, out = check_args(cfg)

@@ -5,7 +5,7 @@
 
 `input` is a MedMNIST-format .npz (its `split` images), a folder of images (searched recursively,
 any size) or one image file. The model is rebuilt only from the checkpoint's validated metadata
-and weights (`sslpath.checkpoints.load_inference_model`), and every image takes training's own
+and weights (`sslpath.models.checkpoint.load_inference_model`), and every image takes training's own
 path: `to_tiles` resizes it, the evaluation transform normalises it with the checkpoint's mean and
 std. So an npz's test split gets exactly the predictions its training run wrote. Heavy libraries
 are imported inside functions so `--help` answers at once.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from sslpath.errors import UserError, exit_on_user_error
+from sslpath.core.errors import UserError, exit_on_user_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,7 +44,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def check_args(cfg: DictConfig) -> dict[str, Any]:
     """The settings as plain values, every one checked before any work is done."""
     from sslpath.data.splits import SPLITS
-    from sslpath.results import check_writable
+    from sslpath.results.artifacts import check_writable
 
     extra = sorted(set(map(str, cfg)) - set(KEYS))
     if extra:
@@ -171,7 +171,7 @@ def spreadsheet_safe(cell: str) -> str:
 
 def write_predictions(path: Path, names: list[str], probs: np.ndarray, class_names: list[str]) -> None:
     """file, predicted class, then one probability column per class."""
-    from sslpath.files import atomic_write_text
+    from sslpath.core.files import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -185,10 +185,10 @@ def predict(cfg: DictConfig) -> Path:
     """Check the settings, classify every readable image, write the CSV; returns its path."""
     import numpy as np
 
-    from sslpath.augment import BatchTransform
-    from sslpath.checkpoints import load_inference_model
-    from sslpath.devices import resolve_device
-    from sslpath.results import class_logits
+    from sslpath.core.devices import resolve_device
+    from sslpath.data.augment import BatchTransform
+    from sslpath.models.checkpoint import load_inference_model
+    from sslpath.results.artifacts import class_logits
 
     args = check_args(cfg)
     device = resolve_device(args["device"])

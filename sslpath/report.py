@@ -43,10 +43,10 @@ from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from sslpath.errors import UserError, exit_on_user_error
-from sslpath.files import atomic_write_bytes, atomic_write_text
-from sslpath.metrics import classification_results
+from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.core.files import atomic_write_bytes, atomic_write_text
 from sslpath.predict import spreadsheet_safe
+from sslpath.results.metrics import classification_results
 
 REPORT_DIR = "report"
 SWEEP_RESULTS = "sweep_results"  # .md and .csv in the sweep dir
@@ -375,7 +375,7 @@ def auc_bounds(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float] | N
 
 
 def check_auc(run_dir: Path, metrics: dict[str, Any], class_names: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
-    """metrics.json's test_auc must be the macro AUC (sslpath.metrics.classification_results) of the predictions."""
+    """metrics.json's test_auc must be the macro AUC (sslpath.results.metrics.classification_results) of the predictions."""
     claimed = metrics["test_auc"]
     logits = torch.from_numpy(np.log(np.maximum(probs, 1e-30)))
     recomputed = classification_results(logits, torch.from_numpy(labels), class_names)["test_auc"]

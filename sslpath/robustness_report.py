@@ -25,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sslpath.errors import UserError, exit_on_user_error
+from sslpath.core.errors import UserError, exit_on_user_error
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from sslpath.corruptions import Robustness, Suite
+    from sslpath.evaluation.corruptions import Robustness, Suite
 
 STEM = "robustness"  # one model: <dir>/robustness.{json,csv,md,png}
 COMPARISON = "robustness_comparison"  # several: <out>/robustness_comparison.{csv,md,png}
 SOURCE = (
     "MedMNIST-C-style corruptions (Di Salvo et al. 2024, after ImageNet-C, Hendrycks & Dietterich 2019) "
-    "re-implemented on tensors in sslpath.corruptions; parameters and sources in conf/corruptions/"
+    "re-implemented on tensors in sslpath.evaluation.corruptions; parameters and sources in conf/corruptions/"
 )
 CSV_FIELDS = ("model", "run_name", "corruption", "severity", "param", "acc", "auc", "loss", "relative_drop")
 
@@ -64,7 +64,7 @@ def write_robustness(
     out: Path, robustness: Robustness, name: str, kind: str, ckpt_path: str, formats: Sequence[str] = ("png",), dpi: int = 150
 ) -> dict[str, Any]:
     """robustness.json/.csv/.md and the figure in out; returns the record."""
-    from sslpath.files import atomic_write_json, atomic_write_text
+    from sslpath.core.files import atomic_write_json, atomic_write_text
     from sslpath.report import save_figure
 
     record = to_record(robustness, name, kind, ckpt_path)
@@ -77,7 +77,7 @@ def write_robustness(
 
 def copy_robustness(src: Path, dest: Path) -> None:
     """The tables and figures (not the .json, so a search for robustness.json finds each model once) into dest."""
-    from sslpath.files import atomic_write_bytes
+    from sslpath.core.files import atomic_write_bytes
 
     for path in sorted(src.glob(f"{STEM}.*")):
         if path.suffix != ".json":
@@ -345,7 +345,7 @@ def comparison_figure(records: Sequence[dict[str, Any]]) -> Figure:
 
 def write_comparison(paths: Sequence[Path], out: Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> Path:
     """robustness_comparison.md/.csv/.png in out for these robustness.json files; returns the .md."""
-    from sslpath.files import atomic_write_text
+    from sslpath.core.files import atomic_write_text
     from sslpath.report import check_figure_options, save_figure
 
     formats = check_figure_options(formats, dpi)
@@ -372,10 +372,10 @@ def benchmark_run(run_dir: Path, suite: Suite, device: str = "auto") -> Path | N
     <run_dir>/robustness/robustness.json (beside .csv/.md/.png); None for a run without a checkpoint."""
     from omegaconf import OmegaConf
 
-    from sslpath.corruptions import benchmark
-    from sslpath.devices import resolve_device
+    from sslpath.core.devices import resolve_device
+    from sslpath.core.files import read_json
     from sslpath.evaluate import load_split, predict_split
-    from sslpath.files import read_json
+    from sslpath.evaluation.corruptions import benchmark
 
     metrics = read_json(run_dir / "metrics.json")
     if not metrics.get("ckpt_path"):
@@ -401,8 +401,8 @@ class SweepRobustness(Callback):
         self.device, self.key = device, key
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sslpath.corruptions import load_suite
-        from sslpath.hydra_callbacks import job_order
+        from sslpath.evaluation.corruptions import load_suite
+        from sslpath.training.hydra_callbacks import job_order
 
         sweep = Path(config.hydra.sweep.dir)
         with exit_on_user_error("sslpath.train"):

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from sslpath.errors import UserError, exit_on_user_error
+from sslpath.core.errors import UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from sslpath import chain
+    from sslpath.checks.validate import check_label_fraction, nan_advice, validate
     from sslpath.report import write_report
-    from sslpath.validate import check_label_fraction, nan_advice, validate
+    from sslpath.training import chain
 
     validate(cfg)
     if not chain.needs_pretraining(cfg):
@@ -51,11 +51,11 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     from omegaconf import OmegaConf
 
-    from sslpath import runs
-    from sslpath.build import build_run, model_class
-    from sslpath.checkpoints import check_resumable
-    from sslpath.files import atomic_write_json, atomic_write_text
-    from sslpath.tracking import log_run_summary
+    from sslpath.core.files import atomic_write_json, atomic_write_text
+    from sslpath.models.checkpoint import check_resumable
+    from sslpath.training import rundir as runs
+    from sslpath.training.build import build_run, model_class
+    from sslpath.training.tracking import log_run_summary
 
     out = Path(cfg.paths.output_dir)
     with runs.claim(out):
@@ -104,7 +104,7 @@ def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
     """Where a fine-tune started from, for metrics.json (nothing for other models)."""
     if "pretrained_ckpt" not in cfg.model:
         return {}
-    from sslpath.checkpoints import load_checkpoint, read_metadata
+    from sslpath.models.checkpoint import load_checkpoint, read_metadata
 
     ckpt = cfg.model.pretrained_ckpt
     method = read_metadata(load_checkpoint(ckpt), ckpt).kind if ckpt else None
@@ -118,7 +118,7 @@ def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint to continue from: resume=RUN_DIR or ckpt_path=last (newest in the run dir,
     same settings required), or an explicit ckpt_path file."""
-    from sslpath import runs
+    from sslpath.training import rundir as runs
 
     if cfg.resume or cfg.ckpt_path == "last":
         runs.check_same_settings(cfg, out)
@@ -166,7 +166,7 @@ def main(cfg: DictConfig) -> float | None:
     """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from sslpath.console import quiet_third_party
+    from sslpath.core.console import quiet_third_party
 
     quiet_third_party()
     with exit_on_user_error("sslpath.train"):

@@ -10,9 +10,9 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from sslpath.augment import Normalize, Pipeline, reference_transform
-from sslpath.build import build_datamodule
+from sslpath.data.augment import Normalize, Pipeline, reference_transform
 from sslpath.data.synthetic import synthetic_splits
+from sslpath.training.build import build_datamodule
 
 from conftest import compose_cfg
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from sslpath import backbones
-from sslpath.checkpoints import load_inference_model, read_metadata
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models import backbones
+from sslpath.models.checkpoint import load_inference_model, read_metadata
 from sslpath.train import train
 
 from conftest import compose_cfg, read_metrics

@@ -19,8 +19,8 @@ import pytest
 import torch
 from test_predict import tiny_run
 
-from sslpath.checkpoints import MAX_DEPTH, load_inference_model
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models.checkpoint import MAX_DEPTH, load_inference_model
 
 from conftest import TINY_DATA, run_cli
 
@@ -91,9 +91,12 @@ SCHEMA_CASES: dict[str, tuple[Callable[[Meta], Any], str]] = {
     "num_classes-bool": (replace(num_classes=True), "has num_classes=True"),
     "num_classes-float": (replace(num_classes=9.0), "has num_classes=9.0"),
     "class_names-short": (lambda meta: {**meta, "class_names": meta["class_names"][:3]}, "allowed: a list of 9 distinct"),
-    "class_names-repeated": (replace(class_names=["a"] * 9), "allowed: a list of 9 distinct non-empty strings"),
+    "class_names-repeated": (replace(class_names=["a"] * 9), "allowed: a list of 9 distinct printable texts"),
     "class_names-string": (replace(class_names="abcdefghi"), "has class_names='abcdefghi'"),
     "class_names-huge": (first_class_name("x" * 10**6), "has class_names=['xxxxx"),
+    "class_names-201": (first_class_name("x" * 201), "printable texts of 1 to 200 characters"),  # names.MAX_CLASS_NAME
+    "class_names-newline": (first_class_name("a\nb"), "printable texts of 1 to 200 characters"),
+    "class_names-undecodable": (first_class_name("caf\udce9"), "printable texts of 1 to 200 characters"),
     "image_size-float": (replace(image_size=16.0), "has image_size=16.0"),
     "mean-nan": (replace(mean=[math.nan, 0.5, 0.5]), "has mean=[nan, 0.5, 0.5]"),
     "std-zero": (replace(std=[0.0, 0.2, 0.2]), "allowed: 3 numbers from 0.001 to 1000"),
@@ -128,7 +131,7 @@ def test_a_class_name_is_only_ever_a_label(real, tmp_path):
     """Class names are free text by design (folder names); one that reads like code stays a string."""
     path = crafted(real, tmp_path / "named.ckpt", first_class_name(WALK))
     model, meta = load_inference_model(path)
-    assert meta.class_names[0] == WALK and type(model.backbone).__module__ == "sslpath.backbones"
+    assert meta.class_names[0] == WALK and type(model.backbone).__module__ == "sslpath.models.backbones"
 
 
 def test_pickle_payload_is_refused_and_never_run(real, tmp_path):

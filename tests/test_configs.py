@@ -56,7 +56,7 @@ MODEL_CLASSES = {
 
 @pytest.mark.parametrize("model", options("model"))
 def test_models_instantiate(tmp_path, model):
-    from sslpath.build import build_model
+    from sslpath.training.build import build_model
 
     cfg = compose_cfg(tmp_path, [f"model={model}"])
     module = build_model(cfg, num_classes=9)
@@ -81,8 +81,9 @@ def test_unknown_option_lists_valid_choices(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_wheel_ships_every_config(tmp_path):
-    """A plain `pip install .` must find the configs outside the repo: they ship as sslpath/conf."""
+def test_wheel_ships_every_config_and_module(tmp_path):
+    """A plain `pip install .` must find the configs outside the repo (they ship as sslpath/conf) and every
+    module of every subpackage."""
     import subprocess
     import sys
     import zipfile
@@ -97,3 +98,8 @@ def test_wheel_ships_every_config(tmp_path):
     (wheel,) = tmp_path.glob("sslpath-*.whl")
     shipped = {n.removeprefix("sslpath/conf/") for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     assert shipped == {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
+    modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("sslpath/conf/")}
+    package = repo / "sslpath"
+    assert modules == {
+        f"sslpath/{p.relative_to(package)}" for p in package.rglob("*.py") if "conf" not in p.relative_to(package).parts
+    }

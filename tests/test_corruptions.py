@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageEnhance
 from skimage.color import hsv2rgb, rgb2hsv
 
-from sslpath.corruptions import CORRUPTIONS, MAX_SEVERITY, Suite, benchmark, load_suite, relative_drop, splat
+from sslpath.core.errors import UserError
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
+from sslpath.evaluation.corruptions import CORRUPTIONS, MAX_SEVERITY, Suite, benchmark, load_suite, relative_drop, splat
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "corruptions"
 RANDOM = [name for name, c in CORRUPTIONS.items() if c.draw is not None]

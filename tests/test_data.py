@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from sslpath.core.errors import UserError
 from sslpath.data.datamodule import MedMNISTDataModule, SyntheticDataModule
 from sslpath.data.download import class_names, flag_info
 from sslpath.data.loader import BatchLoader
@@ -19,7 +20,6 @@ from sslpath.data.npz import read_npz
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS, Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
 
 from conftest import compose_cfg
 

@@ -10,11 +10,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from sslpath.core.errors import UserError
+from sslpath.core.files import read_json
 from sslpath.data.datamodule import FolderDataModule
 from sslpath.data.folder import read_image
 from sslpath.data.splits import SPLITS
-from sslpath.errors import UserError
-from sslpath.files import read_json
 
 from conftest import compose_cfg
 

@@ -18,8 +18,8 @@ from torch import nn
 from sslpath.data.loader import PAD_LABEL, BatchLoader
 from sslpath.data.splits import Split
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.losses import NTXentLoss, nt_xent
-from sslpath.metrics import WeightedKNN
+from sslpath.models.knn import WeightedKNN
+from sslpath.models.losses import NTXentLoss, nt_xent
 
 from conftest import TINY, read_metrics, run_cli
 
@@ -145,16 +145,16 @@ class RankRecorder(L.Callback):
         self.out, self.calls, self.rng = Path(out), [], []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import sslpath.losses
+        import sslpath.models.losses
 
-        inner = sslpath.losses.nt_xent
+        inner = sslpath.models.losses.nt_xent
         pl_module.criterion.register_forward_pre_hook(lambda mod, args: self.calls.append({"local": len(args[0])}))
 
         def spy(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
             self.calls[-1].update({"global": len(z1), "grad": z1.requires_grad})
             return inner(z1, z2, temperature)
 
-        sslpath.losses.nt_xent = spy
+        sslpath.models.losses.nt_xent = spy
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rng.append(int(torch.random.get_rng_state().sum()))  # after EpochSeed reseeded

@@ -17,12 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from test_predict import tiny_run
 
-from sslpath.corruptions import load_suite
+from sslpath.core.errors import UserError
 from sslpath.data.download import class_names
-from sslpath.errors import UserError
 from sslpath.evaluate import evaluate, load_split, predict_split
-from sslpath.metrics import classification_results
+from sslpath.evaluation.corruptions import load_suite
 from sslpath.report import read_predictions
+from sslpath.results.metrics import classification_results
 from sslpath.robustness_report import SweepRobustness
 from sslpath.robustness_report import main as robustness_main
 

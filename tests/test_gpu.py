@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from sslpath.build import build_datamodule, build_model
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.losses import nt_xent
+from sslpath.models.losses import nt_xent
 from sslpath.train import train
+from sslpath.training.build import build_datamodule, build_model
 
 from conftest import compose_cfg
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslpath.losses import nt_xent
+from sslpath.models.losses import nt_xent
 
 
 def test_nt_xent_hand_computed():
@@ -45,7 +45,7 @@ def test_nt_xent_rejects_mismatched_views():
 
 
 def test_module_equals_function_and_stays_fp32_under_bf16_autocast():
-    from sslpath.losses import NTXentLoss
+    from sslpath.models.losses import NTXentLoss
 
     gen = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen)

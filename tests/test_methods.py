@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sslpath import chain
-from sslpath.build import build_model
-from sslpath.checkpoints import SSL_KINDS, load_checkpoint, read_metadata
-from sslpath.losses import MoCoV3Loss, info_nce
+from sslpath.checks.validate import check_optimized_metric, validate
+from sslpath.models.checkpoint import SSL_KINDS, load_checkpoint, read_metadata
+from sslpath.models.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod
 from sslpath.train import train
-from sslpath.validate import check_optimized_metric, validate
+from sslpath.training import chain
+from sslpath.training.build import build_model
 
 import helpers
 from conftest import compose_cfg, read_metrics

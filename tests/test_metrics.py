@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sslpath.metrics import classification_results
+from sslpath.results.metrics import classification_results
 
 NAMES = ["a", "b", "c"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sslpath.optim import multistep, parameter_groups, warmup_cosine
+from sslpath.models.optim import multistep, parameter_groups, warmup_cosine
 
 
 def lrs(scheduler, steps: int) -> list[float]:

@@ -15,11 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from sslpath.augment import BatchTransform
-from sslpath.checkpoints import load_inference_model
+from sslpath.core.errors import UserError
+from sslpath.data.augment import BatchTransform
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
+from sslpath.models.checkpoint import load_inference_model
 from sslpath.predict import predict, spreadsheet_safe
 from sslpath.train import train
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from sslpath import checkpoint_io, train
-from sslpath.checkpoints import load_checkpoint
-from sslpath.errors import UserError
-from sslpath.runs import LOCK
+from sslpath import train
+from sslpath.core.errors import UserError
+from sslpath.models.checkpoint import load_checkpoint
+from sslpath.training import checkpoint_writer as checkpoint_io
+from sslpath.training.rundir import LOCK
 
 from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli
 from test_data import write_npz

@@ -17,8 +17,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from sslpath.errors import UserError
-from sslpath.metrics import classification_results
+from sslpath.core.errors import UserError
 from sslpath.report import (
     KIND_COLOURS,
     MARKER,
@@ -33,6 +32,7 @@ from sslpath.report import (
     short_class_names,
     write_report,
 )
+from sslpath.results.metrics import classification_results
 
 from conftest import run_cli
 
@@ -65,7 +65,7 @@ def fake_run(
     **metrics: object,
 ) -> Path:
     """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
-    metrics.json agreeing with them (test AUC as sslpath.metrics computes it), example images and validation curves in tb/."""
+    metrics.json agreeing with them (test AUC as sslpath computes it), example images and validation curves in tb/."""
     labels = np.arange(n) % len(classes)
     preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
     probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)
@@ -339,6 +339,41 @@ def test_runs_with_different_classes_or_models_are_not_pooled(tmp_path):
     fake_run(tmp_path / "c", run_name="x", model="ssl")
     with pytest.raises(UserError, match="different model kinds"):
         group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "c")])
+
+
+def test_n_counts_distinct_seeds(tmp_path, capsys):
+    """A run named twice (again, through a symlink or a parent dir) is one run; a copy of a run, or another run with
+    the same seed under the same name, is refused: n is the number of distinct seeds, never a repeated one."""
+    run = fake_run(tmp_path / "runs" / "a", seed=3)
+    (tmp_path / "link").symlink_to(run)
+    results = write_report([run, run, tmp_path / "link", tmp_path / "runs"], tmp_path / "r1", tensorboard=False)
+    assert [(r["n"], r["Test accuracy (%)"]) for r in table(results)] == [("1", "66.67")]
+
+    shutil.copytree(run, tmp_path / "copy")
+    with pytest.raises(UserError, match=r"are both seed 3 of 'baseline' with 100% labels: the same seed twice is not two"):
+        write_report([run, tmp_path / "copy"], tmp_path / "r2", tensorboard=False)
+    fake_run(tmp_path / "runs" / "rerun", seed=3, right=70)  # same seed, other result: not a replicate either
+    with pytest.raises(UserError, match="are both seed 3"):
+        group_runs([load_run(run), load_run(tmp_path / "runs" / "rerun")])
+    assert not (tmp_path / "r2").exists()
+
+    fake_run(tmp_path / "runs" / "seed4", seed=4, right=72)
+    groups = group_runs([load_run(run), load_run(tmp_path / "runs" / "seed4")])
+    assert [len(g.runs) for g in groups] == [2]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r3"), "--no-tensorboard"])
+    assert exit_.value.code == 2 and "are both seed 3" in capsys.readouterr().err
+
+
+def test_report_says_how_each_checkpoint_was_chosen(tmp_path):
+    """The sentence under the table follows the runs' `selection` (runs from before it: the best validation accuracy)."""
+    fake_run(tmp_path / "runs" / "old")
+    fake_run(tmp_path / "runs" / "last", run_name="probe-last", selection="last")
+    only_old = write_report([tmp_path / "runs" / "old"], tmp_path / "r1", tensorboard=False).read_text()
+    assert "checkpoint chosen by the best validation accuracy on the whole validation split." in only_old
+    both = write_report([tmp_path / "runs"], tmp_path / "r2", tensorboard=False).read_text()
+    assert "the best validation accuracy on the whole validation split / the last epoch, without validation labels" in both
+    assert "(runs differ; each metrics.json names its `selection`)" in both
 
 
 def test_other_dataset_gets_index_names_and_a_legend(tmp_path):

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from test_report_validation import edit_json
 from torch.utils.tensorboard import SummaryWriter
 
-from sslpath.errors import UserError
-from sslpath.hydra_callbacks import SweepReport
+from sslpath.core.errors import UserError
 from sslpath.report import MARKER, _figure, load_run, main, save_figure, write_report
+from sslpath.training.hydra_callbacks import SweepReport
 
 from conftest import run_cli
 from test_report import fake_run

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 from sslpath.report import main, write_report
 
 from test_report import fake_run

@@ -9,10 +9,10 @@ import torch
 from hydra.utils import instantiate
 from skimage.color import hed2rgb, rgb2hed
 
-from sslpath.augment import Pipeline
-from sslpath.corruptions import load_suite
+from sslpath.data.augment import Pipeline
+from sslpath.data.stain import OD_SCALE, RandomHEDJitter, RandomRotate90, density_to_rgb, hed_to_rgb, jitter_stains, rgb_to_hed
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.stain import OD_SCALE, RandomHEDJitter, RandomRotate90, density_to_rgb, hed_to_rgb, jitter_stains, rgb_to_hed
+from sslpath.evaluation.corruptions import load_suite
 from sslpath.train import train
 
 from conftest import compose_cfg
@@ -119,6 +119,6 @@ def test_simclr_trains_with_the_pathology_recipe(tmp_path):
 
 def test_robustness_experiment_composes(tmp_path):
     cfg = compose_cfg(tmp_path, ["experiment=robustness"], tiny=False)
-    assert cfg.augment.ssl.ops[3]._target_ == "sslpath.stain.RandomRotate90"
+    assert cfg.augment.ssl.ops[3]._target_ == "sslpath.data.stain.RandomRotate90"
     suite = load_suite(cfg.robustness)
     assert suite is not None and len(suite.names) == 11 and suite.severities == (1, 2, 3, 4, 5)

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslpath.errors import UserError
-from sslpath.hydra_callbacks import SweepReport, job_order
+from sslpath.checks.validate import check_optimized_metric
+from sslpath.core.errors import UserError
 from sslpath.report import group_runs, label_efficiency_figure, load_run
 from sslpath.train import main
-from sslpath.validate import check_optimized_metric
+from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
 from test_report import fake_run

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslpath.checkpoints import load_checkpoint, read_metadata
+from sslpath.models.checkpoint import load_checkpoint, read_metadata
 from sslpath.train import train
 
 import helpers

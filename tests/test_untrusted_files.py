@@ -16,11 +16,11 @@ from PIL import Image
 from test_evaluate import SYNTHETIC, compose_evaluate
 from test_predict import compose_predict, read_csv, tiny_run
 
-from sslpath.checkpoints import load_inference_model
+from sslpath.core.errors import UserError
 from sslpath.data.folder import TooLargeImage, _read_tiles, read_image
 from sslpath.data.npz import read_arrays, read_images
-from sslpath.errors import UserError
 from sslpath.evaluate import check_finite, evaluate
+from sslpath.models.checkpoint import load_inference_model
 from sslpath.predict import predict, refuse_unknown_overrides
 
 from conftest import run_cli

@@ -1,4 +1,4 @@
-"""The schema of user-set values (sslpath/schema.py) and the relations sslpath.validate checks: every
+"""The schema of user-set values (sslpath/checks/schema.py) and the relations sslpath.checks.validate checks: every
 mistake is refused before any data is read or model built, in one paragraph naming the key, the value
 and what is allowed; NaN losses name the setting that caused them; a checkpoint's metadata cannot make
 us build more than its weights."""
@@ -16,14 +16,15 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from test_data_folder import make_tiles
 
-from sslpath import checkpoints, train
-from sslpath.build import NOT_MODEL_ARGS
-from sslpath.callbacks import NonFiniteLoss
-from sslpath.checkpoints import load_inference_model
+from sslpath import train
+from sslpath.checks.schema import PATHS, TARGET_KEYS, TARGETS, FilePath, Seq, integer, num, opt
+from sslpath.checks.validate import accepted_keys, nan_advice, nan_suspects, rows_of_node, target_nodes, validate
+from sslpath.core.errors import UserError
 from sslpath.data.folder import TileFolder
-from sslpath.errors import UserError
-from sslpath.schema import PATHS, TARGET_KEYS, TARGETS, FilePath, Seq, integer, num, opt
-from sslpath.validate import accepted_keys, nan_advice, nan_suspects, rows_of_node, target_nodes, validate
+from sslpath.models import checkpoint as checkpoints
+from sslpath.models.checkpoint import load_inference_model
+from sslpath.training.build import NOT_MODEL_ARGS
+from sslpath.training.callbacks import NonFiniteLoss
 
 from conftest import compose_cfg
 

@@ -17,14 +17,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from sslpath.augment import BatchTransform
+from sslpath.core.errors import UserError
+from sslpath.data.augment import BatchTransform
 from sslpath.data.download import class_names, download, official_filename, official_source
 from sslpath.data.folder import MAX_PIXELS, TileFolder
 from sslpath.data.loader import BatchLoader
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.errors import UserError
 
 log = logging.getLogger(__name__)
 

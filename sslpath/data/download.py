@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sslpath.errors import UserError
-from sslpath.files import atomic_output
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_output
 
 # medmnist.INFO tasks sslpath trains: one label per image (ordinal grades train as classes). Multi-label is not.
 SUPPORTED_TASKS = ("multi-class", "binary-class", "ordinal-regression")

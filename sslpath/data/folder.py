@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_output, atomic_write_json, read_json
 from sslpath.data.npz import UNLABELED
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
-from sslpath.errors import UserError
-from sslpath.files import atomic_output, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslpath.core.errors import UserError
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS, Split
-from sslpath.errors import UserError
 
 # Optional member: tiles without labels, which only SSL pretraining sees (FolderDataModule writes it).
 UNLABELED = "unlabeled_images"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

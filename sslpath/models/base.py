@@ -1,7 +1,7 @@
 """What every sslpath model shares: a backbone, a linear head, evaluation and optimisation.
 
 For supervised models the head is the classifier; for SSL methods it is the online linear probe.
-Test batches return their logits; `sslpath.callbacks.TestResults` turns them into results.
+Test batches return their logits; `sslpath.training.callbacks.TestResults` turns them into results.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslpath.data.loader import PAD_LABEL
-from sslpath.optim import parameter_groups
+from sslpath.models.optim import parameter_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]

@@ -16,9 +16,9 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from sslpath.losses import BYOLLoss, Float32, MoCoV3Loss, NTXentLoss
-from sslpath.metrics import WeightedKNN
 from sslpath.models.base import Batch, ImageModel
+from sslpath.models.knn import WeightedKNN
+from sslpath.models.losses import BYOLLoss, Float32, MoCoV3Loss, NTXentLoss
 
 # lightly.loss and lightly.models.modules import timm when it is installed (about a second), so each
 # method imports its heads and loss where it is built: SimCLR runs and importers of this module don't.

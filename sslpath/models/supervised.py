@@ -27,7 +27,7 @@ class Supervised(ImageModel):
 
 class FineTune(Supervised):
     """Supervised training that starts from an SSL backbone (loaded by the entrypoint, see
-    `sslpath.checkpoints.load_ssl_backbone`); `freeze_backbone=True` is the linear probe."""
+    `sslpath.models.checkpoint.load_ssl_backbone`); `freeze_backbone=True` is the linear probe."""
 
     kind = "finetune"
 

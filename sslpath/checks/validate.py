@@ -1,7 +1,7 @@
 """Checks of the user-facing settings, run before any data is read or any model is built.
 
 Hydra passes command-line values through as given (`trainer.max_epochs=abc` is a string), so every
-value is checked against `sslpath.schema` (its type and range, per config path and per class a
+value is checked against `sslpath.checks.schema` (its type and range, per config path and per class a
 node instantiates), and then the relations between settings (the backbone's image size and the
 data's, the metrics monitors need and the ones the model logs, a chain's SSL stage, the model's
 size and this machine's memory), each with a message naming the key, the value and what is allowed.
@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 FIX = "Fix the override on the command line (or in your experiment config)."
 KNN_METRIC = "val/knn_acc"
@@ -40,7 +40,7 @@ def validate(cfg: DictConfig) -> None:
     check_monitors(cfg)
     check_chain(cfg)
     if cfg.get("robustness") is not None:  # experiment=robustness: its benchmark runs after the sweep
-        from sslpath.corruptions import load_suite
+        from sslpath.evaluation.corruptions import load_suite
 
         load_suite(cfg.robustness, "robustness")
     check_model_size(cfg, "model")
@@ -53,8 +53,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_settings(cfg: DictConfig, under: str = "") -> None:
-    """The rows of `sslpath.schema` for every value of cfg (or of its node `under`, e.g. "data")."""
-    from sslpath.schema import PATHS
+    """The rows of `sslpath.checks.schema` for every value of cfg (or of its node `under`, e.g. "data")."""
+    from sslpath.checks.schema import PATHS
 
     root = OmegaConf.select(cfg, under) if under else cfg
     if not under:
@@ -98,7 +98,7 @@ def target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
 
 def check_node(node: DictConfig, path: str) -> None:
     """A `_target_` node: no unknown keys, every row's value allowed, and its class's relations."""
-    from sslpath.schema import TARGET_KEYS, rows_of
+    from sslpath.checks.schema import TARGET_KEYS, rows_of
 
     target = node._target_
     obj = locate(target, path)
@@ -132,16 +132,16 @@ def locate(target: Any, path: str) -> Any:
         ) from None
 
 
-_RESOLVED: dict[str, Any] = {}  # sslpath.schema.TARGETS names -> the objects they name
+_RESOLVED: dict[str, Any] = {}  # sslpath.checks.schema.TARGETS names -> the objects they name
 
 
 def _table() -> dict[Any, Any]:
-    """sslpath.schema.TARGETS keyed by the objects its import paths name (a kornia op's public path and its
+    """sslpath.checks.schema.TARGETS keyed by the objects its import paths name (a kornia op's public path and its
     module path name one class). Only names of modules already imported are resolved: a node's class and
     its bases are, and importing the rest (optuna: seconds) would only slow every run down."""
     from hydra.utils import get_object
 
-    from sslpath.schema import TARGETS
+    from sslpath.checks.schema import TARGETS
 
     table = {}
     for name, params in TARGETS.items():
@@ -252,7 +252,7 @@ def check_validation_runs(cfg: DictConfig, why: str) -> None:
 
 
 def chained(cfg: DictConfig) -> bool:
-    from sslpath.chain import needs_pretraining
+    from sslpath.training.chain import needs_pretraining
 
     return needs_pretraining(cfg)
 
@@ -289,7 +289,7 @@ def check_chain(cfg: DictConfig) -> None:
 def check_label_fraction(cfg: DictConfig) -> None:
     """The fine-tune's labelled share keeps every class: read from the data before a chained SSL stage trains
     (otherwise it would be refused only after the whole stage)."""
-    from sslpath.build import build_datamodule
+    from sslpath.training.build import build_datamodule
 
     build_datamodule(cfg).setup("fit")
 
@@ -299,9 +299,9 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
     a million by a million weights is refused here rather than by the allocator mid-build."""
     from hydra.utils import instantiate
 
-    from sslpath.backbones import on_meta
-    from sslpath.build import NOT_MODEL_ARGS
     from sslpath.data.npz import memory_budget
+    from sslpath.models.backbones import on_meta
+    from sslpath.training.build import NOT_MODEL_ARGS
 
     node = OmegaConf.to_container(cfg[key], resolve=True)
     node = {k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}
@@ -313,7 +313,7 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
     need = 4 * (4 * trainable + other)  # fp32 weights, gradients and two Adam moments; frozen copies and buffers
     if need <= memory_budget():
         return
-    from sslpath.schema import WIDTH, rows_of
+    from sslpath.checks.schema import WIDTH, rows_of
 
     parts = sorted(((sum(p.numel() for p in m.parameters()), n) for n, m in model.named_children()), reverse=True)
     widths = [
@@ -335,8 +335,8 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
 
 def nan_suspects(cfg: DictConfig, key: str = "model") -> list[str]:
     """Settings of the model at `key`, its optimiser, schedule and augmentation that lie outside their usual
-    range (`Num.usual` in sslpath.schema), and a float16 precision: the likely causes of a NaN loss."""
-    from sslpath.schema import Num
+    range (`Num.usual` in sslpath.checks.schema), and a float16 precision: the likely causes of a NaN loss."""
+    from sslpath.checks.schema import Num
 
     nodes = [key, "optimizer", "scheduler", augment_of(cfg, key)]
     found = []
@@ -354,7 +354,7 @@ def nan_suspects(cfg: DictConfig, key: str = "model") -> list[str]:
 
 
 def usual_range(lo: float | None, hi: float | None) -> str:
-    from sslpath.schema import fmt
+    from sslpath.checks.schema import fmt
 
     if lo is not None and hi is not None:
         return f"from {fmt(lo)} to {fmt(hi)}"
@@ -362,7 +362,7 @@ def usual_range(lo: float | None, hi: float | None) -> str:
 
 
 def rows_of_node(node: DictConfig, path: str) -> dict[str, Any]:
-    from sslpath.schema import rows_of
+    from sslpath.checks.schema import rows_of
 
     return rows_of(class_params(locate(node._target_, path)))
 
@@ -376,9 +376,9 @@ def augment_of(cfg: DictConfig, key: str) -> str | None:
 
 @contextlib.contextmanager
 def nan_advice(cfg: DictConfig, key: str = "model") -> Iterator[None]:
-    """A NaN/inf training loss (sslpath.callbacks.NonFiniteLoss) of the model at `key` is reported with the
+    """A NaN/inf training loss (sslpath.training.callbacks.NonFiniteLoss) of the model at `key` is reported with the
     settings that likely caused it, or, when none stands out, the usual remedies."""
-    from sslpath.callbacks import NonFiniteLoss
+    from sslpath.training.callbacks import NonFiniteLoss
 
     try:
         yield

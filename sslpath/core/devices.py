@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""How checkpoints are written: whole or not at all. Kept apart from `sslpath.checkpoints` (reading)
+"""How checkpoints are written: whole or not at all. Kept apart from `sslpath.models.checkpoint` (reading)
 so that predict never imports Lightning."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sslpath.errors import UserError
-from sslpath.files import atomic_output
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_output
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -8,7 +8,7 @@ kornia op's rows cover it in any augmentation pipeline. When a class gains a par
 to its `Params`; tests/test_validate_schema.py fails for a shipped setting without one.
 
 `Num.usual` is the range a value normally has: outside it a value is allowed, but named as the likely
-cause when the training loss becomes NaN (`sslpath.validate.nan_suspects`).
+cause when the training loss becomes NaN (`sslpath.checks.validate.nan_suspects`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from sslpath.checkpoints import MAX_ABS_MEAN, MAX_STD, MIN_STD
-from sslpath.stain import OD_SCALE
+from sslpath.data.stain import OD_SCALE
+from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD
 
 INT, FLOAT = "an integer", "a number"
 # POSIX limits of Linux and macOS file systems: a longer name or path fails in the OS (ENAMETOOLONG).
@@ -211,13 +211,13 @@ POSITIVE = num(0, open_low=True)
 NON_NEGATIVE = num(0)
 COUNT = integer(1)
 # Widths of projection heads: DINOv2's 131,072 prototypes are the largest in use; the memory check
-# (sslpath.validate.check_model_size) decides what fits this machine.
+# (sslpath.checks.validate.check_model_size) decides what fits this machine.
 WIDTH = integer(1, 2**20)
 # Temperatures divide similarities: 0 is a division by zero; below ~0.01 the softmax saturates.
 TEMPERATURE = num(0, open_low=True, usual=(0.01, 10))
 LR = num(0, open_low=True, usual=(None, 1))
 EMA = num(0, 1)  # momentum of an exponential moving average
-SIZE = integer(8, 1024)  # tile size in px: as a checkpoint's image_size (sslpath.checkpoints)
+SIZE = integer(8, 1024)  # tile size in px: as a checkpoint's image_size (sslpath.models.checkpoint)
 CLASSES = integer(2, 10_000)
 SPLIT_SHARE = num(0, 1, open_low=True)
 MONITOR = opt(Text(r"[\w/.-]+", "a metric name such as val/acc"))
@@ -237,7 +237,7 @@ class Params:
 def _momentum_order(node: DictConfig, path: str) -> None:
     start, end = node.get("momentum_start"), node.get("momentum_end")
     if is_number(start) and is_number(end) and start > end:
-        from sslpath.errors import UserError
+        from sslpath.core.errors import UserError
 
         raise UserError(
             f"{path}.momentum_start={start} is above {path}.momentum_end={end}: the momentum rises from start to end "
@@ -247,7 +247,7 @@ def _momentum_order(node: DictConfig, path: str) -> None:
 
 def _nesterov(node: DictConfig, path: str) -> None:
     if node.get("nesterov") and (not node.get("momentum") or node.get("dampening", 0)):
-        from sslpath.errors import UserError
+        from sslpath.core.errors import UserError
 
         raise UserError(
             f"{path}.nesterov=true needs {path}.momentum > 0 and {path}.dampening=0 (got momentum="
@@ -259,8 +259,8 @@ def _nesterov(node: DictConfig, path: str) -> None:
 def _synthetic_memory(node: DictConfig, path: str) -> None:
     """Synthetic tiles are drawn in float64 (about 9 arrays of N×size² values per split): refused before
     a count too large for this machine ends in a MemoryError."""
+    from sslpath.core.errors import UserError
     from sslpath.data.npz import memory_budget
-    from sslpath.errors import UserError
 
     counts = {k: node.get(k) for k in ("train_count", "val_count", "test_count")}
     size = node.get("size")
@@ -281,7 +281,7 @@ def _sync_batchnorm(node: DictConfig, path: str) -> None:
         return
     import torch
 
-    from sslpath.errors import UserError
+    from sslpath.core.errors import UserError
 
     accelerator = str(node.get("accelerator", "auto"))
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
@@ -342,7 +342,7 @@ TARGETS: dict[str, Params] = {
         {"size": SIZE, "train_count": COUNT, "val_count": COUNT, "test_count": COUNT}, _synthetic_memory
     ),
     # models
-    "sslpath.backbones.build": Params(
+    "sslpath.models.backbones.build": Params(
         {
             "name": Text(r"[\w./-]+", "a backbone name: resnet18, resnet50, tiny or timm/<name>"),
             "stem": OneOf(("cifar", "imagenet", "reference")),
@@ -424,11 +424,11 @@ TARGETS: dict[str, Params] = {
         },
         _nesterov,
     ),
-    "sslpath.optim.warmup_cosine": Params({"warmup_epochs": NON_NEGATIVE, "min_factor": num(0, 1)}),
-    "sslpath.optim.multistep": Params({"milestones": Seq(integer(0)), "gamma": num(0, open_low=True, usual=(None, 1))}),
-    "sslpath.optim.constant": Params({}),
+    "sslpath.models.optim.warmup_cosine": Params({"warmup_epochs": NON_NEGATIVE, "min_factor": num(0, 1)}),
+    "sslpath.models.optim.multistep": Params({"milestones": Seq(integer(0)), "gamma": num(0, open_low=True, usual=(None, 1))}),
+    "sslpath.models.optim.constant": Params({}),
     # augmentation
-    "sslpath.augment.Pipeline": Params({"ops": Seq(NODE)}),
+    "sslpath.data.augment.Pipeline": Params({"ops": Seq(NODE)}),
     "kornia.augmentation.RandomHorizontalFlip": Params({**KORNIA_OP, "p_batch": PROB}),
     "kornia.augmentation.RandomVerticalFlip": Params({**KORNIA_OP, "p_batch": PROB}),
     "kornia.augmentation.RandomResizedCrop": Params(
@@ -464,7 +464,7 @@ TARGETS: dict[str, Params] = {
             "align_corners": BOOL,
         }
     ),
-    "sslpath.stain.RandomHEDJitter": Params(
+    "sslpath.data.stain.RandomHEDJitter": Params(
         {
             "alpha": num(0, 1, open_high=True),
             # optical-density units: a pixel's density spans 0 to -log(1e-6) ≈ 13.8; a larger shift makes
@@ -473,7 +473,7 @@ TARGETS: dict[str, Params] = {
             "p": PROB,
         }
     ),
-    "sslpath.stain.RandomRotate90": Params({"p": PROB}),
+    "sslpath.data.stain.RandomRotate90": Params({"p": PROB}),
     # trainer, callbacks, loggers
     "lightning.pytorch.Trainer": Params(
         {
@@ -538,14 +538,14 @@ TARGETS: dict[str, Params] = {
     ),
     "lightning.pytorch.callbacks.RichProgressBar": Params({"refresh_rate": integer(0), "leave": BOOL}),
     "lightning.pytorch.callbacks.TQDMProgressBar": Params({"refresh_rate": integer(0), "leave": BOOL}),
-    "sslpath.callbacks.EpochLog": Params({}),
-    "sslpath.callbacks.SlimBestCheckpoint": Params({}),
-    "sslpath.callbacks.FiniteLoss": Params({}),
-    "sslpath.callbacks.KeepLastCheckpoint": Params({"dirpath": PATH, "keep": BOOL}),
-    "sslpath.callbacks.EmbeddingProjector": Params({"max_images": integer(0), "seed": SEED}),
-    "sslpath.callbacks.EpochSeed": Params({"seed": SEED}),
-    "sslpath.callbacks.InterruptCheckpoint": Params(CHECKPOINT_DIR),
-    "sslpath.checkpoint_io.AtomicCheckpointIO": Params({}),
+    "sslpath.training.callbacks.EpochLog": Params({}),
+    "sslpath.training.callbacks.SlimBestCheckpoint": Params({}),
+    "sslpath.training.callbacks.FiniteLoss": Params({}),
+    "sslpath.training.callbacks.KeepLastCheckpoint": Params({"dirpath": PATH, "keep": BOOL}),
+    "sslpath.training.callbacks.EmbeddingProjector": Params({"max_images": integer(0), "seed": SEED}),
+    "sslpath.training.callbacks.EpochSeed": Params({"seed": SEED}),
+    "sslpath.training.callbacks.InterruptCheckpoint": Params(CHECKPOINT_DIR),
+    "sslpath.training.checkpoint_writer.AtomicCheckpointIO": Params({}),
     "lightning.pytorch.profilers.SimpleProfiler": Params({"dirpath": opt(PATH), "filename": opt(CHECKPOINT_DIR["filename"])}),
     "lightning.pytorch.loggers.TensorBoardLogger": Params(
         {"save_dir": PATH, "name": opt(Text()), "version": opt(Either((FOLDER_NAME, integer(0)))), "default_hp_metric": BOOL}
@@ -561,7 +561,7 @@ TARGETS: dict[str, Params] = {
             "log_model": Either((BOOL, OneOf(("all",)))),
         }
     ),
-    # hparams_search=optuna (hydra.sweeper.*: checked when the sweep starts, sslpath.hydra_callbacks)
+    # hparams_search=optuna (hydra.sweeper.*: checked when the sweep starts, sslpath.training.hydra_callbacks)
     "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper": Params(
         {
             "n_trials": COUNT,  # 0 trials end in optuna's "No trials are completed yet"

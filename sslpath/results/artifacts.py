@@ -1,5 +1,5 @@
 """What a test pass leaves in a run dir besides metrics.json, written the same way by training
-(`sslpath.callbacks.TestResults`) and by `sslpath.evaluate`, so `sslpath.report` reads both alike;
+(`sslpath.training.callbacks.TestResults`) and by `sslpath.evaluate`, so `sslpath.report` reads both alike;
 and the shared steps of the inference commands: checking where output goes, and running a model."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_write_bytes, atomic_write_text
 from sslpath.data.splits import Split
-from sslpath.errors import UserError
-from sslpath.files import atomic_write_bytes, atomic_write_text
 
 PREDICTIONS = "test_predictions.csv"
 EXAMPLES = "test_examples.npz"

@@ -12,11 +12,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sslpath.checkpoint_io import slim_checkpoint
+from sslpath.core.errors import UserError
 from sslpath.data.loader import PAD_LABEL
-from sslpath.errors import UserError
-from sslpath.metrics import classification_results
-from sslpath.results import write_examples, write_predictions
+from sslpath.results.artifacts import write_examples, write_predictions
+from sslpath.results.metrics import classification_results
+from sslpath.training.checkpoint_writer import slim_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class TestResults(L.Callback):
 
 
 class CheckpointMetadata(L.Callback):
-    """Writes `sslpath.checkpoints.Metadata` into every checkpoint, so inference rebuilds the
+    """Writes `sslpath.models.checkpoint.Metadata` into every checkpoint, so inference rebuilds the
     model from plain, validated values instead of code."""
 
     def __init__(self, metadata: dict[str, Any]) -> None:
@@ -126,7 +126,7 @@ class EpochSeed(L.Callback):
 
 
 class NonFiniteLoss(UserError):
-    """The training loss became NaN or infinite. `sslpath.validate.nan_advice` names the settings that
+    """The training loss became NaN or infinite. `sslpath.checks.validate.nan_advice` names the settings that
     likely caused it; on its own the message gives the usual remedies."""
 
     def __init__(self, loss: float, epoch: int, step: int, last: str) -> None:

@@ -4,7 +4,7 @@ Colour deconvolution (Ruifrok & Johnston 2001) splits an RGB tile's optical dens
 haematoxylin, eosin and DAB concentrations; perturbing those (Tellez et al. 2018, 2019) mimics the
 stain variation between labs and scanners better than RGB/HSV jitter, because it changes how much of
 each dye there is rather than the hue of every pixel alike. Both ops are nn.Modules on float batches
-N×3×H×W in [0, 1], so they sit in any `sslpath.augment.Pipeline` op list, and draw one set of
+N×3×H×W in [0, 1], so they sit in any `sslpath.data.augment.Pipeline` op list, and draw one set of
 parameters per image from torch's global RNG (seeded per epoch by sslpath's EpochSeed).
 """
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sslpath.errors import UserError
-from sslpath.stain import jitter_stains
+from sslpath.core.errors import UserError
+from sslpath.data.stain import jitter_stains
 
 MAX_SEVERITY = 5  # MedMNIST-C and ImageNet-C: five severities per corruption
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's RGB -> L, the grey that ImageEnhance.Contrast pulls towards
@@ -377,7 +377,7 @@ def benchmark(
     `predict` maps a uint8 batch to logits exactly as the clean evaluation did (severity 0 would give
     `clean_logits` bit for bit). Each batch's random draws are made once and shared by its severities.
     """
-    from sslpath.metrics import classification_results
+    from sslpath.results.metrics import classification_results
 
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for name in suite.names:

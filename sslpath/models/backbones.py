@@ -18,7 +18,7 @@ from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models import resnet50 as tv_resnet50
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
 
 LOCK = ".sslpath.lock"
 INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM / Ctrl-C

@@ -12,12 +12,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sslpath.backbones import check_input_size
-from sslpath.callbacks import CheckpointMetadata, TestResults
-from sslpath.checkpoints import Metadata, load_ssl_backbone
+from sslpath.core.errors import UserError
 from sslpath.data.datamodule import ArrayDataModule
-from sslpath.errors import UserError
+from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
+from sslpath.models.checkpoint import Metadata, load_ssl_backbone
+from sslpath.training.callbacks import CheckpointMetadata, TestResults
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
 

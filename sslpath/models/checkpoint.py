@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslpath import backbones
-from sslpath.errors import UserError
+from sslpath.core.errors import UserError
+from sslpath.models import backbones
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])

@@ -18,8 +18,8 @@ class CheckOutputDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lightning.pytorch.utilities import rank_zero_only
 
-        from sslpath.errors import UserError, exit_on_user_error
-        from sslpath.runs import check_can_start, check_writable
+        from sslpath.core.errors import UserError, exit_on_user_error
+        from sslpath.training.rundir import check_can_start, check_writable
 
         if rank_zero_only.rank != 0:
             return  # a DDP rank that Lightning (or SLURM) started: rank 0 checked and holds the run dir
@@ -36,9 +36,9 @@ class CheckOutputDir(Callback):
             check_can_start(run_dir, resuming=resume is not None or config.get("ckpt_path") == "last")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sslpath.errors import exit_on_user_error
-        from sslpath.runs import check_new_sweep, check_writable
-        from sslpath.validate import check_settings
+        from sslpath.checks.validate import check_settings
+        from sslpath.core.errors import exit_on_user_error
+        from sslpath.training.rundir import check_new_sweep, check_writable
 
         with exit_on_user_error("sslpath.train"):
             check_settings(config, "hydra.sweeper")  # e.g. hydra.sweeper.n_trials=0, before any trial
@@ -54,7 +54,7 @@ class SweepReport(Callback):
     efficiency figure when the sweep has several label fractions."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sslpath.errors import exit_on_user_error
+        from sslpath.core.errors import exit_on_user_error
         from sslpath.report import REPORT_DIR, load_run, write_report, write_sweep_results
 
         if not config.get("report", True):

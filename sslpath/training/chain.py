@@ -19,9 +19,9 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.errors import UserError
-from sslpath.files import read_json
-from sslpath.runs import check_writable
+from sslpath.core.errors import UserError
+from sslpath.core.files import read_json
+from sslpath.training.rundir import check_writable
 
 log = logging.getLogger(__name__)
 
