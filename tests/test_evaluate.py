@@ -125,7 +125,8 @@ def test_other_split(trained, tmp_path):
         (["data=synthetic", "run_name=' '"], "run_name is empty"),
         (["data=synthetic", "device=cuda:99"], "device=cuda:99"),
         (["data=synthetic", "data.eval_batch_size=0"], "data.eval_batch_size=0 is not a positive integer"),
-        (["data=synthetic", "data.test_count=0"], "the test split of this data is empty"),
+        # training's data schema now refuses it before any data is made (was: "the test split of this data is empty")
+        (["data=synthetic", "data.test_count=0"], "data.test_count=0 is not valid: it must be an integer >= 1"),
         (["data=synthetic", "out={tmp}/full"], "out={tmp}/full already exists and is not empty"),
         (["data=synthetic", "out={tmp}/full/a.txt"], "out={tmp}/full/a.txt already exists and is a file"),
     ],

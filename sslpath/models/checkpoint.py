@@ -326,7 +326,7 @@ def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
             problems.append(f"{len(keys)} {kind}: {', '.join(keys[:SHOWN_KEYS])}{more}")
     if problems:
         counts = f"the model holds {_count(expected):,} values, the file {_count(state):,}"
-        raise UserError(f"the weights in {path} do not fit ({counts}; {'; '.join(problems)}). {fix}")
+        raise UserError(f"the weights in {path} do not fit ({'; '.join(problems)}; {counts}). {fix}")
 
 
 def _count(state: dict[str, torch.Tensor]) -> int:
