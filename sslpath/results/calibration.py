@@ -115,3 +115,26 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     optimizer.step(closure)
     temperature = float(log_t.detach().exp())
     return TemperatureFit(temperature, before, float(F.cross_entropy(logits / temperature, labels)))
+
+
+def temperature_report(
+    val_logits: torch.Tensor, val_labels: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, bins: int
+) -> dict[str, float | int | str]:
+    """Temperature fitted on validation logits and what it does to the evaluated split: NLL and ECE before
+    and after (accuracy is unchanged), for metrics.json's `temperature_scaling`."""
+    import torch.nn.functional as F
+
+    fit = fit_temperature(val_logits, val_labels)
+    logits, y = logits.detach().double(), labels.detach().long()
+    ece = [expected_calibration_error(y.numpy(), (logits / t).softmax(dim=1).numpy(), bins) for t in (1.0, fit.temperature)]
+    return {
+        "temperature": fit.temperature,
+        "fitted_on": "val",
+        "val_tiles": len(val_labels),
+        "val_nll_before": fit.val_nll_before,
+        "val_nll_after": fit.val_nll_after,
+        "nll_before": float(F.cross_entropy(logits, y)),
+        "nll_after": float(F.cross_entropy(logits / fit.temperature, y)),
+        "ece_before": ece[0],
+        "ece_after": ece[1],
+    }

@@ -37,6 +37,11 @@ RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
     "model.knn_k": (INT, 0, None, False),
     "pretrain.temperature": (FLOAT, 0, None, True),
     "pretrain.knn_k": (INT, 0, None, False),
+    # intervals and calibration of the test metrics (conf/eval/default.yaml; sslpath.evaluate checks them too)
+    "eval.bootstrap_resamples": (INT, 1000, 100_000, False),
+    "eval.bootstrap_seed": (INT, 0, 2**32 - 1, False),
+    "eval.ci_level": (FLOAT, 0.5, 0.999, False),
+    "eval.ece_bins": (INT, 1, 1000, False),
     # SSL methods' optimiser presets and momentum schedules (docs/methods.md)
     **{
         f"{node}.{key}": rule
