@@ -1,13 +1,13 @@
-"""Bootstrap intervals, paired comparisons, McNemar's exact test and seed intervals (sslpath.results.stats)."""
+"""Bootstrap intervals, paired comparisons, McNemar's exact test and seed intervals (sslpath.results.artifacts.stats)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binomtest, norm
 
-from sslpath.results import stats
+from sslpath.results.artifacts import stats
+from sslpath.results.artifacts.stats import Bootstrap
 from sslpath.results.metrics import classification_results
-from sslpath.results.stats import Bootstrap
 
 COVERAGE_DRAWS = 400  # coverage of a 95 % interval over 400 draws has a standard error of about 0.011
 

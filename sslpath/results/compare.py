@@ -16,7 +16,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from sslpath.core.errors import UserError
-from sslpath.results.stats import Bootstrap, Interval, SeedSummary, mcnemar_exact, paired_accuracy_difference, seed_summary
+from sslpath.results.artifacts.stats import (
+    Bootstrap,
+    Interval,
+    SeedSummary,
+    mcnemar_exact,
+    paired_accuracy_difference,
+    seed_summary,
+)
 
 BASELINE = "baseline"  # the model kind every other model is compared with by default
 
