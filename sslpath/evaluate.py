@@ -53,9 +53,10 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
-    for flag in ("report", "check_split"):
+    for flag in ("report", "check_split", "calibrate"):
         if not isinstance(cfg.get(flag), bool):
             raise UserError(f"{flag}={cfg.get(flag)} is not true or false.")
+    check_eval_settings(cfg)
     if type(cfg.data.get("eval_batch_size")) is not int or cfg.data.eval_batch_size < 1:
         raise UserError(f"data.eval_batch_size={cfg.data.get('eval_batch_size')} is not a positive integer; use e.g. 1024.")
     if cfg.get("run_name") is not None and not str(cfg.run_name).strip():
@@ -75,6 +76,34 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         )
     check_writable(out, "out")
     return ckpt, out
+
+
+def check_eval_settings(cfg: DictConfig) -> None:
+    """The `eval` settings (bootstrap, calibration bins) by training's rules; calibrate=true needs another
+    split than the one it fits the temperature on."""
+    from sslpath.training.validate import RULES, check_value
+
+    for key, rule in RULES.items():
+        if key.startswith("eval."):
+            check_value(key, OmegaConf.select(cfg, key, default=None), *rule)
+    if cfg.calibrate and cfg.split == "val":
+        raise UserError(
+            "calibrate=true fits the temperature on the val split, so it cannot also report calibration on it "
+            "(the numbers would flatter the model). Evaluate split=test (the default), or leave calibrate=false."
+        )
+
+
+def temperature_scaling(
+    cfg: DictConfig, ckpt: Path, device: torch.device, logits: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """calibrate=true: the temperature fitted on the val split's logits, and the split's NLL and ECE before and after."""
+    from sslpath.results.artifacts.calibration import temperature_report
+
+    _, val, predict = load_split(OmegaConf.merge(cfg, {"split": "val"}), ckpt, device)
+    if len(val) == 0:
+        raise UserError("calibrate=true needs validation tiles to fit the temperature on, but this data's val split is empty.")
+    val_logits = predict_split(predict, val.images, cfg.data.eval_batch_size)
+    return temperature_report(val_logits, val.labels, logits, labels, cfg.eval.ece_bins)
 
 
 def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataModule:
@@ -186,7 +215,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from sslpath.core.files import atomic_write_json
     from sslpath.evaluation.corruptions import benchmark, load_suite
     from sslpath.results.artifacts import write_examples, write_predictions
-    from sslpath.results.metrics import classification_results
+    from sslpath.results.metrics import bootstrap_settings, classification_results, evidence_results
 
     start = time.perf_counter()
     ckpt, out = check_args(cfg)
@@ -207,12 +236,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "label_fraction": cfg.data.label_fraction,
         **classification_results(logits, split.labels, meta.class_names),
+        **evidence_results(logits, split.labels, bootstrap_settings(cfg.eval), cfg.eval.ece_bins),
         "ckpt_path": str(ckpt.resolve()),
         "evaluated_split": cfg.split,
         "num_images": len(split),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "epochs": 0,  # an evaluation trains nothing
     }
+    if cfg.calibrate:
+        metrics["temperature_scaling"] = temperature_scaling(cfg, ckpt, device, logits, split.labels)
     check_finite(metrics, ckpt)
     robustness = None
     if suite is not None:
@@ -242,6 +274,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
+    if cfg.calibrate:
+        scaled = metrics["temperature_scaling"]
+        print(
+            f"{PROG}: temperature {scaled['temperature']:.3f} (fitted on {scaled['val_tiles']} val tiles): {cfg.split} "
+            f"ECE {scaled['ece_before']:.4f} -> {scaled['ece_after']:.4f}, "
+            f"NLL {scaled['nll_before']:.4f} -> {scaled['nll_after']:.4f}",
+            flush=True,
+        )
     if robustness is not None:
         summary = metrics["robustness"]
         drop = "n/a" if summary["relative_drop"] is None else f"{summary['relative_drop']:.1%}"

@@ -1,6 +1,6 @@
 """Compare finished runs: results table, validation curves, example grids, confusion matrices.
 
-    python -m sslpath.report RUN_DIR... [--out DIR] [--formats png,pdf] [--dpi 300] [--no-tensorboard]
+    python -m sslpath.report RUN_DIR... [--out DIR] [--formats png,pdf] [--dpi 300] [--no-tensorboard] [--compare A,B]
 
 Reads only what sslpath.train leaves in a run dir (metrics.json, test_predictions.csv,
 test_examples.npz, tb/), so a report can be rebuilt at any time without checkpoints or a GPU.
@@ -46,6 +46,8 @@ from torch.utils.tensorboard import SummaryWriter
 from sslpath.core.errors import UserError, exit_on_user_error
 from sslpath.core.files import atomic_write_bytes, atomic_write_text, csv_text
 from sslpath.core.names import path_name
+from sslpath.results.artifacts.compare import PairedComparisons, checked_bootstrap, paired_comparisons
+from sslpath.results.artifacts.stats import Bootstrap
 from sslpath.results.metrics import classification_results
 
 REPORT_DIR = "report"
@@ -1007,7 +1009,13 @@ def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: 
     return "\n".join([*parts, "## Runs\n", "".join(runs)])
 
 
-def _render_report(groups: Sequence[Group], out: Path, formats: Sequence[str], dpi: int) -> None:
+def _render_report(
+    groups: Sequence[Group],
+    out: Path,
+    formats: Sequence[str],
+    dpi: int,
+    comparisons: PairedComparisons | None = None,
+) -> None:
     atomic_write_text(out / MARKER, "Written by sslpath.report, which replaces this dir whole when run again.\n")
     for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
         save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
@@ -1019,7 +1027,13 @@ def _render_report(groups: Sequence[Group], out: Path, formats: Sequence[str], d
         save_figure(examples_figure(group.runs[0]), out / f"qualitative_{stem}", formats, dpi)
         save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
     atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS))
-    atomic_write_text(out / "results.md", results_markdown(groups, stems, efficiency is not None, formats))
+    markdown = results_markdown(groups, stems, efficiency is not None, formats)
+    if comparisons is not None and comparisons.rows:  # issue 18: paired comparisons (sslpath.results.artifacts.compare)
+        atomic_write_text(out / "comparisons.csv", comparisons.csv())
+        atomic_write_text(out / "comparisons.md", comparisons.markdown())
+        markdown += "\n## Paired comparisons\n\n" + "\n".join(f"- {c.a} vs {c.b}: {c.verdict}" for c in comparisons.rows)
+        markdown += "\n\nIntervals and McNemar's test: [comparisons.md](comparisons.md).\n"
+    atomic_write_text(out / "results.md", markdown)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1034,6 +1048,8 @@ def write_report(
     dpi: int = 150,
     tensorboard: bool = True,
     tensorboard_within: Path | None = None,
+    compare: Sequence[str] = (),
+    bootstrap: Bootstrap | None = None,
 ) -> Path:
     """Write the report for these runs (dirs are expanded as by find_run_dirs); returns results.md.
 
@@ -1041,19 +1057,21 @@ def write_report(
     TensorBoard shows one image per tag however often the report is rebuilt; with tensorboard_within, only
     runs below that dir get them (a sweep leaves runs it merely reads alone). out_dir must be new, empty or
     an earlier report (check_out_dir). Every dir is filled beside its destination and renamed into place
-    only once all are complete.
+    only once all are complete. comparisons.md/.csv pair the runs `compare` names (`A,B` each) or, by
+    default, each model with the baseline tested on the same tiles (sslpath.results.artifacts.compare).
     """
     formats = check_figure_options(formats, dpi)
     found = find_run_dirs(run_dirs)
     out_dir = check_out_dir(out_dir, found, tensorboard)
     groups = group_runs([load_run(d) for d in found])
+    comparisons = paired_comparisons([run for group in groups for run in group.runs], compare, bootstrap or Bootstrap())
     within = None if tensorboard_within is None else Path(tensorboard_within).resolve()
     staged: dict[Path, Path] = {}  # destination -> temporary dir being filled
     try:
         fix = "Pass a writable --out DIR."
         staged[out_dir] = _staging_dir(out_dir, fix)
         try:
-            _render_report(groups, staged[out_dir], formats, dpi)
+            _render_report(groups, staged[out_dir], formats, dpi, comparisons)
         except OSError as err:
             raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
         if tensorboard:
@@ -1125,11 +1143,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write images to each run's tb/report/"
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="paired comparison of the runs named A and B (run_name; matched by label fraction and seed); repeatable. "
+        "Default: each model against the baseline",
+    )
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="paired-bootstrap resamples (default 1000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="paired-bootstrap seed (default 0)")
+    parser.add_argument("--ci-level", type=float, default=0.95, help="interval level and 1 - significance (default 0.95)")
     args = parser.parse_args(argv)
     with exit_on_user_error("sslpath.report"):
+        bootstrap = checked_bootstrap(args.bootstrap_resamples, args.bootstrap_seed, args.ci_level)
         run_dirs = find_run_dirs(args.run_dirs)
         out = args.out or default_out_dir(run_dirs)
-        results = write_report(run_dirs, out, formats=args.formats, dpi=args.dpi, tensorboard=args.tensorboard)
+        results = write_report(
+            run_dirs, out, formats=args.formats, dpi=args.dpi, tensorboard=args.tensorboard, compare=args.compare,
+            bootstrap=bootstrap,
+        )  # fmt: skip
     print(f"sslpath.report: {len(run_dirs)} run(s) -> {results}")
 
 

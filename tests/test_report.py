@@ -150,7 +150,8 @@ def test_report_writes_every_file(report):
     assert report == out / "results.md"
     pngs = ["val_accuracy.png", "val_loss.png"]
     pngs += [f"{kind}_{model}.png" for kind in ("qualitative", "confusion") for model in ("baseline", "ssl")]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "results.csv", "results.md", MARKER])
+    tables = ["results.csv", "results.md", "comparisons.csv", "comparisons.md"]  # comparisons: ssl vs baseline
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, *tables, MARKER])
     for name in pngs:
         width, height = nonblank_png(out / name)
         assert 700 <= width <= 1400 and 500 <= height <= 1400, (name, width, height)  # 150 dpi

@@ -614,6 +614,11 @@ PATHS: dict[str, Rule] = {
     "paths.log_dir": PATH,
     "paths.output_dir": PATH,
     "paths.pretrain_dir": PATH,
+    # intervals and calibration of the test metrics (conf/eval/default.yaml; docs/evidence.md)
+    "eval.bootstrap_resamples": integer(1000, 100_000),
+    "eval.bootstrap_seed": SEED,
+    "eval.ci_level": num(0.5, 0.999),
+    "eval.ece_bins": integer(1, 1000),
 }
 
 TARGET_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")

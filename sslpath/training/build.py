@@ -19,6 +19,7 @@ from sslpath.data.datamodule import ArrayDataModule
 from sslpath.models.backbones import check_input_size
 from sslpath.models.base import ImageModel
 from sslpath.models.checkpoint import Metadata, load_ssl_backbone
+from sslpath.results.metrics import bootstrap_settings
 from sslpath.training import protocol
 from sslpath.training.callbacks import CheckpointMetadata, TestResults
 from sslpath.training.tracking import open_mlflow
@@ -88,7 +89,7 @@ def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, 
     """Everything `trainer.fit` and `trainer.test` need, plus the callback that holds test results."""
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.num_classes)
-    results = TestResults(cfg.paths.output_dir, seed=cfg.seed)
+    results = TestResults(cfg.paths.output_dir, bootstrap_settings(cfg.eval), cfg.eval.ece_bins, seed=cfg.seed)
     meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
     # A step budget for label subsets; SSL models train on every image (and any unlabelled pool) anyway.
     budget = [protocol.StepBudget()] if cfg.budget == "steps" and not model.trains_on_unlabelled else []

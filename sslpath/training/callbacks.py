@@ -15,7 +15,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from sslpath.core.errors import UserError
 from sslpath.data.loader import PAD_LABEL
 from sslpath.results.artifacts import write_examples, write_predictions
-from sslpath.results.metrics import classification_results
+from sslpath.results.artifacts.stats import Bootstrap
+from sslpath.results.metrics import classification_results, evidence_results
 from sslpath.training.checkpoint_writer import slim_checkpoint
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,13 @@ class TestResults(L.Callback):
     """Collects the test logits, computes the results over the whole split (every rank's share,
     padding dropped) and writes test_predictions.csv and test_examples.npz into `dirpath`.
 
-    `results` holds the numbers for metrics.json after `trainer.test`.
+    `results` holds the numbers for metrics.json after `trainer.test`, with their bootstrap intervals and
+    calibration error (`bootstrap`, `ece_bins`: the config's `eval` settings).
     """
 
-    def __init__(self, dirpath: str | Path, examples: int = 36, seed: int = 0) -> None:
+    def __init__(self, dirpath: str | Path, bootstrap: Bootstrap, ece_bins: int, examples: int = 36, seed: int = 0) -> None:
         self.dirpath, self.examples, self.seed = Path(dirpath), examples, seed
+        self.bootstrap, self.ece_bins = bootstrap, ece_bins
         self.results: dict[str, Any] = {}
         self._logits: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
@@ -53,6 +56,7 @@ class TestResults(L.Callback):
         logits, labels = logits[keep].cpu(), labels[keep].cpu()
         class_names = trainer.datamodule.class_names
         self.results = classification_results(logits, labels, class_names)
+        self.results.update(evidence_results(logits, labels, self.bootstrap, self.ece_bins))  # issue 18: intervals, ECE
         scalars = {
             f"test/{k[5:]}": v for k, v in self.results.items() if k in ("test_loss", "test_acc", "test_auc") and v is not None
         }
