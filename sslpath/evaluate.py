@@ -97,7 +97,7 @@ def temperature_scaling(
     cfg: DictConfig, ckpt: Path, device: torch.device, logits: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, Any]:
     """calibrate=true: the temperature fitted on the val split's logits, and the split's NLL and ECE before and after."""
-    from sslpath.results.artifacts.calibration import temperature_report
+    from sslpath.results.calibration import temperature_report
 
     _, val, predict = load_split(OmegaConf.merge(cfg, {"split": "val"}), ckpt, device)
     if len(val) == 0:

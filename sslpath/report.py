@@ -46,9 +46,9 @@ from torch.utils.tensorboard import SummaryWriter
 from sslpath.core.errors import UserError, exit_on_user_error
 from sslpath.core.files import atomic_write_bytes, atomic_write_text, csv_text
 from sslpath.core.names import path_name
-from sslpath.results.artifacts.compare import PairedComparisons, checked_bootstrap, paired_comparisons
-from sslpath.results.artifacts.stats import Bootstrap
+from sslpath.results.compare import PairedComparisons, checked_bootstrap, paired_comparisons
 from sslpath.results.metrics import classification_results
+from sslpath.results.stats import Bootstrap
 
 REPORT_DIR = "report"
 SWEEP_RESULTS = "sweep_results"  # .md and .csv in the sweep dir
@@ -1028,7 +1028,7 @@ def _render_report(
         save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
     atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS))
     markdown = results_markdown(groups, stems, efficiency is not None, formats)
-    if comparisons is not None and comparisons.rows:  # issue 18: paired comparisons (sslpath.results.artifacts.compare)
+    if comparisons is not None and comparisons.rows:  # issue 18: paired comparisons (sslpath.results.compare)
         atomic_write_text(out / "comparisons.csv", comparisons.csv())
         atomic_write_text(out / "comparisons.md", comparisons.markdown())
         markdown += "\n## Paired comparisons\n\n" + "\n".join(f"- {c.a} vs {c.b}: {c.verdict}" for c in comparisons.rows)
@@ -1058,7 +1058,7 @@ def write_report(
     runs below that dir get them (a sweep leaves runs it merely reads alone). out_dir must be new, empty or
     an earlier report (check_out_dir). Every dir is filled beside its destination and renamed into place
     only once all are complete. comparisons.md/.csv pair the runs `compare` names (`A,B` each) or, by
-    default, each model with the baseline tested on the same tiles (sslpath.results.artifacts.compare).
+    default, each model with the baseline tested on the same tiles (sslpath.results.compare).
     """
     formats = check_figure_options(formats, dpi)
     found = find_run_dirs(run_dirs)

@@ -1,4 +1,4 @@
-"""Expected calibration error, reliability data and figure, temperature scaling (sslpath.results.artifacts.calibration)."""
+"""Expected calibration error, reliability data and figure, temperature scaling (sslpath.results.calibration)."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from sslpath.results.artifacts.calibration import expected_calibration_error, fit_temperature, reliability, reliability_figure
+from sslpath.results.calibration import expected_calibration_error, fit_temperature, reliability, reliability_figure
 
 
 @pytest.mark.parametrize("scale", [0.5, 3.0, 40.0])  # under-, roughly and over-confident; 40 reaches confidence 1.0

@@ -10,8 +10,8 @@ import pytest
 
 from sslpath.core.errors import UserError
 from sslpath.report import load_run, main, write_report
-from sslpath.results.artifacts.compare import Comparison, compare_runs, default_pairs, named_pairs
-from sslpath.results.artifacts.stats import Bootstrap
+from sslpath.results.compare import Comparison, compare_runs, default_pairs, named_pairs
+from sslpath.results.stats import Bootstrap
 
 from test_report import fake_run
 

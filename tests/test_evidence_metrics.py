@@ -13,7 +13,7 @@ from sslpath.core.errors import UserError
 from sslpath.evaluate import evaluate
 from sslpath.report import read_predictions
 from sslpath.results.artifacts import stats
-from sslpath.results.artifacts.calibration import expected_calibration_error
+from sslpath.results.calibration import expected_calibration_error
 from sslpath.train import train
 from sslpath.training.validate import validate
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals, paired comparisons, McNemar's exact test and seed intervals (sslpath.results.artifacts.stats)."""
+"""Bootstrap intervals, paired comparisons, McNemar's exact test and seed intervals (sslpath.results.stats)."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from scipy.stats import binomtest, norm
 
 from sslpath.results.artifacts import stats
-from sslpath.results.artifacts.stats import Bootstrap
 from sslpath.results.metrics import classification_results
+from sslpath.results.stats import Bootstrap
 
 COVERAGE_DRAWS = 400  # coverage of a 95 % interval over 400 draws has a standard error of about 0.011
 

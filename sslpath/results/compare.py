@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sslpath.core.errors import UserError
-from sslpath.results.artifacts.stats import (
+from sslpath.results.stats import (
     Bootstrap,
     Interval,
     SeedSummary,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_auroc
 
-from sslpath.results.artifacts.calibration import expected_calibration_error
-from sslpath.results.artifacts.stats import Bootstrap, balanced_accuracy, bootstrap_intervals
+from sslpath.results.calibration import expected_calibration_error
+from sslpath.results.stats import Bootstrap, balanced_accuracy, bootstrap_intervals
 
 
 def classification_results(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from sslpath.core.errors import UserError
 from sslpath.data.loader import PAD_LABEL
 from sslpath.results.artifacts import write_examples, write_predictions
-from sslpath.results.artifacts.stats import Bootstrap
 from sslpath.results.metrics import classification_results, evidence_results
+from sslpath.results.stats import Bootstrap
 from sslpath.training.checkpoint_writer import slim_checkpoint
 
 log = logging.getLogger(__name__)
