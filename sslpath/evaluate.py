@@ -81,11 +81,12 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
 def check_eval_settings(cfg: DictConfig) -> None:
     """The `eval` settings (bootstrap, calibration bins) by training's rules; calibrate=true needs another
     split than the one it fits the temperature on."""
-    from sslpath.training.validate import RULES, check_value
+    from sslpath.checks.schema import PATHS
+    from sslpath.checks.validate import check_value
 
-    for key, rule in RULES.items():
+    for key, rule in PATHS.items():
         if key.startswith("eval."):
-            check_value(key, OmegaConf.select(cfg, key, default=None), *rule)
+            check_value(cfg, key, key, rule)
     if cfg.calibrate and cfg.split == "val":
         raise UserError(
             "calibrate=true fits the temperature on the val split, so it cannot also report calibration on it "

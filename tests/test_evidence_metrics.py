@@ -9,13 +9,13 @@ import pytest
 import torch
 from test_evaluate import SYNTHETIC, compose_evaluate
 
+from sslpath.checks.validate import validate
 from sslpath.core.errors import UserError
 from sslpath.evaluate import evaluate
 from sslpath.report import read_predictions
-from sslpath.results.artifacts import stats
+from sslpath.results import stats
 from sslpath.results.calibration import expected_calibration_error
 from sslpath.train import train
-from sslpath.training.validate import validate
 
 from conftest import compose_cfg
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
-from sslpath.results.artifacts import stats
+from sslpath.results import stats
 from sslpath.results.metrics import classification_results
 from sslpath.results.stats import Bootstrap
 

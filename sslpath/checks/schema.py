@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sslpath.data.stain import OD_SCALE
 from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD
+from sslpath.results.stats import LEVEL_RANGE, RESAMPLES_RANGE, SEED_RANGE
 
 INT, FLOAT = "an integer", "a number"
 # POSIX limits of Linux and macOS file systems: a longer name or path fails in the OS (ENAMETOOLONG).
@@ -615,9 +616,9 @@ PATHS: dict[str, Rule] = {
     "paths.output_dir": PATH,
     "paths.pretrain_dir": PATH,
     # intervals and calibration of the test metrics (conf/eval/default.yaml; docs/evidence.md)
-    "eval.bootstrap_resamples": integer(1000, 100_000),
-    "eval.bootstrap_seed": SEED,
-    "eval.ci_level": num(0.5, 0.999),
+    "eval.bootstrap_resamples": integer(*RESAMPLES_RANGE),
+    "eval.bootstrap_seed": integer(*SEED_RANGE),
+    "eval.ci_level": num(*LEVEL_RANGE),
     "eval.ece_bins": integer(1, 1000),
 }
 

@@ -6,8 +6,6 @@ comparisons.md/.csv: by default each model against the supervised baseline, or t
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from sslpath.core.errors import UserError
+from sslpath.core.files import csv_text
 from sslpath.results.stats import (
+    LEVEL_RANGE,
+    RESAMPLES_RANGE,
+    SEED_RANGE,
     Bootstrap,
     Interval,
     SeedSummary,
@@ -223,49 +225,43 @@ def comparisons_markdown(comparisons: Sequence[Comparison], bootstrap: Bootstrap
 
 def comparisons_csv(comparisons: Sequence[Comparison], bootstrap: Bootstrap) -> str:
     """The same numbers unformatted (fractions, not percentage points)."""
-    from sslpath.predict import spreadsheet_safe
-
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(
+    header = [
+        "a",
+        "b",
+        "tiles",
+        "acc_a",
+        "acc_b",
+        "difference",
+        "ci_lo",
+        "ci_hi",
+        "only_a",
+        "only_b",
+        "mcnemar_p",
+        "level",
+        "resamples",
+        "seed",
+        "verdict",
+    ]
+    rows = [
         [
-            "a",
-            "b",
-            "tiles",
-            "acc_a",
-            "acc_b",
-            "difference",
-            "ci_lo",
-            "ci_hi",
-            "only_a",
-            "only_b",
-            "mcnemar_p",
-            "level",
-            "resamples",
-            "seed",
-            "verdict",
+            c.a,
+            c.b,
+            c.n,
+            c.acc_a,
+            c.acc_b,
+            c.difference,
+            *c.ci,
+            c.only_a,
+            c.only_b,
+            c.p_value,
+            c.level,
+            bootstrap.resamples,
+            bootstrap.seed,
+            c.verdict,
         ]
-    )
-    for c in comparisons:
-        writer.writerow(
-            [
-                spreadsheet_safe(c.a),
-                spreadsheet_safe(c.b),
-                c.n,
-                c.acc_a,
-                c.acc_b,
-                c.difference,
-                *c.ci,
-                c.only_a,
-                c.only_b,
-                c.p_value,
-                c.level,
-                bootstrap.resamples,
-                bootstrap.seed,
-                c.verdict,
-            ]
-        )
-    return buf.getvalue()
+        for c in comparisons
+    ]
+    return csv_text([header, *rows])
 
 
 @dataclass(frozen=True)
@@ -298,14 +294,11 @@ def paired_comparisons(runs: Sequence[TestedRun], specs: Sequence[str], bootstra
 def checked_bootstrap(resamples: int, seed: int, level: float) -> Bootstrap:
     """The report's --bootstrap-resamples, --bootstrap-seed and --ci-level, in the ranges training allows
     for eval.bootstrap_resamples, eval.bootstrap_seed and eval.ci_level."""
-    from sslpath.training.validate import RULES
-
-    for flag, key, value in (
-        ("--bootstrap-resamples", "eval.bootstrap_resamples", resamples),
-        ("--bootstrap-seed", "eval.bootstrap_seed", seed),
-        ("--ci-level", "eval.ci_level", level),
+    for flag, key, value, (lo, hi) in (
+        ("--bootstrap-resamples", "eval.bootstrap_resamples", resamples, RESAMPLES_RANGE),
+        ("--bootstrap-seed", "eval.bootstrap_seed", seed, SEED_RANGE),
+        ("--ci-level", "eval.ci_level", level, LEVEL_RANGE),
     ):
-        lo, hi = RULES[key][1:3]
         if not lo <= value <= hi:
             raise UserError(f"{flag} {value} is not valid: it must be from {lo:g} to {hi:g} (as {key} in training).")
     return Bootstrap(resamples=resamples, seed=seed, level=level)

@@ -41,7 +41,7 @@ def classification_results(logits: torch.Tensor, labels: torch.Tensor, class_nam
 
 
 def bootstrap_settings(node: Mapping[str, Any]) -> Bootstrap:
-    """The bootstrap of a config's `eval` node (conf/eval/default.yaml), checked by sslpath.training.validate."""
+    """The bootstrap of a config's `eval` node (conf/eval/default.yaml), checked by sslpath.checks.validate."""
     return Bootstrap(resamples=int(node["bootstrap_resamples"]), seed=int(node["bootstrap_seed"]), level=float(node["ci_level"]))
 
 

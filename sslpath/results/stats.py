@@ -21,6 +21,13 @@ import numpy as np
 CHUNK_ELEMENTS = 1 << 21  # resamples are drawn in chunks of at most this many N × B weights (16 MiB of float64)
 
 
+# What a user may ask for (conf/eval/default.yaml, sslpath.report's flags): fewer resamples make the
+# interval's own Monte Carlo error visible; levels outside these are not intervals a reader can use.
+RESAMPLES_RANGE = (1000, 100_000)
+LEVEL_RANGE = (0.5, 0.999)
+SEED_RANGE = (0, 2**32 - 1)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """Settings of a percentile bootstrap; the defaults are conf/eval/default.yaml's."""
