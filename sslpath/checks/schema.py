@@ -615,6 +615,16 @@ PATHS: dict[str, Rule] = {
     "paths.log_dir": PATH,
     "paths.output_dir": PATH,
     "paths.pretrain_dir": PATH,
+    # label-efficiency protocol (sslpath.training.protocol)
+    "budget": OneOf(("epochs", "steps")),
+    "selection": OneOf(("best_val", "val_subset", "last")),
+    # frozen-feature evaluation at the end of SSL runs (sslpath.evaluation.features)
+    "frozen_eval.enabled": BOOL,
+    "frozen_eval.knn_k": integer(1, 10_000),
+    "frozen_eval.knn_temperature": POSITIVE,
+    "frozen_eval.l2": Seq(num(0), 1, 64),
+    "frozen_eval.max_iter": integer(1, 100_000),
+    "frozen_eval.batch_size": COUNT,
     # intervals and calibration of the test metrics (conf/eval/default.yaml; docs/evidence.md)
     "eval.bootstrap_resamples": integer(*RESAMPLES_RANGE),
     "eval.bootstrap_seed": integer(*SEED_RANGE),
