@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,11 @@ def acquire(run_dir: Path) -> FileLock:
 def check_can_start(run_dir: Path, resuming: bool) -> None:
     """Before Hydra writes anything into the run dir: it is free, and a new run never lands on a
     finished or interrupted one (their results, logs and checkpoints would mix)."""
+    if run_dir.absolute() == Path(run_dir.absolute().anchor) or run_dir.absolute() == Path.home():
+        raise UserError(
+            f"the run dir {run_dir} is the file system's root or your home folder: a run writes its config, logs and "
+            "checkpoints into its dir. Choose a folder of its own (hydra.run.dir=…, or paths.log_dir=…)."
+        )
     if run_dir.is_dir():
         acquire(run_dir).release()
     # Results or checkpoints, not a config.yaml alone: a run that failed before training (bad data, say)
@@ -150,9 +156,21 @@ def check_new_sweep(sweep_dir: Path) -> None:
         )
 
 
+# A temp file of `sslpath.core.files.atomic_output` (mkstemp: `.<name>.<random>.tmp`) of a file sslpath
+# writes into a run dir or its checkpoints/. Nothing else matches: a user's own `.notes.tmp` is never touched.
+TORN_SAVE = re.compile(r"\.[^/]+\.(ckpt|json|yaml|csv|npz|md|png|txt)\.[A-Za-z0-9_]+\.tmp")
+
+
 def remove_torn_saves(run_dir: Path) -> list[Path]:
-    """Temp files a killed atomic save left behind (`.name.XXXX.tmp`): partial, never needed."""
-    torn = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    """Temp files a killed atomic save left behind in the run dir or its checkpoints/: partial, never needed.
+    Only those two folders, not the tree below: a run dir may be a user's existing folder."""
+    torn = [
+        p
+        for folder in (run_dir, run_dir / "checkpoints")
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if TORN_SAVE.fullmatch(p.name) and p.is_file() and not p.is_symlink()
+    ]
     for path in torn:
         path.unlink(missing_ok=True)
     return torn
