@@ -89,6 +89,18 @@ def test_keep_local_turns_telemetry_off_and_moves_matplotlibs_cache_out_of_home(
     assert folder.is_dir() and not folder.is_relative_to(Path.home()) and folder.stat().st_mode & 0o077 == 0
 
 
+def test_an_unreachable_mlflow_server_is_given_up_on_within_a_minute(monkeypatch):
+    """MLflow's own default is 7 retries with back-off (254 s in the adversarial round); a user's value wins."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    from sslpath.core.environment import keep_local
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    keep_local()
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 5
+
+
 @pytest.mark.slow
 def test_two_runs_creating_one_mlflow_store_at_once_both_work(tmp_path):
     """Without the lock, MLflow's schema migration races and one process fails (alembic CommandError)."""

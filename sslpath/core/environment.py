@@ -15,11 +15,15 @@ import tempfile
 
 # The switches each library documents; "true"/"1" as each one reads them.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# An unreachable MLflow server: MLflow retries 7 times with exponential back-off (over 4 minutes before the
+# error). Two retries and a 20 s timeout say "unreachable" within a minute; a user's own values win.
+MLFLOW_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def keep_local() -> None:
-    """Telemetry off, and matplotlib's cache in a private temporary folder removed at exit."""
-    for name, value in NO_TELEMETRY.items():
+    """Telemetry off, MLflow's patience with a server bounded, and matplotlib's cache in a private temporary
+    folder removed at exit."""
+    for name, value in {**NO_TELEMETRY, **MLFLOW_PATIENCE}.items():
         os.environ.setdefault(name, value)
     if "MPLCONFIGDIR" not in os.environ:
         # mkdtemp: 0700 and unpredictable. Child processes (DDP workers) inherit it and end before this one.
