@@ -298,6 +298,9 @@ def _non_finite(value: Any) -> str | None:
     return None
 
 
+PROB_SUM_TOLERANCE = 1e-3  # 6 decimals per class: rounding moves a sum by at most classes × 5e-7
+
+
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Class names (from the p_<name> columns), the label and pred columns and the probabilities, every row checked."""
     try:
@@ -337,7 +340,26 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.
     for what, bad in bad_rows.items():
         if bad.any():
             raise _invalid(path, f"has {what} in data row {int(bad.any(axis=1).argmax()) + 1}")
+    # Rows as sslpath writes them (6 decimals): probabilities that sum to 1, pred the most probable class,
+    # each test image once. An edited pred column would otherwise draw a confusion matrix the
+    # probabilities contradict.
+    row_checks = {
+        "probabilities that do not sum to 1": np.abs(probs.sum(axis=1) - 1) > PROB_SUM_TOLERANCE,
+        "a pred that is not the most probable class": probs[np.arange(len(probs)), ints[:, 2]] < probs.max(axis=1) - 1e-6,
+        "an index that repeats an earlier row's": _repeats(ints[:, 0]),
+    }
+    for what, bad in row_checks.items():
+        if bad.any():
+            raise _invalid(path, f"has {what} in data row {int(bad.argmax()) + 1}")
     return names, ints[:, 1], ints[:, 2], probs
+
+
+def _repeats(values: np.ndarray) -> np.ndarray:
+    """True where a value already appeared in an earlier position."""
+    _, first = np.unique(values, return_index=True)
+    repeated = np.ones(len(values), dtype=bool)
+    repeated[first] = False
+    return repeated
 
 
 def check_consistency(

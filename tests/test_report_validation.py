@@ -120,6 +120,30 @@ BAD_INPUTS = {
         "outside 0..8 (the 9 classes) in data row 7",
     ),
     "csv negative pred": ("test_predictions.csv", edit_csv(replace_field(2, 2, "-1")), "outside 0..8"),
+    # adversarial round three, #80-#82: rows the probabilities contradict
+    "csv probabilities sum past 1": (
+        "test_predictions.csv",
+        edit_csv(replace_field(3, 4, "0.780000")),
+        "probabilities that do not sum to 1 in data row 3",
+    ),
+    "csv pred not the argmax": (
+        "test_predictions.csv",
+        edit_csv(
+            lambda lines: [
+                lines[0],
+                *(
+                    ",".join([*line.split(",")[:2], str((int(line.split(",")[2]) + 1) % 9), *line.split(",")[3:]])
+                    for line in lines[1:]
+                ),
+            ]
+        ),
+        "a pred that is not the most probable class in data row 1",
+    ),
+    "csv repeated index": (
+        "test_predictions.csv",
+        edit_csv(replace_field(4, 0, "0")),
+        "an index that repeats an earlier row's in data row 4",
+    ),
     "npz junk": (
         "test_examples.npz",
         write("test_examples.npz", b"not an archive at all"),
