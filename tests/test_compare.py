@@ -105,6 +105,16 @@ def test_report_cli_compare_option(runs, tmp_path, capsys):
         assert not (tmp_path / "bad").exists()
 
 
+def test_over_seeds_only_with_independent_pairs(runs, tmp_path):
+    """Two baseline seeds against one SSL run reuse that run: its differences are not independent seeds."""
+    fake_run(tmp_path / "runs" / "b0", seed=0, right=60)
+    fake_run(tmp_path / "runs" / "b1", seed=1, right=72)
+    fake_run(tmp_path / "runs" / "s0", model="ssl", seed=0, right=45)
+    write_report([tmp_path / "runs"], tmp_path / "report", tensorboard=False, compare=["baseline,ssl"])
+    text = (tmp_path / "report" / "comparisons.md").read_text()
+    assert text.count("\n| baseline (seed ") == 2 and "## Over seeds" not in text
+
+
 def test_no_baseline_no_comparisons(tmp_path):
     fake_run(tmp_path / "runs" / "s0", model="ssl", right=45)
     write_report([tmp_path / "runs"], tmp_path / "report", tensorboard=False)

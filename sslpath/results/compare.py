@@ -281,13 +281,18 @@ class PairedComparisons:
 
 def paired_comparisons(runs: Sequence[TestedRun], specs: Sequence[str], bootstrap: Bootstrap) -> PairedComparisons:
     """The report's comparisons: the pairs `specs` name (`A,B` each), or by default every model against
-    the baseline; with the over-seeds summary of every A-vs-B with more than one pair."""
+    the baseline; with the over-seeds summary of every A-vs-B with more than one pair and no run in two
+    pairs (independent seeds on both sides)."""
     pairs = [p for spec in specs for p in named_pairs(runs, spec)] if specs else default_pairs(runs)
     comparisons = [compare_runs(a, b, bootstrap) for a, b in pairs]
-    by_models: dict[str, list[Comparison]] = {}
+    by_models: dict[str, list[tuple[TestedRun, TestedRun, Comparison]]] = {}
     for (a, b), c in zip(pairs, comparisons):
-        by_models.setdefault(f"{a.name} vs {b.name}, {a.fraction * 100:g}% labels", []).append(c)
-    seeds = {key: across_seeds(cs, bootstrap.level) for key, cs in by_models.items() if len(cs) > 1}
+        by_models.setdefault(f"{a.name} vs {b.name}, {a.fraction * 100:g}% labels", []).append((a, b, c))
+    seeds = {
+        key: across_seeds([c for _, _, c in rows], bootstrap.level)
+        for key, rows in by_models.items()
+        if len(rows) > 1 and all(len({id(row[i]) for row in rows}) == len(rows) for i in (0, 1))  # no run in two pairs
+    }
     return PairedComparisons(comparisons, seeds, bootstrap)
 
 
