@@ -226,7 +226,7 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, file_server, se
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("data.download=maybe", "data.download='maybe' is not valid: use auto"),
+        ("data.download=maybe", "data.download='maybe' is not valid: it must be true or false or auto"),
         ("data.download=1", "data.download=1 is not valid"),
         ("data.download_timeout_s=0", "data.download_timeout_s=0 is not valid: it must be a number > 0"),
         ("data.download_timeout_s=abc", "data.download_timeout_s='abc' is not valid"),
