@@ -66,8 +66,9 @@ def knn_accuracy(
     temperature: float,
     num_classes: int,
 ) -> float:
-    """Weighted kNN accuracy of `feats` voted by `bank` (the kNN monitor's metric, on frozen features)."""
-    knn = WeightedKNN(k, temperature, num_classes)
+    """Weighted kNN accuracy of `feats` voted by `bank` (the kNN monitor's metric, on frozen features).
+    Local to this process: under DDP only rank 0 evaluates, so the metric must not wait for the others."""
+    knn = WeightedKNN(k, temperature, num_classes, sync_on_compute=False)
     knn.update(train_feats=bank, train_labels=bank_labels, test_feats=feats, test_labels=labels)
     return float(knn.compute())
 

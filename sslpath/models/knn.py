@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -17,8 +19,8 @@ class WeightedKNN(Metric):
 
     full_state_update = False
 
-    def __init__(self, k: int = 20, temperature: float = 0.07, num_classes: int = 2, chunk: int = 1024) -> None:
-        super().__init__()
+    def __init__(self, k: int = 20, temperature: float = 0.07, num_classes: int = 2, chunk: int = 1024, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics' options, e.g. sync_on_compute
         self.k, self.temperature, self.num_classes, self.chunk = k, temperature, num_classes, chunk
         for name in ("train_feats", "train_labels", "test_feats", "test_labels"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
