@@ -478,6 +478,23 @@ TARGETS: dict[str, Params] = {
         }
     ),
     "kornia.augmentation.RandomGrayscale": Params({**KORNIA_OP, "rgb_weights": opt(Seq(NON_NEGATIVE, 3, 3))}),
+    # BYOL's asymmetric views (conf/model/common/asymmetric_views.yaml)
+    "kornia.augmentation.RandomGaussianBlur": Params(
+        {
+            **KORNIA_OP,
+            "kernel_size": Either((integer(1, 255), Seq(integer(1, 255), 2, 2))),
+            "sigma": Seq(POSITIVE, 2, 2, ordered=True),
+            "border_type": OneOf(("constant", "reflect", "replicate", "circular")),
+            "separable": BOOL,
+        }
+    ),
+    "kornia.augmentation.RandomSolarize": Params(
+        {
+            **KORNIA_OP,
+            "thresholds": Either((num(0, 0.5), pair(num(0, 1)))),
+            "additions": Either((num(0, 0.5), pair(num(-0.5, 0.5)))),
+        }
+    ),
     "kornia.augmentation.RandomAffine": Params(
         {
             **KORNIA_OP,
@@ -584,6 +601,7 @@ TARGETS: dict[str, Params] = {
             "experiment_name": Text(),
             "run_name": opt(Text()),
             "tracking_uri": opt(Text()),
+            "artifact_location": opt(PATH),
             "log_model": Either((BOOL, OneOf(("all",)))),
         }
     ),
