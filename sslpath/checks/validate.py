@@ -57,12 +57,14 @@ def check_settings(cfg: DictConfig, under: str = "") -> None:
     from sslpath.checks.schema import PATHS
 
     root = OmegaConf.select(cfg, under) if under else cfg
+    # The classes' own settings first: a path setting may interpolate one (frozen_eval.batch_size is
+    # ${data.eval_batch_size}), and the message should name the key the user set.
+    for path, node in target_nodes(root, under):
+        check_node(node, path)
     if not under:
         for key, rule in PATHS.items():
             if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
                 check_value(cfg, key, key, rule)
-    for path, node in target_nodes(root, under):
-        check_node(node, path)
 
 
 _ABSENT = object()
