@@ -90,6 +90,16 @@ class SweepReport(Callback):
             return
         with exit_on_user_error("sslpath.train"):
             runs = [load_run(j) for j in jobs]  # every job checked before any is read further
+            keys = [(r.metrics["run_name"], r.metrics["label_fraction"], r.metrics["seed"]) for r in runs]
+            if len(set(keys)) < len(keys):
+                # jobs of other settings (a sweep over optimizer.lr, say) under one run_name and seed are not
+                # seeds of one model: pooling them would inflate n. Each job keeps its own results.
+                print(
+                    f"sslpath: jobs in {sweep} share a run_name, label fraction and seed (a sweep over other settings): "
+                    "no pooled report. Give each setting its own run_name to compare them with sslpath.report.",
+                    file=sys.stderr,
+                )
+                return
             stages = ssl_stages(run.metrics for run in runs)
             # TensorBoard images only in runs of this sweep: a stage given as model.pretrained_ckpt may be anyone's.
             results = write_report([*stages, *jobs], sweep / REPORT_DIR, tensorboard_within=sweep)
