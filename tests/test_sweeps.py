@@ -175,8 +175,8 @@ def test_selection_uses_no_more_validation_labels_than_allowed(tmp_path, selecti
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["budget=weeks"], "budget='weeks' is not one of epochs, steps"),
-        (["selection=best"], "selection='best' is not one of best_val, val_subset, last"),
+        (["budget=weeks"], "budget='weeks' is not valid: it must be one of epochs, steps"),
+        (["selection=best"], "selection='best' is not valid: it must be one of best_val, val_subset, last"),
         (["selection=val_subset", "data.label_fraction=0.1"], "keeps no label of class 0 (4 validation images); raise"),
     ],
 )
