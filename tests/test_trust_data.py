@@ -290,7 +290,7 @@ def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
     from conftest import compose_cfg
 
     cfg = compose_cfg(tmp_path, ["model=finetune", "debug=fdr"])
-    with pytest.raises(UserError, match=r"debug=fdr \(trainer.fast_dev_run\) writes no checkpoint.*debug=limit"):
+    with pytest.raises(UserError, match=r"debug=fdr \(trainer.fast_dev_run=True\) writes no checkpoint.*debug=limit"):
         train(cfg)
     assert not (tmp_path / "logs" / "pretrain").exists() and not (tmp_path / "pretrain").exists()
 

@@ -156,7 +156,7 @@ BAD = {
     "validation never runs": (["trainer.check_val_every_n_epoch=5"], "trainer.check_val_every_n_epoch=5 > trainer.max_epochs=1"),
     "supervised chain stage": (["model=finetune", "model@pretrain=baseline"], "model@pretrain chose a baseline model"),
     "fine-tune as chain stage": (["model=finetune", "model@pretrain=finetune"], "model@pretrain chose a finetune model"),
-    "chain under fast_dev_run": (["model=finetune", "debug=fdr"], "trainer.fast_dev_run=True (debug=fdr) writes no checkpoint"),
+    "chain under fast_dev_run": (["model=finetune", "debug=fdr"], "debug=fdr (trainer.fast_dev_run=True) writes no checkpoint"),
     "BYOL momentum > 1": (
         ["model=byol", "model.momentum_start=1.5"],
         "model.momentum_start=1.5 is not valid: it must be a number >= 0 and <= 1",

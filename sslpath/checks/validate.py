@@ -267,9 +267,10 @@ def check_chain(cfg: DictConfig) -> None:
         return
     if cfg.trainer.get("fast_dev_run"):
         raise UserError(
-            f"trainer.fast_dev_run={cfg.trainer.fast_dev_run} (debug=fdr) writes no checkpoint, so the SSL stage of this "
-            "chained fine-tune would hand it nothing and it would train from random weights. Use debug=limit for a quick "
-            "chained run, or give the fine-tune an SSL checkpoint with model.pretrained_ckpt=FILE."
+            f"debug=fdr (trainer.fast_dev_run={cfg.trainer.fast_dev_run}) writes no checkpoint, so the SSL stage this "
+            "fine-tune chains would leave no weights to start from, and a stage no later run could use. Smoke-test the "
+            "stage alone (model=simclr debug=fdr), give the fine-tune model.pretrained_ckpt=FILE, or try the whole chain "
+            "with debug=limit."
         )
     for part in ("name", "stem"):
         mine, stage_part = cfg.model.backbone.get(part), cfg.pretrain.backbone.get(part)

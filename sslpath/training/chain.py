@@ -89,12 +89,6 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
 
     A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
     """
-    if cfg.trainer.get("fast_dev_run"):
-        raise UserError(
-            "debug=fdr (trainer.fast_dev_run) writes no checkpoint, so the SSL stage this fine-tune chains would leave "
-            "no weights to start from, and a stage no later run could use. Smoke-test the stage alone (model=simclr "
-            "debug=fdr), give the fine-tune model.pretrained_ckpt=FILE, or try the whole chain with debug=limit."
-        )
     out = stage_dir(cfg)
     check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):
