@@ -17,16 +17,16 @@ from omegaconf import OmegaConf
 from sslpath.core.errors import UserError
 from sslpath.data.stain import stain_density
 from sslpath.data.synthetic import synthetic_splits
+from sslpath.evaluation.benchmark import benchmark
 from sslpath.evaluation.corruptions import (
     CORRUPTIONS,
     MAX_SEVERITY,
     Suite,
     _border_index,
-    benchmark,
     disk_kernel,
     load_suite,
-    relative_drop,
 )
+from sslpath.results.robustness import relative_drop
 
 from conftest import SAMPLE
 

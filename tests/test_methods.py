@@ -20,9 +20,9 @@ from sslpath.checks.validate import validate
 from sslpath.models.checkpoint import SSL_KINDS, load_checkpoint, read_metadata
 from sslpath.models.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod
-from sslpath.train import check_optimized_metric, train
 from sslpath.training import chain
 from sslpath.training.build import build_model
+from sslpath.training.fit import check_optimized_metric, train
 
 import helpers
 from conftest import compose_cfg, read_metrics

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sslpath.models import momentum as ema
 from sslpath.models.checkpoint import load_checkpoint, load_ssl_backbone
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 

@@ -18,23 +18,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
-from sslpath.report import (
-    KIND_COLOURS,
-    MARKER,
-    confusion_figure,
-    curves_figure,
-    examples_figure,
-    group_runs,
-    kind_colour,
-    label_efficiency_figure,
-    load_run,
-    main,
-    short_class_names,
-    write_report,
-)
+from sslpath.reporting.figures import confusion_figure, curves_figure, examples_figure, label_efficiency_figure
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.style import KIND_COLOURS, kind_colour, short_class_names
+from sslpath.reporting.tables import group_runs
+from sslpath.reporting.write import MARKER, write_report
 from sslpath.results.metrics import classification_results
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 PATHMNIST = [
     "adipose",
@@ -381,7 +372,7 @@ def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
         write_report([empty], tmp_path / "out2")
     assert str(empty) in str(err.value) and "ckpt_path=last" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(empty)])
+        run_main("sslpath.report", str(empty))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error:") and str(empty) in stderr and "Traceback" not in stderr

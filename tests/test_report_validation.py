@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from sslpath.core.errors import UserError
-from sslpath.report import main, write_report
+from sslpath.reporting.write import write_report
 
+from conftest import run_main
 from test_report import fake_run
 
 
@@ -172,7 +173,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, good, case, c
     assert not (good / "tb" / "report").exists() and not (run / "tb" / "report").exists()
 
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "runs"), "--out", str(out)])
+        run_main("sslpath.report", str(tmp_path / "runs"), "--out", str(out))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr == f"sslpath.report: error: {message}\n" and not out.exists()
@@ -220,7 +221,7 @@ def test_unwritable_out_is_refused(tmp_path, where, capsys):
     assert str(out) in str(err.value)
     assert not (run / "tb" / "report").exists()
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run), "--out", str(out)])
+        run_main("sslpath.report", str(run), "--out", str(out))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error: ") and "Traceback" not in stderr
@@ -242,7 +243,7 @@ def test_unwritable_tensorboard_dir_leaves_no_report(tmp_path):
 def test_cli_rejects_unknown_format(tmp_path, capsys):
     run = fake_run(tmp_path / "run")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run), "--formats", "png,tiff", "--out", str(tmp_path / "out")])
+        run_main("sslpath.report", str(run), "--formats", "png,tiff", "--out", str(tmp_path / "out"))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert "choose one or more of png, pdf, svg" in stderr and "Traceback" not in stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import statistics
 from pathlib import Path
@@ -17,8 +18,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslpath.core.errors import UserError
-from sslpath.report import group_runs, label_efficiency_figure, load_run
-from sslpath.train import check_optimized_metric, main
+from sslpath.reporting.figures import label_efficiency_figure
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.tables import group_runs
+from sslpath.training.fit import check_optimized_metric
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
@@ -207,7 +210,9 @@ def test_optimized_metric_names_per_model(tmp_path, model, valid):
 
 
 def test_main_returns_the_optimized_metric(tmp_path):
-    returned = main.__wrapped__(compose_cfg(tmp_path, ["model=baseline", "trainer.max_epochs=2", "optimized_metric=val/loss"]))
+    returned = importlib.import_module("sslpath.train").main.__wrapped__(
+        compose_cfg(tmp_path, ["model=baseline", "trainer.max_epochs=2", "optimized_metric=val/loss"])
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()

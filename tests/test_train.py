@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslpath.models.checkpoint import load_checkpoint, read_metadata
-from sslpath.train import train
+from sslpath.training.fit import train
 
 import helpers
 from conftest import TINY, compose_cfg, read_metrics, run_cli

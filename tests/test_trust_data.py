@@ -273,7 +273,7 @@ def test_the_stage_key_changes_when_an_npz_is_rewritten_in_place(tmp_path):
 
 
 def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     from conftest import compose_cfg
 
@@ -302,7 +302,7 @@ def bmp_tiles(root: Path, per_class: int, start: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> dict:
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     from conftest import TINY_TRAINER, compose_cfg
 
@@ -316,7 +316,7 @@ def folder_run(tmp_path_factory) -> dict:
 def evaluate_folder(run: dict, out: Path, *overrides: str) -> dict:
     from test_evaluate import compose_evaluate
 
-    from sslpath.evaluate import evaluate
+    from sslpath.evaluation.evaluate import evaluate
 
     data = ["data=folder", f"data.dir={run['tiles']}", f"paths.data_dir={run['base']}", "report=false"]
     return evaluate(compose_evaluate(f"ckpt={run['ckpt']}", *data, f"out={out}", "device=cpu", *overrides))

@@ -28,15 +28,16 @@ from sslpath.core.files import csv_text
 from sslpath.core.names import MAX_CLASS_NAME, MAX_NAME_BYTES, check_class_names, check_path_name, path_name, text_name
 from sslpath.data.folder import TileFolder
 from sslpath.data.images import UnreadableImage, read_image
-from sslpath.evaluation.corruptions import Robustness, Suite
+from sslpath.evaluation.benchmark import Robustness
+from sslpath.evaluation.corruptions import Suite
+from sslpath.evaluation.predict import image_batches, predict
 from sslpath.models.checkpoint import read_metadata
-from sslpath.predict import image_batches, predict
-from sslpath.robustness_report import main as robustness_main
-from sslpath.robustness_report import read_record, records_csv, to_record
-from sslpath.train import train
+from sslpath.reporting.robustness import records_csv
+from sslpath.results.robustness import read_record, to_record
+from sslpath.training.fit import train
 from sslpath.training.hydra_callbacks import CheckOutputDir
 
-from conftest import TINY_TRAINER, compose_cfg, run_cli
+from conftest import TINY_TRAINER, compose_cfg, run_cli, run_main
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
@@ -410,8 +411,12 @@ def write_record(folder: Path, data: dict | str | bytes) -> Path:
 def test_a_record_as_written_is_read_and_compared(tmp_path):
     write_record(tmp_path / "a", record())
     assert read_record(tmp_path / "a" / "robustness.json") == record()
-    robustness_main(
-        [str(tmp_path / "a"), str(write_record(tmp_path / "b", record("probe")).parent), "--out", str(tmp_path / "c")]
+    run_main(
+        "sslpath.robustness_report",
+        str(tmp_path / "a"),
+        str(write_record(tmp_path / "b", record("probe")).parent),
+        "--out",
+        str(tmp_path / "c"),
     )
     mca = 100 * record()["summary"]["mean_corruption_acc"]
     assert f"| probe | 80.0 | {mca:.1f} |" in (tmp_path / "c" / "robustness_comparison.md").read_text()
@@ -465,7 +470,7 @@ def edit(path: str, value: object) -> dict:
 def test_crafted_records_are_refused_in_one_paragraph(tmp_path, capsys, data, message):
     write_record(tmp_path / "a", data)
     with pytest.raises(SystemExit) as exit_info:
-        robustness_main([str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+        run_main("sslpath.robustness_report", str(tmp_path / "a"), "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("sslpath.robustness_report: error: ")
     assert "Re-run that evaluation" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
@@ -476,7 +481,7 @@ def test_a_huge_record_is_refused_before_it_is_read(tmp_path, capsys):
     path = write_record(tmp_path / "a", record())
     os.truncate(path, 64 * 2**20)  # sparse: no disk used
     with pytest.raises(SystemExit):
-        robustness_main([str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+        run_main("sslpath.robustness_report", str(tmp_path / "a"), "--out", str(tmp_path / "out"))
     assert "67,108,864 bytes, more than the 16,777,216" in capsys.readouterr().err
 
 
@@ -484,10 +489,10 @@ def test_without_out_one_dir_gets_its_own_and_several_dirs_are_refused(tmp_path,
     a = write_record(tmp_path / "x" / "deep" / "a", record()).parent
     b = write_record(tmp_path / "y" / "deep" / "b", record("probe")).parent
     with pytest.raises(SystemExit) as exit_info:
-        robustness_main([str(a), str(b)])
+        run_main("sslpath.robustness_report", str(a), str(b))
     assert exit_info.value.code == 2 and "2 DIRs given and no --out" in capsys.readouterr().err
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == [a / "robustness.json", b / "robustness.json"]
-    robustness_main([str(a)])
+    run_main("sslpath.robustness_report", str(a))
     assert (a / "robustness" / "robustness_comparison.md").is_file() and not (tmp_path / "robustness").exists()
 
 

@@ -20,9 +20,9 @@ from sslpath.core.errors import UserError
 from sslpath.data.folder import _read_tiles
 from sslpath.data.images import TooLargeImage, read_image
 from sslpath.data.npz import read_arrays, read_images
-from sslpath.evaluate import check_finite, evaluate
+from sslpath.evaluation.evaluate import check_finite, evaluate
+from sslpath.evaluation.predict import predict, refuse_unknown_overrides
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.predict import predict, refuse_unknown_overrides
 
 from conftest import run_cli
 

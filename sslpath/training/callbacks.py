@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sslpath.core.errors import UserError
 from sslpath.data.loader import PAD_LABEL
-from sslpath.results.artifacts import write_examples, write_predictions
+from sslpath.results.artifacts import write_examples, write_test_predictions
 from sslpath.results.metrics import classification_results
 from sslpath.training.checkpoint_writer import slim_checkpoint
 
@@ -60,7 +60,7 @@ class TestResults(L.Callback):
             logger.log_metrics(scalars, step=trainer.global_step)
         if trainer.is_global_zero:
             probs = logits.softmax(dim=1).numpy()
-            write_predictions(self.dirpath, probs, labels.numpy(), class_names)
+            write_test_predictions(self.dirpath, probs, labels.numpy(), class_names)
             write_examples(self.dirpath, trainer.datamodule.splits["test"], probs, self.examples, self.seed)
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sslpath.core.errors import UserError
 from sslpath.core.files import read_json
 from sslpath.core.names import path_name
-from sslpath.training.rundir import check_writable
+from sslpath.core.paths import make_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
             "debug=fdr), give the fine-tune model.pretrained_ckpt=FILE, or try the whole chain with debug=limit."
         )
     out = stage_dir(cfg)
-    check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
+    make_writable_dir(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):
         if (out / "metrics.json").is_file():
             ckpt = finished_stage(out)

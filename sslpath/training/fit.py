@@ -1,35 +1,31 @@
-"""Train, test and record one run (or a chain: SSL pretraining, then fine-tuning).
-
-    python -m sslpath.train model=baseline|simclr|finetune|probe data=pathmnist|medmnist|folder|synthetic trainer=…
-
-`--help` lists the config groups and examples. Heavy libraries are imported inside functions so
-the help page answers at once.
-"""
+"""Train, test and record one run, or a chain: SSL pretraining, then fine-tuning (`python -m sslpath.train`)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, open_dict
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.checks.validate import validate
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_write_json, atomic_write_text
+from sslpath.models.checkpoint import check_resumable, load_checkpoint, read_metadata
+from sslpath.reporting.write import write_report
+from sslpath.training import chain
+from sslpath.training import rundir as runs
+from sslpath.training.build import build_run, model_class
+from sslpath.training.tracking import log_run_summary
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from sslpath.checks.validate import validate
-    from sslpath.report import write_report
-    from sslpath.training import chain
-
     validate(cfg)
     check_optimized_metric(cfg)
     if not chain.needs_pretraining(cfg):
@@ -46,15 +42,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     """One run in its run dir: fit (or resume), test the best checkpoint, write metrics.json."""
-    import lightning as L
-    from omegaconf import OmegaConf
-
-    from sslpath.core.files import atomic_write_json, atomic_write_text
-    from sslpath.models.checkpoint import check_resumable
-    from sslpath.training import rundir as runs
-    from sslpath.training.build import build_run, model_class
-    from sslpath.training.tracking import log_run_summary
-
     out = Path(cfg.paths.output_dir)
     with runs.claim(out):
         resume_from = resume_checkpoint(cfg, out)
@@ -103,7 +90,6 @@ def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
     """Where a fine-tune started from, for metrics.json (nothing for other models)."""
     if "pretrained_ckpt" not in cfg.model:
         return {}
-    from sslpath.models.checkpoint import load_checkpoint, read_metadata
 
     ckpt = cfg.model.pretrained_ckpt
     method = read_metadata(load_checkpoint(ckpt), ckpt).kind if ckpt else None
@@ -117,8 +103,6 @@ def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint to continue from: resume=RUN_DIR or ckpt_path=last (newest in the run dir,
     same settings required), or an explicit ckpt_path file."""
-    from sslpath.training import rundir as runs
-
     if cfg.resume or cfg.ckpt_path == "last":
         runs.check_same_settings(cfg, out)
         return str(runs.resume_checkpoint(out))
@@ -148,8 +132,6 @@ def best_score(trainer: Any) -> float | None:
 
 def check_optimized_metric(cfg: DictConfig) -> None:
     """The value main() returns to sweepers must be one the model logs; checked before any training."""
-    from sslpath.training.build import model_class
-
     model_cls = model_class(cfg)
     if cfg.optimized_metric not in model_cls.val_metrics:
         raise UserError(
@@ -171,26 +153,3 @@ def best_value(trainer: Any, metric: str) -> float | None:
             "model.knn_k > 0, and validation must run)."
         )
     return None if value is None else float(value)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
-    from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from sslpath.core.console import quiet_third_party
-    from sslpath.training.rundir import removed_if_unstarted
-
-    quiet_third_party()
-    # A run that stops before training (bad data, offline, Ctrl-C) leaves no run dir to trip over.
-    with removed_if_unstarted(Path(HydraConfig.get().runtime.output_dir)), exit_on_user_error("sslpath.train"):
-        try:
-            return train(cfg)["optimized_value"]
-        except SIGTERMException:
-            print("sslpath.train: stopped by SIGTERM; a checkpoint was saved: resume with resume=RUN_DIR.", file=sys.stderr)
-            raise SystemExit(143) from None
-
-
-if __name__ == "__main__":
-    main()

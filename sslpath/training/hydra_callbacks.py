@@ -1,4 +1,5 @@
-"""Hydra callbacks: checks before any job starts, and reports after a sweep ends."""
+"""Hydra callbacks: checks before any job starts, and reports after a sweep ends (the comparison report of
+every job, and with experiment=robustness each job's best checkpoint under corruptions)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
+
+from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.core.names import check_path_name
+from sslpath.core.paths import make_writable_dir
+from sslpath.evaluation.corruptions import load_suite
+from sslpath.evaluation.evaluate import benchmark_run
+from sslpath.reporting.robustness import write_comparison
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.write import REPORT_DIR, write_report, write_sweep_results
+from sslpath.results.robustness import STEM
+from sslpath.training.rundir import check_can_start, check_new_sweep, note_if_new
 
 
 class CheckOutputDir(Callback):
@@ -17,12 +31,6 @@ class CheckOutputDir(Callback):
     Notes whether this process creates the run dir: only then may a failed start remove it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lightning.pytorch.utilities import rank_zero_only
-
-        from sslpath.core.errors import UserError, exit_on_user_error
-        from sslpath.core.names import check_path_name
-        from sslpath.training.rundir import check_can_start, check_writable, note_if_new
-
         if rank_zero_only.rank != 0:
             return  # a DDP rank that Lightning (or SLURM) started: rank 0 checked and holds the run dir
         with exit_on_user_error("sslpath.train"):
@@ -36,28 +44,22 @@ class CheckOutputDir(Callback):
                 )
             run_dir = Path(config.hydra.run.dir)
             note_if_new(run_dir)
-            check_writable(run_dir, "output dir")
+            make_writable_dir(run_dir, "output dir")
             check_can_start(run_dir, resuming=resume is not None or config.get("ckpt_path") == "last")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sslpath.core.errors import exit_on_user_error
-        from sslpath.core.names import check_path_name
-        from sslpath.training.rundir import check_new_sweep, check_writable
-
         with exit_on_user_error("sslpath.train"):
             HydraConfig.instance().set_config(config)
             for run_name in [str(config.run_name), *swept_values(config, "run_name")]:
                 check_path_name(run_name, "run_name")  # each job's dir is named by it
             sweep = Path(config.hydra.sweep.dir)
             check_new_sweep(sweep)
-            check_writable(sweep, "output dir")
+            make_writable_dir(sweep, "output dir")
 
 
 def swept_values(config: DictConfig, key: str) -> list[str]:
     """The literal values a multirun's command line gives `key` (`key=a,b` or `key=choice(a,b)`);
     interpolations and non-choice sweeps are left to the job, whose dir resolution checks them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     values: list[str] = []
     for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
         if override.get_key_element() != key:
@@ -76,9 +78,6 @@ class SweepReport(Callback):
     efficiency figure when the sweep has several label fractions."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sslpath.core.errors import exit_on_user_error
-        from sslpath.report import REPORT_DIR, load_run, write_report, write_sweep_results
-
         if not config.get("report", True):
             return
         sweep = Path(config.hydra.sweep.dir)
@@ -94,6 +93,32 @@ class SweepReport(Callback):
             sweep_results = write_sweep_results(runs, sweep, sweep / REPORT_DIR)
         print(f"sslpath: sweep report -> {results}")
         print(f"sslpath: sweep results -> {sweep_results}")
+
+
+class SweepRobustness(Callback):
+    """After a multirun: each job's best checkpoint under the `robustness` corruptions (a `corruptions`
+    config, e.g. `- /corruptions@robustness: pathology`), then one comparison in <sweep>/robustness/."""
+
+    def __init__(self, device: str = "auto", key: str = "robustness") -> None:
+        self.device, self.key = device, key
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        with exit_on_user_error("sslpath.train"):
+            suite = load_suite(config.get(self.key), self.key)
+            if suite is None:
+                raise UserError(f"{self.key} lists no corruption: set it to a corruptions config (experiment=robustness does).")
+            jobs = sorted((p.parent for p in sweep.glob("*/metrics.json")), key=job_order)
+            if not jobs:
+                print(f"sslpath: no finished job in {sweep}: no robustness comparison", file=sys.stderr)
+                return
+            records = [r for r in (benchmark_run(job, suite, self.device) for job in jobs) if r is not None]
+            if not records:
+                return
+            out = sweep / STEM
+            out.mkdir(exist_ok=True)
+            result = write_comparison(records, out)
+        print(f"sslpath: robustness comparison -> {result}")
 
 
 def ssl_stages(metrics: Any) -> list[Path]:

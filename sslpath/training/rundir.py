@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
+from sslpath.core.paths import make_writable_dir
 
 LOCK = ".sslpath.lock"
 INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM / Ctrl-C
@@ -38,7 +39,7 @@ def claim(run_dir: Path) -> Iterator[None]:
     note_if_new(run_dir)
     with removed_if_unstarted(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_writable(run_dir, "run dir")
+        make_writable_dir(run_dir, "run dir")
         lock = acquire(run_dir)
         owner = run_dir / f"{LOCK}.pid"
         try:
@@ -156,16 +157,6 @@ def remove_torn_saves(run_dir: Path) -> list[Path]:
     for path in torn:
         path.unlink(missing_ok=True)
     return torn
-
-
-def check_writable(path: Path, what: str, key: str = "paths.log_dir (or the SSLPATH_LOG_DIR environment variable)") -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write the {what} {path} ({err.strerror or err}). Point {key} at a writable folder.") from None
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
