@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sslpath.core.errors import exit_on_user_error
-from sslpath.reporting.options import FORMATS
+from sslpath.reporting.options import FIGURE_FORMATS
 
 PROG = "sslpath.report"
 
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, help="output dir (default: report/ under the runs' common parent)")
-    parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {','.join(FORMATS)}; default png")
+    formats = ",".join(FIGURE_FORMATS)
+    parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {formats}; default png")
     parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150; 300 for print)")
     parser.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write images to each run's tb/report/"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sslpath.core.errors import exit_on_user_error
-from sslpath.reporting.options import FORMATS
+from sslpath.reporting.options import FIGURE_FORMATS
 
 PROG = "sslpath.robustness_report"
 
@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         help="output dir for robustness_comparison.md/.csv/.png; required with several DIRs, default with one: DIR/robustness/",
     )
-    parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {','.join(FORMATS)}; default png")
+    formats = ",".join(FIGURE_FORMATS)
+    parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {formats}; default png")
     parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150; 300 for print)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROG):

@@ -105,7 +105,7 @@ def test_tensorboard_report_dir_with_other_files_is_refused(tmp_path):
 
 def test_run_dir_is_one_run_not_what_lies_below(tmp_path):
     run = fake_run(tmp_path / "run", run_name="outer")
-    fake_run(run / "pretrain" / "simclr-abc", model="ssl", run_name="inner")
+    fake_run(run / "pretrain" / "simclr-abc", model="simclr", run_name="inner")
     results = write_report([run], tmp_path / "out")
     assert "outer" in results.read_text() and "inner" not in results.read_text()
     assert not (run / "pretrain" / "simclr-abc" / "tb" / "report").exists()
@@ -132,7 +132,7 @@ def test_hand_given_checkpoint_pulls_no_unrelated_runs_into_a_sweep_report(tmp_p
 
 
 def test_ssl_stage_outside_the_sweep_is_reported_but_left_untouched(tmp_path):
-    stage = fake_run(tmp_path / "stages" / "simclr-abc", model="ssl", run_name="ssl-pretrain-simclr")
+    stage = fake_run(tmp_path / "stages" / "simclr-abc", model="simclr", run_name="ssl-pretrain-simclr")
     fake_run(stage / "nested", run_name="stranger")  # below the stage: not part of it
     (stage / "checkpoints").mkdir()
     (stage / "checkpoints" / "last.ckpt").write_bytes(b"weights")
@@ -175,7 +175,7 @@ def test_auc_is_recomputed_from_distinct_probabilities(tmp_path):
 
     auc = float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in range(3)]))
     edit_json(test_acc=float((table[:, 2] == labels).mean()), test_auc=auc)(run)
-    assert load_run(run).metrics["test_auc"] == auc
+    assert load_run(run).record.test_auc == auc
     edit_json(test_auc=auc + 0.01)(run)
     with pytest.raises(UserError, match="test_auc"):
         load_run(run)

@@ -95,6 +95,9 @@ BAD_INPUTS = {
     "absent not a list": ("metrics.json", edit_json(absent_classes="mucus"), "`absent_classes` is 'mucus', not a list"),
     "absent but present": ("metrics.json", edit_json(absent_classes=["mucus"]), "lists ['mucus'] in absent_classes"),
     "knn text": ("metrics.json", edit_json(val_knn_acc="0.8"), "`val_knn_acc` is '0.8'"),
+    "unknown field": ("metrics.json", edit_json(accuracy=0.9), "has unknown field(s) 'accuracy'"),
+    "other schema": ("metrics.json", edit_json(schema_version=2), "`schema_version` is 2, not 1"),
+    "no absent list": ("metrics.json", edit_json(absent_classes=...), "`absent_classes` is missing"),
     "classes differ": ("metrics.json", edit_json(per_class_acc={"a": 0.5, "b": 0.5}), "per_class_acc for 2 classes"),
     "csv empty": ("test_predictions.csv", write("test_predictions.csv", ""), "is empty"),
     "csv header only": ("test_predictions.csv", edit_csv(lambda lines: lines[:1]), "has a header but no predictions"),
@@ -191,10 +194,13 @@ def test_edited_accuracy_is_refused(tmp_path):
     write_report([run], tmp_path / "out")
 
 
-def test_older_runs_without_new_keys_are_reported(tmp_path):
+def test_optional_fields_may_be_absent_but_a_record_without_its_schema_version_is_refused(tmp_path):
     run = fake_run(tmp_path / "run")
-    edit_json(per_class_acc=..., absent_classes=..., val_knn_acc=..., best_val_acc=..., ckpt_path=...)(run)
+    edit_json(val_knn_acc=..., best_val_acc=..., ckpt_path=None)(run)  # an SSL stage, a fast_dev_run
     assert (write_report([run], tmp_path / "out")).is_file()
+    edit_json(schema_version=...)(run)  # as metrics.json was before it had a schema: not read as if it had one
+    with pytest.raises(UserError, match="`schema_version` is missing"):
+        write_report([run], tmp_path / "out2")
 
 
 def test_existing_report_survives_a_refused_one(tmp_path):

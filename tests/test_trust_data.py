@@ -379,16 +379,16 @@ def test_a_crafted_split_record_is_refused(folder_run, split):
 def test_two_runs_on_one_folder_convert_it_once(tmp_path, tiles, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from sslpath.data import folder
+    from sslpath.data import tile_files
 
     conversions = []
-    read_tiles = folder._read_tiles
+    read_tiles = tile_files.read_tiles
 
     def counting(*args, **kwargs):
         conversions.append(1)
         return read_tiles(*args, **kwargs)
 
-    monkeypatch.setattr(folder, "_read_tiles", counting)
+    monkeypatch.setattr(tile_files, "read_tiles", counting)
     modules = [folder_module(tiles, tmp_path / "cache") for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
         assert len({path for path in pool.map(lambda dm: dm.tiles.prepare(), modules)}) == 1

@@ -33,7 +33,7 @@ from sslpath.evaluation.corruptions import Suite
 from sslpath.evaluation.predict import image_batches, predict
 from sslpath.models.checkpoint import read_metadata
 from sslpath.reporting.robustness import records_csv
-from sslpath.results.robustness import read_record, to_record
+from sslpath.results.robustness import read_robustness_record, robustness_record
 from sslpath.training.fit import train
 from sslpath.training.hydra_callbacks import CheckOutputDir
 
@@ -395,7 +395,7 @@ def record(run_name: str = "baseline", clean: float = 0.8) -> dict:
 
     results = {"jpeg_compression": {1: result(0.7), 2: result(0.6)}, "gaussian_noise": {1: result(0.75), 2: result(0.9)}}
     robustness = Robustness(clean=result(clean), results=results, suite=suite, num_images=10)
-    return json.loads(json.dumps(to_record(robustness, run_name, "baseline", "/x/best.ckpt")))
+    return json.loads(json.dumps(robustness_record(robustness, run_name, "baseline", "/x/best.ckpt")))
 
 
 def write_record(folder: Path, data: dict | str | bytes) -> Path:
@@ -410,7 +410,7 @@ def write_record(folder: Path, data: dict | str | bytes) -> Path:
 
 def test_a_record_as_written_is_read_and_compared(tmp_path):
     write_record(tmp_path / "a", record())
-    assert read_record(tmp_path / "a" / "robustness.json") == record()
+    assert read_robustness_record(tmp_path / "a" / "robustness.json") == record()
     run_main(
         "sslpath.robustness_report",
         str(tmp_path / "a"),

@@ -13,6 +13,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sslpath.core.errors import UserError
+from sslpath.data.download import check_download_setting
+from sslpath.models import registry
+from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
 
 INT, FLOAT = "an integer", "a number"
 # key -> (kind, lowest, highest, open_low): None bounds are unbounded; open_low excludes `lowest`.
@@ -83,19 +86,15 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("pretrain"), DictConfig):
         raise UserError(
             f"pretrain={cfg.get('pretrain')!r} replaced the whole SSL stage config with a value. Choose the SSL "
-            "method of a chained fine-tune with model@pretrain=<method> (simclr, byol, mocov3, barlowtwins, vicreg, "
-            "dino), and set its options with pretrain.<key>=…"
+            f"method of a chained fine-tune with model@pretrain=<method> ({', '.join(registry.ssl_kinds())}), and set "
+            "its options with pretrain.<key>=…"
         )
     for key, rule in RULES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_value(key, value, *rule)
     if "download" in cfg.get("data", {}):
-        from sslpath.data.download import check_download_setting
-
         check_download_setting(cfg.data.download)
-    from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD  # what a checkpoint may carry
-
     for key, lo, hi in (("data.mean", -MAX_ABS_MEAN, MAX_ABS_MEAN), ("data.std", MIN_STD, MAX_STD)):
         value = OmegaConf.select(cfg, key, default=None)
         ok = (

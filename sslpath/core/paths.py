@@ -1,9 +1,11 @@
-"""Where output may go: checked before any work, so a bad path fails at once, not after an hour."""
+"""Paths: where output may go (checked before any work, so a bad path fails at once, not after an hour), and
+where earlier results are found."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sslpath.core.errors import UserError
@@ -62,3 +64,23 @@ def check_out_path(out: Path, setting: str) -> Path:
                 )
             break
     return resolved
+
+
+def find_results(paths: Sequence[str | Path], name: str, nothing: Callable[[Path], str]) -> list[Path]:
+    """The result files called `name` (metrics.json, robustness.json) that the paths give, each once, in path
+    order: a path that is such a file, or a folder holding one, gives that one (never what lies below it: a
+    run dir may hold other runs, e.g. its pretrain/); any other folder gives every one below it (a sweep).
+    A path that gives none is a UserError: `nothing(path)` says what to pass instead."""
+    found: dict[Path, None] = {}  # ordered set: a result named twice is read once
+    for path in map(Path, paths):
+        if path.is_file() and path.name == name:
+            hits = [path.resolve()]
+        elif (path / name).is_file():
+            hits = [(path / name).resolve()]
+        else:
+            hits = sorted(p.resolve() for p in path.rglob(name)) if path.is_dir() else []
+        if not hits:
+            what = "does not exist" if not path.exists() else f"holds no {name}, in it or below it"
+            raise UserError(f"{path} {what}. {nothing(path)}")
+        found.update(dict.fromkeys(hits))
+    return list(found)

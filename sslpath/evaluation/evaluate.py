@@ -12,6 +12,7 @@ like a run, and the run's best checkpoint on the same data gives the run's test 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -28,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.core.devices import resolve_device
 from sslpath.core.errors import UserError
-from sslpath.core.files import atomic_write_json, read_json
 from sslpath.core.names import path_name
 from sslpath.core.paths import check_out_path, check_writable
 from sslpath.data.datamodule import ArrayDataModule, FolderDataModule
@@ -40,7 +40,8 @@ from sslpath.reporting.robustness import copy_robustness, write_robustness
 from sslpath.reporting.write import write_report
 from sslpath.results.artifacts import class_logits, write_examples, write_test_predictions
 from sslpath.results.metrics import classification_results
-from sslpath.results.robustness import FILE, STEM
+from sslpath.results.record import METRICS_FILE, RunRecord, read_record, write_record
+from sslpath.results.robustness import JSON, STEM
 
 PROG = "sslpath.evaluate"
 HELP = "python -m sslpath.evaluate --help"  # the one usage text: conf/evaluate.yaml's help
@@ -48,7 +49,7 @@ Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 N×3×H×W batch -> CP
 log = logging.getLogger(__name__)
 
 
-def check_settings(cfg: DictConfig) -> tuple[Path, Path]:
+def check_evaluate_settings(cfg: DictConfig) -> tuple[Path, Path]:
     """The checkpoint and the output folder, after every setting is checked and before any work."""
     if cfg.get("ckpt") in (None, ""):  # `???`, null or empty
         raise UserError(
@@ -164,9 +165,10 @@ def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> to
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
+    """Check, rebuild the model, run it over the split, write the run-dir files; returns the run record as
+    metrics.json holds it."""
     start = time.perf_counter()
-    ckpt, out = check_settings(cfg)
+    ckpt, out = check_evaluate_settings(cfg)
     suite = load_suite(cfg.get("corruptions"))
     device = resolve_device(str(cfg.device))
     meta, split, predict = load_split(cfg, ckpt, device)
@@ -178,19 +180,23 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     probs = logits.softmax(dim=1).numpy()
     run_name = str(cfg.run_name or meta.kind)
-    metrics = {
-        "model": meta.kind,
-        "run_name": run_name,
-        "seed": cfg.seed,
-        "label_fraction": cfg.data.label_fraction,
+    # The checkpoint's own training settings (label fraction, seed, SSL method), not this command's config:
+    # a report groups the evaluation with the run that trained it.
+    record = RunRecord(
+        model=meta.kind,
+        run_name=run_name,
+        seed=meta.seed,
+        label_fraction=meta.label_fraction,
+        pretrain_method=meta.pretrain_method,
         **classification_results(logits, split.labels, meta.class_names),
-        "ckpt_path": str(ckpt.resolve()),
-        "evaluated_split": cfg.split,
-        "num_images": len(split),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "epochs": 0,  # an evaluation trains nothing
-    }
-    check_finite(metrics, ckpt)  # before any file is written
+        ckpt_path=str(ckpt.resolve()),
+        evaluated_split=cfg.split,
+        num_images=len(split),
+        data=OmegaConf.to_container(cfg.data, resolve=True),
+        epochs=0,  # an evaluation trains nothing
+        wall_seconds=0.0,
+    )
+    check_finite(record.to_dict(), ckpt)  # before any file is written
     write_test_predictions(out, probs, split.labels.numpy(), meta.class_names)
     write_examples(out, split, probs, seed=cfg.seed)
     robustness = None
@@ -198,29 +204,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         robustness = benchmark(
             suite, split.images, split.labels, meta.class_names, predict, logits, cfg.data.eval_batch_size, device
         )
-        write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
-        metrics["robustness"] = robustness.summary()
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    check_finite(metrics, ckpt)
-    atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
+        write_robustness(out, robustness, run_name, meta.kind, record.ckpt_path)
+        record = dataclasses.replace(record, robustness=robustness.summary())
+    record = dataclasses.replace(record, wall_seconds=round(time.perf_counter() - start, 2))
+    check_finite(record.to_dict(), ckpt)
+    write_record(out, record)  # last: a folder with metrics.json is complete
     if cfg.report:
         write_report([out], out / "report")
         if robustness is not None:
             copy_robustness(out, out / "report")
     print(
-        f"{PROG}: test_acc={metrics['test_acc']:.4f} test_auc={metrics['test_auc']} on {len(split)} {cfg.split} "
+        f"{PROG}: test_acc={record.test_acc:.4f} test_auc={record.test_auc} on {len(split)} {cfg.split} "
         f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
     if robustness is not None:
-        summary = metrics["robustness"]
+        summary = record.robustness
         drop = "n/a" if summary["relative_drop"] is None else f"{summary['relative_drop']:.1%}"
         print(
             f"{PROG}: mean corruption accuracy {summary['mean_corruption_acc']:.4f} over {len(suite.names)} corruptions x "
             f"{len(suite.severities)} severities (relative drop {drop}) -> {out / f'{STEM}.md'}",
             flush=True,
         )
-    return metrics
+    return record.to_dict()
 
 
 def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
@@ -237,17 +243,17 @@ def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
 def benchmark_run(run_dir: Path, suite: Suite, device: str = "auto") -> Path | None:
     """Benchmark a finished training run's best checkpoint on its own test split; writes and returns
     <run_dir>/robustness/robustness.json (beside .csv/.md/.png); None for a run without a checkpoint."""
-    metrics = read_json(run_dir / "metrics.json")
-    if not metrics.get("ckpt_path"):
+    record = read_record(run_dir / METRICS_FILE)
+    if not record.ckpt_path:
         print(f"sslpath: {run_dir} tested no checkpoint (a fast_dev_run): left out of the robustness comparison", file=sys.stderr)
         return None
     cfg = OmegaConf.create({"data": OmegaConf.load(run_dir / "config.yaml").data, "split": "test"})
     torch_device = resolve_device(device)
-    meta, split, predict = load_split(cfg, Path(metrics["ckpt_path"]), torch_device)
+    meta, split, predict = load_split(cfg, Path(record.ckpt_path), torch_device)
     batch = cfg.data.eval_batch_size
     logits = predict_split(predict, split.images, batch)
     robustness = benchmark(suite, split.images, split.labels, meta.class_names, predict, logits, batch, torch_device)
     out = run_dir / STEM
     out.mkdir(exist_ok=True)
-    write_robustness(out, robustness, str(metrics.get("run_name") or meta.kind), meta.kind, metrics["ckpt_path"])
-    return out / FILE
+    write_robustness(out, robustness, record.run_name, meta.kind, record.ckpt_path)
+    return out / JSON

@@ -25,11 +25,11 @@ from sslpath.core.files import atomic_write_text, csv_text
 from sslpath.core.names import text_name
 from sslpath.core.paths import check_out_path, check_writable
 from sslpath.data.augment import BatchTransform
-from sslpath.data.folder import image_files
 from sslpath.data.images import MAX_PIXELS, read_image
 from sslpath.data.npz import read_images
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
+from sslpath.data.tile_files import image_files
 from sslpath.models.checkpoint import load_inference_model
 from sslpath.results.artifacts import class_logits
 
@@ -39,7 +39,7 @@ KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels")
 HEADER = "file,predicted,"  # how every predictions CSV this tool writes begins: the only file `out` may replace
 
 
-def check_settings(cfg: DictConfig) -> dict[str, Any]:
+def check_predict_settings(cfg: DictConfig) -> dict[str, Any]:
     """The settings as plain values, every one checked before any work is done."""
     extra = sorted(set(map(str, cfg)) - set(KEYS))
     if extra:
@@ -139,7 +139,7 @@ def write_image_predictions(path: Path, names: list[str], probs: np.ndarray, cla
 
 def predict(cfg: DictConfig) -> Path:
     """Check the settings, classify every readable image, write the CSV; returns its path."""
-    args = check_settings(cfg)
+    args = check_predict_settings(cfg)
     device = resolve_device(args["device"])
     source = args["input"]
     if not source.exists():
@@ -178,7 +178,7 @@ def predict(cfg: DictConfig) -> Path:
 
 def refuse_unknown_overrides(argv: list[str]) -> None:
     """`foo=1` names no setting: refuse it with the tool's own message (Hydra would exit 1 with a
-    struct error before `check_settings` could); `+foo=1` reaches `check_settings`, which refuses it there."""
+    struct error before `check_predict_settings` could); `+foo=1` reaches `check_predict_settings`, which refuses it there."""
     extra = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:  # Hydra's flags and their values (--cfg job, -m)

@@ -18,8 +18,9 @@ from matplotlib.ticker import MaxNLocator
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.files import atomic_write_bytes
+from sslpath.models import registry
 from sslpath.reporting.runs import GRID, VAL_TAGS, Run
-from sslpath.reporting.style import SSL_KINDS, class_legend, line_styles, percent, short_class_names
+from sslpath.reporting.style import class_legend, line_styles, percent, short_class_names
 from sslpath.reporting.tables import Group, mean_std
 
 ACC_TAG, LOSS_TAG = VAL_TAGS
@@ -94,7 +95,7 @@ def curves_figure(groups: Sequence[Group], tag: str, ylabel: str, scale: float) 
         last_epoch = max(last_epoch, epochs[-1])
         mean, std = np.array([mean_std(by_epoch[e]) for e in epochs]).T
         label = group.label(with_fraction) + (f" (n={len(group.runs)})" if len(group.runs) > 1 else "")
-        if tag == ACC_TAG and group.kind in SSL_KINDS:
+        if tag == ACC_TAG and registry.is_ssl(group.kind):
             label += " — online linear probe"
         ax.plot(epochs, mean, markersize=4, label=label, **style)
         if len(group.runs) > 1:
@@ -117,14 +118,14 @@ def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
     model was run at several fractions.
 
     x is metrics.json's `train_labels_per_class` (labelled training images per class: label fraction ×
-    training-set size / classes) when every plotted run has it. Runs from before that key lack it; then x
-    is the label fraction and the axis is labelled "label fraction".
+    training-set size / classes) when every plotted run has it. Evaluations (sslpath.evaluate) do not record
+    it; with one among them x is the label fraction and the axis is labelled "label fraction".
     """
     lines = {name: [g for g in groups if g.name == name] for name in dict.fromkeys(g.name for g in groups)}
     lines = {name: line for name, line in lines.items() if len(line) > 1}
     if not lines:
         return None
-    per_class = all("train_labels_per_class" in run.metrics for line in lines.values() for g in line for run in g.runs)
+    per_class = all(run.record.train_labels_per_class for line in lines.values() for g in line for run in g.runs)
 
     def x(group: Group) -> float:
         return float(np.mean(group.values("train_labels_per_class"))) if per_class else group.fraction
@@ -132,7 +133,7 @@ def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
     fig = new_figure((6.4, 4.0))
     ax = fig.add_subplot()
     for (name, line), style in zip(lines.items(), line_styles([line[0].colour_key for line in lines.values()])):
-        stats = np.array([mean_std([100 * run.metrics["test_acc"] for run in g.runs]) for g in line])
+        stats = np.array([mean_std([100 * run.record.test_acc for run in g.runs]) for g in line])
         seeds = sorted({len(g.runs) for g in line})
         label = name + (f" (n={'/'.join(map(str, seeds))})" if seeds != [1] else "")
         ax.errorbar([x(g) for g in line], stats[:, 0], yerr=stats[:, 1], markersize=5, capsize=3, label=label, **style)
@@ -208,6 +209,6 @@ def log_figures(run: Run, log_dir: Path) -> None:
             with literal_text(fig):
                 fig.canvas.draw()
             pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
-            writer.add_image(tag, pixels, global_step=run.metrics["epochs"], dataformats="HWC")
+            writer.add_image(tag, pixels, global_step=run.record.epochs, dataformats="HWC")
     finally:
         writer.close()

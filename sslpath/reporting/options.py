@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sslpath.core.errors import UserError
 
-FORMATS = ("png", "pdf", "svg")
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 def check_figure_options(formats: str | Sequence[str], dpi: int) -> tuple[str, ...]:
@@ -15,9 +15,9 @@ def check_figure_options(formats: str | Sequence[str], dpi: int) -> tuple[str, .
     if isinstance(formats, str):
         formats = formats.split(",")
     chosen = tuple(dict.fromkeys(fmt.strip().lower().lstrip(".") for fmt in formats if fmt.strip()))
-    if not chosen or not set(chosen) <= set(FORMATS):
+    if not chosen or not set(chosen) <= set(FIGURE_FORMATS):
         raise UserError(
-            f"figure formats {','.join(formats)!r} are not all known: choose one or more of {', '.join(FORMATS)}, "
+            f"figure formats {','.join(formats)!r} are not all known: choose one or more of {', '.join(FIGURE_FORMATS)}, "
             "comma-separated (--formats png,pdf)."
         )
     if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 1200:

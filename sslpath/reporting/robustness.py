@@ -19,11 +19,11 @@ from matplotlib.figure import Figure
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text
 from sslpath.core.names import text_name
-from sslpath.core.paths import check_writable
+from sslpath.core.paths import check_writable, find_results
 from sslpath.reporting.figures import embed, new_figure, save_figure
 from sslpath.reporting.options import check_figure_options
-from sslpath.reporting.style import KIND_COLOURS, kind_colour, line_styles
-from sslpath.results.robustness import FILE, ROW_KEYS, STEM, Benchmarked, read_record, to_record
+from sslpath.reporting.style import kind_colour, line_styles
+from sslpath.results.robustness import JSON, ROW_KEYS, STEM, Benchmarked, read_robustness_record, robustness_record
 
 COMPARISON = "robustness_comparison"  # several: <out>/robustness_comparison.{csv,md,png}
 CSV_FIELDS = ("model", "run_name", *ROW_KEYS)
@@ -37,11 +37,11 @@ def write_robustness(
     out: Path, robustness: Benchmarked, name: str, kind: str, ckpt_path: str, formats: Sequence[str] = ("png",), dpi: int = 150
 ) -> dict[str, Any]:
     """robustness.json/.csv/.md and the figure in out; returns the record."""
-    record = to_record(robustness, name, kind, ckpt_path)
+    record = robustness_record(robustness, name, kind, ckpt_path)
     save_figure(robustness_figure(record), out / STEM, formats, dpi)
     atomic_write_text(out / f"{STEM}.csv", records_csv([record]))
     atomic_write_text(out / f"{STEM}.md", record_markdown(record, formats))
-    atomic_write_json(out / FILE, record)  # last: its presence marks a complete set
+    atomic_write_json(out / JSON, record)  # last: its presence marks a complete set
     return record
 
 
@@ -132,11 +132,6 @@ def records_csv(records: Sequence[dict[str, Any]]) -> str:
     return csv_text(table)
 
 
-def _colour_kind(record: dict[str, Any]) -> str:
-    """The colour key: the run name when it is a model kind of its own (a probe is a frozen fine-tune), else the kind."""
-    return record["run_name"].lower() if record["run_name"].lower() in KIND_COLOURS else record["model"]
-
-
 def robustness_figure(record: dict[str, Any]) -> Figure:
     """Accuracy against severity: a thin line per corruption, their mean in the model's colour."""
     s = record["summary"]
@@ -150,7 +145,7 @@ def robustness_figure(record: dict[str, Any]) -> Figure:
     ax.plot(
         xs,
         [100 * v for v in severity_means(record)],
-        color=kind_colour(_colour_kind(record)),
+        color=kind_colour(record["model"]),
         lw=2.8,
         marker="o",
         label="mean over corruptions",
@@ -173,20 +168,15 @@ def robustness_figure(record: dict[str, Any]) -> Figure:
 
 
 def find_records(paths: Sequence[str | Path]) -> list[Path]:
-    """Every robustness.json at or below each path, each once, in path order."""
-    found: dict[Path, None] = {}
-    for path in map(Path, paths):
-        hits = sorted(p.resolve() for p in path.rglob(FILE)) if path.is_dir() else []
-        if path.is_file() and path.name == FILE:
-            hits = [path.resolve()]
-        if not hits:
-            raise UserError(
-                f"{path} holds no {STEM}.json, so there is no robustness result to compare. Benchmark a checkpoint "
-                "first: python -m sslpath.evaluate ckpt=… corruptions=pathology out=DIR (or train with "
-                "experiment=robustness)."
-            )
-        found.update(dict.fromkeys(hits))
-    return list(found)
+    """The robustness.json files the paths give (sslpath.core.paths.find_results, as a report finds runs)."""
+
+    def nothing(_: Path) -> str:
+        return (
+            "There is no robustness result to compare. Benchmark a checkpoint first: python -m sslpath.evaluate "
+            "ckpt=… corruptions=pathology out=DIR (or train with experiment=robustness)."
+        )
+
+    return find_results(paths, JSON, nothing)
 
 
 def check_comparable(records: Sequence[dict[str, Any]], paths: Sequence[Path]) -> None:
@@ -264,7 +254,7 @@ def comparison_figure(records: Sequence[dict[str, Any]]) -> Figure:
     fig = new_figure((3.0 * cols, 2.4 * rows + 0.6))
     axes = list(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).flat)
     xs = [0, *_severities(records[0])]
-    styles = line_styles([_colour_kind(r) for r in records])
+    styles = line_styles([r["model"] for r in records])
     for ax, name in zip(axes, names, strict=False):
         for label, record, style in zip(_labels(records), records, styles, strict=True):
             if name == names[0]:
@@ -288,7 +278,7 @@ def comparison_figure(records: Sequence[dict[str, Any]]) -> Figure:
 def write_comparison(paths: Sequence[Path], out: Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> Path:
     """robustness_comparison.md/.csv/.png in out for these robustness.json files; returns the .md."""
     formats = check_figure_options(formats, dpi)
-    records = [read_record(p) for p in paths]
+    records = [read_robustness_record(p) for p in paths]
     check_comparable(records, paths)
     figure = comparison_figure(records)
     try:

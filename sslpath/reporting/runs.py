@@ -13,75 +13,27 @@ import math
 import reprlib
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslpath.core.errors import UserError
-from sslpath.core.files import read_untrusted_json
+from sslpath.core.paths import find_results
 from sslpath.reporting.style import percent
 from sslpath.results.metrics import classification_results
+from sslpath.results.record import MAX_EPOCHS, RERUN, RunRecord, read_record
 
 RUN_FILES = ("metrics.json", "test_predictions.csv", "test_examples.npz")
 GRID = 3  # the qualitative figure shows GRID × GRID test images
 VAL_TAGS = ("val/acc", "val/loss")  # the validation curves read from tb/
-RERUN = (
-    "Re-run the run's test stage with the current sslpath.train (`python -m sslpath.train ckpt_path=last "
-    "hydra.run.dir=<run dir>` plus its original overrides), or leave the run out of the report."
-)
-MAX_EPOCHS = 10**7  # more is no real run: an edited or corrupt metrics.json
-MAX_WALL_SECONDS = 10**9  # about 32 years
 # test_examples.npz holds a handful of tiles for the grid (36 by default): larger declared arrays are refused
 MAX_EXAMPLES, MAX_EXAMPLE_SIDE, MAX_EXAMPLE_BYTES = 10_000, 1024, 256 * 2**20
 AUC_SLACK = 1.5e-6  # test_predictions.csv rounds probabilities to 6 decimals: pairs this close may be either order
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_rate(value: Any) -> bool:
-    return _is_number(value) and 0 <= value <= 1
-
-
-def _is_name(value: Any) -> bool:
-    return isinstance(value, str) and value.strip() != ""
-
-
-# metrics.json key -> (check, what it must be). Optional keys may be missing (older runs), not malformed.
-REQUIRED_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": (_is_name, "the model kind, a non-empty string"),
-    "run_name": (_is_name, "a non-empty string"),
-    "seed": (_is_int, "an integer"),
-    "label_fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "test_loss": (_is_number, "a number"),
-    "test_acc": (_is_rate, "a number from 0 to 1"),
-    "test_auc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
-    "epochs": (lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f"an integer from 0 to {MAX_EPOCHS:,}"),
-    "wall_seconds": (
-        lambda v: _is_number(v) and 0 <= v <= MAX_WALL_SECONDS,
-        f"a number of seconds from 0 to {MAX_WALL_SECONDS:,}",
-    ),
-}
-OPTIONAL_METRICS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "val_knn_acc": (lambda v: v is None or _is_rate(v), "a number from 0 to 1, or null"),
-    "absent_classes": (lambda v: isinstance(v, list) and all(map(_is_name, v)), "a list of class names"),
-    "per_class_acc": (
-        lambda v: isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values()),
-        "an object {class name: accuracy or null}",
-    ),
-    "train_labels_per_class": (lambda v: _is_number(v) and v > 0, "a positive number"),
-}
-JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
 class Examples(NamedTuple):
@@ -94,10 +46,10 @@ class Examples(NamedTuple):
 
 @dataclass
 class Run:
-    """One finished run, checked: metrics, test labels and predictions, example images, validation curves."""
+    """One finished run, checked: its record, test labels and predictions, example images, validation curves."""
 
     dir: Path
-    metrics: dict[str, Any]
+    record: RunRecord
     class_names: list[str]
     labels: np.ndarray
     preds: np.ndarray
@@ -106,47 +58,39 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.metrics["run_name"]
+        return self.record.run_name
 
     @property
     def kind(self) -> str:
-        return self.metrics["model"].lower()
+        return self.record.model.lower()
 
     @property
     def colour_key(self) -> str:
         """Fine-tunes and probes take their SSL method's colour, so methods stay apart in one figure."""
-        return str(self.metrics.get("pretrain_method") or self.kind).lower()
+        return (self.record.pretrain_method or self.kind).lower()
 
     @property
     def fraction(self) -> float:
-        return float(self.metrics["label_fraction"])
+        return float(self.record.label_fraction)
 
     @property
     def title(self) -> str:
         """What a reader needs (model, labels, seed), not dir names or hashes."""
-        return f"{self.name} · {percent(self.fraction)} labels · seed {self.metrics['seed']}"
+        return f"{self.name} · {percent(self.fraction)} labels · seed {self.record.seed}"
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """The run dirs the paths name: a path holding metrics.json is that one run (never what lies below it:
-    a run dir may hold other runs, e.g. its pretrain/); any other path gives every run dir below it (a sweep
-    dir, a chained run stopped after its SSL stage)."""
-    found: dict[Path, None] = {}  # ordered set: a run named twice is reported once
-    for path in map(Path, paths):
-        if (path / RUN_FILES[0]).is_file():
-            runs = [path.resolve()]
-        else:
-            runs = sorted(m.parent.resolve() for m in path.rglob(RUN_FILES[0]))
-        if not runs:
-            what = "does not exist" if not path.exists() else "holds no metrics.json, in it or below it"
-            raise UserError(
-                f"{path} {what}, so there is no finished run to report. Pass run dirs written by "
-                "sslpath.train (outputs/runs/<time>_<name>, or a multirun sweep dir). A run dir without "
-                f"metrics.json stopped before testing: finish it with `python -m sslpath.train "
-                f"ckpt_path=last hydra.run.dir={path}` (plus its original overrides), or leave it out."
-            )
-        found.update(dict.fromkeys(runs))
-    return list(found)
+    """The run dirs the paths name (sslpath.core.paths.find_results): a dir holding metrics.json is that one
+    run; any other dir gives every run dir below it (a sweep dir, a chained run stopped after its SSL stage)."""
+
+    def nothing(path: Path) -> str:
+        return (
+            "There is no finished run to report. Pass run dirs written by sslpath.train (outputs/runs/<time>_<name>, "
+            "or a multirun sweep dir). A run dir without metrics.json stopped before testing: finish it with "
+            f"`python -m sslpath.train ckpt_path=last hydra.run.dir={path}` (plus its original overrides), or leave it out."
+        )
+
+    return [file.parent for file in find_results(paths, RUN_FILES[0], nothing)]
 
 
 def load_run(run_dir: Path) -> Run:
@@ -159,13 +103,13 @@ def load_run(run_dir: Path) -> Run:
             "comes from an older sslpath. Re-run its test stage with the current sslpath.train, or "
             "leave it out of the report."
         )
-    metrics = read_metrics(run_dir / "metrics.json")
-    class_names, labels, preds, probs = read_predictions(run_dir / "test_predictions.csv")
-    check_consistency(run_dir, metrics, class_names, labels, preds)
-    check_auc(run_dir, metrics, class_names, labels, probs)
+    record = read_record(run_dir / RUN_FILES[0])
+    class_names, labels, preds, probs = read_predictions(run_dir / RUN_FILES[1])
+    check_consistency(run_dir, record, class_names, labels, preds)
+    check_auc(run_dir, record, class_names, labels, probs)
     return Run(
         dir=run_dir,
-        metrics=metrics,
+        record=record,
         class_names=class_names,
         labels=labels,
         preds=preds,
@@ -176,23 +120,6 @@ def load_run(run_dir: Path) -> Run:
 
 def _invalid(path: Path, problem: str) -> UserError:
     return UserError(f"{path} {problem}. {RERUN}")
-
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    """metrics.json as a dict whose keys the report uses all have the expected types and ranges."""
-    try:
-        metrics = read_untrusted_json(path)
-    except ValueError as err:
-        raise _invalid(path, f"{err}{': no run measures infinity' if 'finite' in str(err) else ''}") from None
-    if not isinstance(metrics, dict):
-        raise _invalid(path, f"holds {JSON_TYPES.get(type(metrics), 'null')}, not an object of metrics")
-    problems = [f"`{key}` is missing" for key in REQUIRED_METRICS if key not in metrics]
-    for key, (check, what) in (REQUIRED_METRICS | OPTIONAL_METRICS).items():
-        if key in metrics and not check(metrics[key]):
-            problems.append(f"`{key}` is {reprlib.repr(metrics[key])}, not {what}")
-    if problems:
-        raise _invalid(path, "is incomplete or malformed: " + "; ".join(problems))
-    return metrics
 
 
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -237,15 +164,13 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.
     return names, ints[:, 1], ints[:, 2], probs
 
 
-def check_consistency(
-    run_dir: Path, metrics: dict[str, Any], class_names: list[str], labels: np.ndarray, preds: np.ndarray
-) -> None:
+def check_consistency(run_dir: Path, record: RunRecord, class_names: list[str], labels: np.ndarray, preds: np.ndarray) -> None:
     """metrics.json must describe these predictions: the same classes, and the accuracy they give.
 
     An edited or stale metrics.json would otherwise put numbers in the report that no prediction supports.
     """
     path = run_dir / "metrics.json"
-    per_class = list(metrics.get("per_class_acc", class_names))
+    per_class = list(record.per_class_acc)
     if sorted(per_class) != sorted(class_names):
         raise _invalid(
             path,
@@ -253,14 +178,14 @@ def check_consistency(
             f"test_predictions.csv has {len(class_names)} ({reprlib.repr(class_names)}): the two files come "
             "from different runs or datasets",
         )
-    absent = metrics.get("absent_classes", [])
+    absent = record.absent_classes
     present = {class_names[i] for i in np.unique(labels)}
     if wrong := [name for name in absent if name not in class_names or name in present]:
         raise _invalid(path, f"lists {reprlib.repr(wrong)} in absent_classes: test_predictions.csv has images of them")
     correct = int((labels == preds).sum())
-    if abs(correct / len(labels) - metrics["test_acc"]) > 1e-6:
+    if abs(correct / len(labels) - record.test_acc) > 1e-6:
         raise UserError(
-            f"run {metrics['run_name']!r} ({run_dir}): metrics.json says test_acc = {metrics['test_acc']:.6f}, but "
+            f"run {record.run_name!r} ({run_dir}): metrics.json says test_acc = {record.test_acc:.6f}, but "
             f"test_predictions.csv has {correct} of {len(labels)} predictions right ({correct / len(labels):.6f}). "
             "One of the files was edited or comes from another evaluation, so the report would show a number the "
             f"predictions do not support. {RERUN}"
@@ -281,9 +206,9 @@ def auc_bounds(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float] | N
     return tuple(np.mean(bounds, axis=0).tolist()) if len(bounds) > 1 else None
 
 
-def check_auc(run_dir: Path, metrics: dict[str, Any], class_names: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+def check_auc(run_dir: Path, record: RunRecord, class_names: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
     """metrics.json's test_auc must be the macro AUC (sslpath.results.metrics.classification_results) of the predictions."""
-    claimed = metrics["test_auc"]
+    claimed = record.test_auc
     logits = torch.from_numpy(np.log(np.maximum(probs, 1e-30)))
     recomputed = classification_results(logits, torch.from_numpy(labels), class_names)["test_auc"]
     bounds = auc_bounds(labels, probs)
@@ -296,7 +221,7 @@ def check_auc(run_dir: Path, metrics: dict[str, Any], class_names: list[str], la
     says = "null" if claimed is None else f"{claimed:.6f}"
     gives = "no AUC (fewer than two classes present)" if recomputed is None else f"a macro AUC of {recomputed:.6f}"
     raise UserError(
-        f"run {metrics['run_name']!r} ({run_dir}): metrics.json says test_auc = {says}, but the probabilities in "
+        f"run {record.run_name!r} ({run_dir}): metrics.json says test_auc = {says}, but the probabilities in "
         f"test_predictions.csv give {gives}. One of the files was edited or comes from another evaluation, so the "
         f"report would show a number the predictions do not support. {RERUN}"
     )

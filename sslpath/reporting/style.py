@@ -1,4 +1,5 @@
-"""How reports look: one colour per model kind, line styles, percentages and short class names."""
+"""How reports look: one colour per model kind (declared by its class), line styles, percentages and short
+class names."""
 
 from __future__ import annotations
 
@@ -8,21 +9,11 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 
-# One colour per model kind in every figure: Paul Tol's "muted" scheme (colour-blind safe).
-KIND_COLOURS = {
-    "baseline": "#555555",
-    "ssl": "#CC6677",
-    "simclr": "#CC6677",
-    "finetune": "#117733",
-    "probe": "#88CCEE",
-    "byol": "#DDCC77",
-    "mocov3": "#332288",
-    "barlowtwins": "#AA4499",
-    "vicreg": "#44AA99",
-    "dino": "#882255",
-}
+from sslpath.models import registry
+
+# Kinds that declare no colour (sslpath.models.registry) get one of these, by a hash of the kind: the same
+# every time. With the kinds' own, Paul Tol's "muted" scheme and Okabe-Ito's: colour-blind safe.
 FALLBACK_COLOURS = ("#999933", "#E69F00", "#56B4E9", "#D55E00", "#0072B2", "#009E73")
-SSL_KINDS = frozenset({"ssl", "simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino"})
 LINESTYLES = ("-", "--", ":", "-.")  # lines of one kind (other names or label fractions) differ in dash and marker
 MARKERS = ("o", "s", "^", "D", "v")
 # The abbreviations of Kather et al. (2019), whose NCT-CRC-HE-100K tiles PathMNIST is made of.
@@ -45,9 +36,9 @@ def percent(fraction: float) -> str:
 
 
 def kind_colour(kind: str) -> str:
-    """The kind's fixed colour; an unknown kind gets one chosen by a hash of its name, the same every time."""
+    """The colour the kind's model class declares; otherwise one chosen by a hash of its name, the same every time."""
     kind = kind.lower()
-    return KIND_COLOURS.get(kind) or FALLBACK_COLOURS[zlib.crc32(kind.encode()) % len(FALLBACK_COLOURS)]
+    return registry.colour(kind) or FALLBACK_COLOURS[zlib.crc32(kind.encode()) % len(FALLBACK_COLOURS)]
 
 
 def line_styles(kinds: Sequence[str]) -> list[dict[str, str]]:

@@ -40,7 +40,7 @@ class Group:
 
     @property
     def title(self) -> str:
-        seeds = sorted({run.metrics["seed"] for run in self.runs})
+        seeds = sorted({run.record.seed for run in self.runs})
         pooled = f"seed {seeds[0]}" if len(self.runs) == 1 else f"seeds {', '.join(map(str, seeds))} (pooled)"
         return f"{self.name} · {percent(self.fraction)} labels · {pooled}"
 
@@ -48,8 +48,8 @@ class Group:
         return f"{self.name}, {percent(self.fraction)} labels" if with_fraction else self.name
 
     def values(self, key: str) -> list[float]:
-        """The runs' values of a metric; runs without it (or with null) are left out."""
-        return [run.metrics[key] for run in self.runs if run.metrics.get(key) is not None]
+        """The runs' values of a record field; runs without it (null) are left out."""
+        return [value for run in self.runs if (value := getattr(run.record, key)) is not None]
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -77,7 +77,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: a metrics.json key shown as mean ± std, times scale, with `digits` decimals."""
+    """A table column: a run record field shown as mean ± std, times scale, with `digits` decimals."""
 
     header: str
     key: str

@@ -17,6 +17,7 @@ from pathlib import Path
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_text
 from sslpath.core.staging import staged_dirs
+from sslpath.models import registry
 from sslpath.reporting.figures import (
     VAL_PLOTS,
     confusion_figure,
@@ -29,7 +30,6 @@ from sslpath.reporting.figures import (
 )
 from sslpath.reporting.options import check_figure_options
 from sslpath.reporting.runs import Run, find_run_dirs, load_run
-from sslpath.reporting.style import SSL_KINDS
 from sslpath.reporting.tables import COLUMNS, SWEEP_COLUMNS, Group, csv_table, group_runs, group_stems, markdown_table
 
 REPORT_DIR = "report"
@@ -108,11 +108,11 @@ def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: 
         "neighbour classification of validation images by the SSL backbone's features (— for other models). "
         "Wall time: training and testing, in minutes.\n",
     ]
-    absent = sorted({name for g in groups for run in g.runs for name in run.metrics.get("absent_classes", [])})
+    absent = sorted({name for g in groups for run in g.runs for name in run.record.absent_classes})
     if absent:
         parts.append(f"Absent from the test split of some runs: {', '.join(absent)} (empty confusion-matrix rows).\n")
     parts += ["## Validation curves\n", " ".join(embed(stem, formats) for stem in VAL_PLOTS) + "\n"]
-    if any(group.kind in SSL_KINDS for group in groups):
+    if any(registry.is_ssl(group.kind) for group in groups):
         parts.append("An SSL model's validation accuracy is that of its online linear probe.\n")
     if efficiency:
         parts += ["## Label efficiency\n", embed(LABEL_EFFICIENCY, formats) + "\n"]

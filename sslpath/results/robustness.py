@@ -16,7 +16,7 @@ from sslpath.core.names import text_name
 from sslpath.results.values import Problems, is_number, is_rate, or_null, whole
 
 STEM = "robustness"  # one model: <dir>/robustness.{json,csv,md,png}
-FILE = f"{STEM}.json"
+JSON = f"{STEM}.json"
 MAX_SEVERITY = 5  # MedMNIST-C and ImageNet-C: five severities per corruption
 # Recorded in robustness.json: results under another convention (sslpath's earlier 224 px-scaled blurs)
 # are not compared with these.
@@ -49,7 +49,7 @@ def relative_drop(clean: float, acc: float) -> float | None:
     return (clean - acc) / clean if clean > 0 else None
 
 
-def to_record(robustness: Benchmarked, name: str, kind: str, ckpt_path: str) -> dict[str, Any]:
+def robustness_record(robustness: Benchmarked, name: str, kind: str, ckpt_path: str) -> dict[str, Any]:
     """What robustness.json holds: plain values a comparison can be rebuilt from."""
     return {
         "run_name": name,
@@ -63,7 +63,7 @@ def to_record(robustness: Benchmarked, name: str, kind: str, ckpt_path: str) -> 
     }
 
 
-def read_record(path: Path) -> dict[str, Any]:
+def read_robustness_record(path: Path) -> dict[str, Any]:
     """robustness.json as plain data, every value the comparison reads type- and range-checked, and its
     summary agreeing with its rows; a UserError naming the first problems otherwise."""
     try:

@@ -7,6 +7,8 @@ are taken out before the model class is instantiated, so models stay pure.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
@@ -32,24 +34,27 @@ def model_class(cfg: DictConfig) -> type[ImageModel]:
 def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
     model_input = OmegaConf.to_container(cfg.model.input, resolve=True)
     augment = instantiate(model_input.pop("augment"), _convert_="all")
-    return instantiate(
-        cfg.data, augment=augment, keep_unlabelled=model_class(cfg).trains_on_unlabelled, **model_input, _convert_="all"
-    )
+    return instantiate(cfg.data, augment=augment, keep_unlabelled=model_class(cfg).ssl, **model_input, _convert_="all")
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> ImageModel:
+    return build_started_model(cfg, num_classes)[0]
+
+
+def build_started_model(cfg: DictConfig, num_classes: int) -> tuple[ImageModel, Metadata | None]:
+    """The model, its backbone loaded from `pretrained_ckpt` when the node names one, and that checkpoint's
+    metadata (None when it starts from scratch)."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     pretrained = node.get("pretrained_ckpt")
     check_input_size(node["backbone"]["name"], node["backbone"]["stem"], cfg.data.size)
     model = instantiate({k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}, num_classes=num_classes, _convert_="all")
-    if pretrained:
-        load_ssl_backbone(model.backbone, pretrained)
-    return model
+    return model, load_ssl_backbone(model.backbone, pretrained) if pretrained else None
 
 
-def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) -> Metadata:
-    """What every checkpoint of the run carries; class names a checkpoint could not carry are refused
-    here, before training, by the rule its reader applies."""
+def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule, start: Metadata | None) -> Metadata:
+    """What every checkpoint of the run carries (`start`: the metadata of the SSL checkpoint a fine-tune
+    started from); class names a checkpoint could not carry are refused here, before training, by the rule
+    its reader applies."""
     check_class_names(list(datamodule.class_names), "the data")
     return Metadata(
         kind=model.kind,
@@ -60,6 +65,9 @@ def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) ->
         image_size=int(cfg.data.size),
         mean=[float(v) for v in cfg.data.mean],
         std=[float(v) for v in cfg.data.std],
+        label_fraction=float(cfg.data.label_fraction),
+        seed=int(cfg.seed),
+        pretrain_method=None if start is None else start.kind,
         split=datamodule.split_record(),
     )
 
@@ -78,10 +86,21 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Train
         ) from None
 
 
-def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, TestResults]:
-    """Everything `trainer.fit` and `trainer.test` need, plus the callback that holds test results."""
+class RunParts(NamedTuple):
+    """Everything `trainer.fit` and `trainer.test` need, the callback that holds test results, and what
+    the run's checkpoints say of it."""
+
+    datamodule: ArrayDataModule
+    model: ImageModel
+    trainer: L.Trainer
+    results: TestResults
+    metadata: Metadata
+
+
+def build_run(cfg: DictConfig) -> RunParts:
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.num_classes)
+    model, start = build_started_model(cfg, datamodule.num_classes)
     results = TestResults(cfg.paths.output_dir, seed=cfg.seed)
-    meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
-    return datamodule, model, build_trainer(cfg, [results, meta]), results
+    meta = metadata(cfg, model, datamodule, start)
+    trainer = build_trainer(cfg, [results, CheckpointMetadata(meta.to_dict())])
+    return RunParts(datamodule, model, trainer, results, meta)

@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.checks.validate import validate
 from sslpath.core.errors import UserError
-from sslpath.core.files import atomic_write_json, atomic_write_text
-from sslpath.models.checkpoint import check_resumable, load_checkpoint, read_metadata
+from sslpath.core.files import atomic_write_text
+from sslpath.models.checkpoint import Metadata, check_resumable
 from sslpath.reporting.write import write_report
+from sslpath.results.record import RunRecord, write_record
 from sslpath.training import chain
 from sslpath.training import rundir as runs
 from sslpath.training.build import build_run, model_class
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
+    """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns the run record as
+    metrics.json holds it."""
     validate(cfg)
     check_optimized_metric(cfg)
     if not chain.needs_pretraining(cfg):
@@ -41,10 +43,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
-    """One run in its run dir: fit (or resume), test the best checkpoint, write metrics.json."""
+    """One run in its run dir: fit (or resume), test the best checkpoint, write its record (metrics.json);
+    returns the record as metrics.json holds it."""
     out = Path(cfg.paths.output_dir)
     with runs.claim(out):
-        resume_from = resume_checkpoint(cfg, out)
+        resume_from = checkpoint_to_resume(cfg, out)
         if resume_from:
             expected = {"kind": model_class(cfg).kind, "backbone": cfg.model.backbone.name, "stem": cfg.model.backbone.stem}
             own = cfg.resume or cfg.ckpt_path == "last"  # a finished run of this dir may resume to be tested again
@@ -54,53 +57,51 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run dir: %s", out.resolve())
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model, trainer, results = build_run(cfg)
-
+        run = build_run(cfg)
+        trainer = run.trainer
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume_from, weights_only=True)
         value = best_value(trainer, cfg.optimized_metric)  # before test(), which replaces callback_metrics
         knn = trainer.callback_metrics.get("val/knn_acc")
         best = best_checkpoint(trainer)
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        metrics = {
-            "model": model.kind,
-            "run_name": cfg.run_name,
-            "seed": cfg.seed,
-            "label_fraction": cfg.data.label_fraction,
-            "train_labels_per_class": datamodule.train_labels_per_class,
-            **results.results,
-            "best_val_acc": best_score(trainer),
-            **({"val_knn_acc": float(knn)} if knn is not None else {}),
-            "optimized_metric": cfg.optimized_metric,
-            "optimized_value": value,
-            "ckpt_path": str(Path(best).resolve()) if best else None,
-            "epochs": trainer.current_epoch,
-            "wall_seconds": round(time.perf_counter() - start, 2),
-            **model.run_record(),
-            **finetune_fields(cfg),
-        }
+        trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        record = RunRecord(
+            model=run.metadata.kind,
+            run_name=str(cfg.run_name),
+            seed=run.metadata.seed,
+            label_fraction=run.metadata.label_fraction,
+            train_labels_per_class=run.datamodule.train_labels_per_class,
+            **run.results.results,
+            best_val_acc=best_score(trainer),
+            val_knn_acc=None if knn is None else float(knn),
+            optimized_metric=cfg.optimized_metric,
+            optimized_value=value,
+            ckpt_path=str(Path(best).resolve()) if best else None,
+            epochs=trainer.current_epoch,
+            wall_seconds=round(time.perf_counter() - start, 2),
+            **run.model.run_record(),
+            **finetune_fields(cfg, run.metadata),
+        )
         if trainer.is_global_zero:
-            log_run_summary(trainer.loggers, cfg, metrics)
-            atomic_write_json(out / "metrics.json", metrics)
-            log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
-        return metrics
+            log_run_summary(trainer.loggers, cfg, record)
+            path = write_record(out, record)
+            log.info("test_acc=%.4f test_auc=%s -> %s", record.test_acc, record.test_auc, path)
+        return record.to_dict()
 
 
-def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
-    """Where a fine-tune started from, for metrics.json (nothing for other models)."""
+def finetune_fields(cfg: DictConfig, meta: Metadata) -> dict[str, Any]:
+    """Where a fine-tune started from, for its record (nothing for other models)."""
     if "pretrained_ckpt" not in cfg.model:
         return {}
-
     ckpt = cfg.model.pretrained_ckpt
-    method = read_metadata(load_checkpoint(ckpt), ckpt).kind if ckpt else None
     return {
         "pretrained_ckpt": str(Path(ckpt).resolve()) if ckpt else None,
-        "pretrain_method": method,
+        "pretrain_method": meta.pretrain_method,
         "freeze_backbone": bool(cfg.model.freeze_backbone),
     }
 
 
-def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+def checkpoint_to_resume(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint to continue from: resume=RUN_DIR or ckpt_path=last (newest in the run dir,
     same settings required), or an explicit ckpt_path file."""
     if cfg.resume or cfg.ckpt_path == "last":

@@ -4,6 +4,7 @@ every job, and with experiment=robustness each job's best checkpoint under corru
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sslpath.evaluation.evaluate import benchmark_run
 from sslpath.reporting.robustness import write_comparison
 from sslpath.reporting.runs import load_run
 from sslpath.reporting.write import REPORT_DIR, write_report, write_sweep_results
+from sslpath.results.record import RunRecord
 from sslpath.results.robustness import STEM
 from sslpath.training.rundir import check_can_start, check_new_sweep, note_if_new
 
@@ -87,7 +89,7 @@ class SweepReport(Callback):
             return
         with exit_on_user_error("sslpath.train"):
             runs = [load_run(j) for j in jobs]  # every job checked before any is read further
-            stages = ssl_stages(run.metrics for run in runs)
+            stages = ssl_stages(run.record for run in runs)
             # TensorBoard images only in runs of this sweep: a stage given as model.pretrained_ckpt may be anyone's.
             results = write_report([*stages, *jobs], sweep / REPORT_DIR, tensorboard_within=sweep)
             sweep_results = write_sweep_results(runs, sweep, sweep / REPORT_DIR)
@@ -121,13 +123,13 @@ class SweepRobustness(Callback):
         print(f"sslpath: robustness comparison -> {result}")
 
 
-def ssl_stages(metrics: Any) -> list[Path]:
+def ssl_stages(records: Iterable[RunRecord]) -> list[Path]:
     """The SSL run dirs the jobs' fine-tunes started from (<run dir>/checkpoints/<file>.ckpt): each only when
     it is itself a finished run (metrics.json in it), never the folders around a checkpoint passed by hand."""
     stages: set[Path] = set()
-    for m in metrics:
-        ckpt = m.get("pretrained_ckpt")
-        if not isinstance(ckpt, str) or not ckpt:
+    for record in records:
+        ckpt = record.pretrained_ckpt
+        if not ckpt:
             continue
         parents = Path(ckpt).parents
         if len(parents) > 1 and (parents[1] / "metrics.json").is_file():
