@@ -163,6 +163,8 @@ def metadata(**changes: Any) -> dict[str, Any]:
         "image_size": 28,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.2, 0.2, 0.2],
+        "label_fraction": 1.0,
+        "seed": 0,
     }
     return {**meta, **changes}
 

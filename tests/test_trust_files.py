@@ -298,6 +298,8 @@ def test_class_names_one_limit_when_written_and_read():
         "image_size": 16,
         "mean": [0.5] * 3,
         "std": [0.5] * 3,
+        "label_fraction": 1.0,
+        "seed": 0,
     }
     assert read_metadata({"sslpath": meta}, "c.ckpt").class_names[0] == "x" * MAX_CLASS_NAME
     longer = {**meta, "class_names": ["x" * (MAX_CLASS_NAME + 1), "b"]}
@@ -385,7 +387,7 @@ def test_csv_text_escapes_formula_cells_but_not_numbers():
 
 
 def record(run_name: str = "baseline", clean: float = 0.8) -> dict:
-    """A record as sslpath.evaluate writes it (through to_record), for 2 corruptions × 2 severities."""
+    """A record as sslpath.evaluate writes it (through robustness_record), for 2 corruptions × 2 severities."""
     suite = Suite(
         params={"jpeg_compression": (50, 30, 15, 10, 7), "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.1)}, severities=(1, 2)
     )

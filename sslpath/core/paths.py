@@ -70,7 +70,7 @@ def find_results(paths: Sequence[str | Path], name: str, nothing: Callable[[Path
     """The result files called `name` (metrics.json, robustness.json) that the paths give, each once, in path
     order: a path that is such a file, or a folder holding one, gives that one (never what lies below it: a
     run dir may hold other runs, e.g. its pretrain/); any other folder gives every one below it (a sweep).
-    A path that gives none is a UserError: `nothing(path)` says what to pass instead."""
+    A path that gives none is a UserError: `nothing(path)` goes on "there is no … Pass …"."""
     found: dict[Path, None] = {}  # ordered set: a result named twice is read once
     for path in map(Path, paths):
         if path.is_file() and path.name == name:
@@ -81,6 +81,6 @@ def find_results(paths: Sequence[str | Path], name: str, nothing: Callable[[Path
             hits = sorted(p.resolve() for p in path.rglob(name)) if path.is_dir() else []
         if not hits:
             what = "does not exist" if not path.exists() else f"holds no {name}, in it or below it"
-            raise UserError(f"{path} {what}. {nothing(path)}")
+            raise UserError(f"{path} {what}, so {nothing(path)}")
         found.update(dict.fromkeys(hits))
     return list(found)

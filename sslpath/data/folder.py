@@ -210,7 +210,7 @@ class TileFolder:
             problem = self._check_cache()
             if problem is None:
                 log.info("reusing cached tiles %s (converted from %s; contents checked)", self.cache_file, self.root)
-                self._warn_skipped(self.record["skipped"])
+                tile_files.warn_skipped(self.record["skipped"], self.root, self.sidecar)
                 self._warn_leaked(self.record["leaked"])
             else:
                 if self.cache_file.exists():  # a lone sidecar is a conversion that stopped: nothing to warn of

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sslpath.core.errors import UserError
 from sslpath.data.stain import jitter_stains
@@ -328,8 +329,6 @@ class Suite:
 
 def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Suite | None:
     """The suite a `corruptions` config describes, checked; None when it lists no corruption."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = dict(cfg or {})

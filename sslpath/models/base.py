@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightly.utils.scheduler import cosine_schedule  # the momentum schedule's cosine
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -131,8 +132,6 @@ class ImageModel(L.LightningModule):
         end = self.optimizer_settings.weight_decay_end
         if end is None:
             return
-        from lightly.utils.scheduler import cosine_schedule  # the momentum schedule's cosine
-
         optimizer = self.optimizers(use_pl_optimizer=False)
         total = self.trainer.estimated_stepping_batches
         for group in optimizer.param_groups:

@@ -172,7 +172,7 @@ def find_records(paths: Sequence[str | Path]) -> list[Path]:
 
     def nothing(_: Path) -> str:
         return (
-            "There is no robustness result to compare. Benchmark a checkpoint first: python -m sslpath.evaluate "
+            "there is no robustness result to compare. Benchmark a checkpoint first: python -m sslpath.evaluate "
             "ckpt=… corruptions=pathology out=DIR (or train with experiment=robustness)."
         )
 

@@ -85,7 +85,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
     def nothing(path: Path) -> str:
         return (
-            "There is no finished run to report. Pass run dirs written by sslpath.train (outputs/runs/<time>_<name>, "
+            "there is no finished run to report. Pass run dirs written by sslpath.train (outputs/runs/<time>_<name>, "
             "or a multirun sweep dir). A run dir without metrics.json stopped before testing: finish it with "
             f"`python -m sslpath.train ckpt_path=last hydra.run.dir={path}` (plus its original overrides), or leave it out."
         )

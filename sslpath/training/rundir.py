@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
@@ -31,8 +32,6 @@ def claim(run_dir: Path) -> Iterator[None]:
 
     Under DDP the processes of one run share its dir: rank 0 holds it for all of them.
     """
-    from lightning.pytorch.utilities import rank_zero_only
-
     if rank_zero_only.rank != 0:
         yield
         return
