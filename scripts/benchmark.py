@@ -6,7 +6,7 @@
     (b) real pipeline: the data module exactly as training uses it (BatchLoader over uint8 splits,
         then `on_after_batch_transfer` augments and normalises on the device);
     (c) reference loader: the notebook's torch DataLoader with per-image PIL + torchvision
-        transforms (`sslpath.data.augment.reference_transform`), batches copied to the device.
+        transforms (`reference_transform` below), batches copied to the device.
 
 Configs, data modules, models and trainers come from the Hydra config through `sslpath.training.build`, as
 `python -m sslpath.train` composes them (SimCLR is the SSL stage a chained fine-tune runs), so all
@@ -50,7 +50,7 @@ from torchvision import transforms as T
 from sslpath.core.devices import resolve_device
 from sslpath.core.errors import UserError, exit_on_user_error
 from sslpath.core.resolvers import auto_precision, register_resolvers
-from sslpath.data.augment import Pipeline, reference_transform
+from sslpath.data.augment import Pipeline
 from sslpath.data.datamodule import ArrayDataModule
 from sslpath.training.build import build_datamodule, build_model, build_trainer
 from sslpath.training.chain import stage_config
@@ -62,6 +62,21 @@ BACKBONES = ("resnet18", "tiny")
 STEMS = ("cifar", "imagenet", "reference")
 READY_BATCHES = 8  # distinct batches (a) cycles through
 SECTION = "### Benchmark run"
+
+
+def reference_transform(mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """The notebook's per-image torchvision recipe: mode (c)'s transforms, and the reference that
+    tests/test_augment.py compares sslpath's batched kornia pipeline (augment=reference) against."""
+    return T.Compose(
+        [
+            T.RandomApply([T.RandomAffine(degrees=180, translate=(0.45, 0.45), scale=(0.6, 1.35))], p=0.64),
+            T.RandomVerticalFlip(p=0.64),
+            T.RandomHorizontalFlip(p=0.64),
+            T.RandomApply([T.ColorJitter(0.6, 0.3, 0.3, 0.3)], p=0.64),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the reference operations live beside 
 import medmnistc_reference as reference  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from sslpath.evaluation.corruptions import MAX_SEVERITY, load_suite  # noqa: E402
+from sslpath.data.corruptions import MAX_SEVERITY, load_suite  # noqa: E402
 
 # What the MedMNIST-C column runs where MedMNIST-C's PathMNIST set has no such corruption.
 REFERENCE_PARAMS = {

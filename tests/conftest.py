@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import os
 import re
@@ -79,6 +80,18 @@ def run_cli(
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_main(module: str, *args: str) -> object:
+    """`python -m module args` in this process: the command's main() with sys.argv set, as its console
+    script runs it (a SystemExit propagates as the command raises it). Commands are found by name: no test
+    imports an entry module as a library."""
+    old_argv = sys.argv
+    sys.argv = [module, *args]
+    try:
+        return importlib.import_module(module).main()
+    finally:
+        sys.argv = old_argv
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ reference code's own arithmetic: MedMNIST-C's PathMNIST corruptions (medmnistc-a
 medmnistc/corruptions/*.py) and Tellez et al.'s HED augmenter (DIAGNijmegen's HedColorAugmenter on
 scikit-image's rgb2hed). OpenCV and ImageMagick are not installed here, so their two kernels are
 written out: `disk` + cv2.filter2D (reflect-101 borders) and MagickMotionBlurImage (edge pixels,
-rounded to the quantum). Tests compare sslpath.evaluation.corruptions and sslpath.data.stain with these; the
+rounded to the quantum). Tests compare sslpath.data.corruptions and sslpath.data.stain with these; the
 strength table (scripts/corruption_strength.py) lists their mean pixel change beside ours.
 
 Random draws (noise, motion angle, HED factors) are arguments, so a test can hand the reference the

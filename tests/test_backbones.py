@@ -11,7 +11,7 @@ import torch
 from sslpath.core.errors import UserError
 from sslpath.models import backbones
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg, read_metrics
 

@@ -15,7 +15,7 @@ import torch
 from sslpath.core.errors import UserError
 from sslpath.models import backbones
 from sslpath.models.checkpoint import load_inference_model, read_metadata
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg, read_metrics
 
@@ -163,6 +163,8 @@ def metadata(**changes: Any) -> dict[str, Any]:
         "image_size": 28,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.2, 0.2, 0.2],
+        "label_fraction": 1.0,
+        "seed": 0,
     }
     return {**meta, **changes}
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from sslpath.core.errors import UserError
-from sslpath.report import load_run, main, write_report
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.write import write_report
 from sslpath.results.compare import Comparison, compare_runs, default_pairs, named_pairs
 from sslpath.results.stats import Bootstrap
 
+from conftest import run_main
 from test_report import fake_run
 
 
@@ -91,7 +93,7 @@ def test_report_writes_comparisons_and_over_seed_summary(runs, tmp_path):
 
 def test_report_cli_compare_option(runs, tmp_path, capsys):
     out = tmp_path / "cli"
-    main([str(runs), "--out", str(out), "--no-tensorboard", "--compare", "baseline,ssl", "--ci-level", "0.9"])
+    run_main("sslpath.report", str(runs), "--out", str(out), "--no-tensorboard", "--compare", "baseline,ssl", "--ci-level", "0.9")
     rows = list(csv.DictReader((out / "comparisons.csv").open()))
     assert [r["a"][:8] for r in rows] == ["baseline", "baseline"] and {r["level"] for r in rows} == {"0.9"}
     for argv, message in (
@@ -100,7 +102,7 @@ def test_report_cli_compare_option(runs, tmp_path, capsys):
         (["--bootstrap-resamples", "10"], "--bootstrap-resamples 10 is not valid: it must be from 1000 to 100000"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            main([str(runs), "--out", str(tmp_path / "bad"), "--no-tensorboard", *argv])
+            run_main("sslpath.report", str(runs), "--out", str(tmp_path / "bad"), "--no-tensorboard", *argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
 

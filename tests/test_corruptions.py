@@ -15,18 +15,18 @@ import torch
 from omegaconf import OmegaConf
 
 from sslpath.core.errors import UserError
-from sslpath.data.stain import stain_density
-from sslpath.data.synthetic import synthetic_splits
-from sslpath.evaluation.corruptions import (
+from sslpath.data.corruptions import (
     CORRUPTIONS,
     MAX_SEVERITY,
     Suite,
     _border_index,
-    benchmark,
     disk_kernel,
     load_suite,
-    relative_drop,
 )
+from sslpath.data.stain import stain_density
+from sslpath.data.synthetic import synthetic_splits
+from sslpath.evaluation.benchmark import benchmark
+from sslpath.results.robustness import relative_drop
 
 from conftest import SAMPLE
 
@@ -221,8 +221,8 @@ def test_benchmark_tables_and_summary(images):
 
 def test_results_under_the_earlier_scale_convention_are_not_compared(tmp_path):
     """robustness.json records the convention: a record from before it (224 px-scaled blurs) is refused."""
-    from sslpath.evaluation.corruptions import CONVENTION
-    from sslpath.robustness_report import check_comparable
+    from sslpath.reporting.robustness import check_comparable
+    from sslpath.results.robustness import CONVENTION
 
     summary = {"severities": [1, 2, 3, 4, 5], "seed": 0, "num_images": 10}
     now = {"params": {"pixelate": [0.8] * 5}, "summary": summary, "convention": CONVENTION}

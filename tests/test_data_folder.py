@@ -103,7 +103,7 @@ def test_cache_reused_for_unchanged_folder_and_rebuilt_when_it_changes(tmp_path,
         decoded.append(path)
         return read_image(path, *args)
 
-    monkeypatch.setattr("sslpath.data.folder.read_image", counting_read_image)
+    monkeypatch.setattr("sslpath.data.tile_files.read_image", counting_read_image)
     caplog.set_level(logging.INFO)
     again = datamodule(tiles, tmp_path / "cache")
     again.prepare_data()

@@ -18,15 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from test_predict import tiny_run
 
 from sslpath.core.errors import UserError
+from sslpath.data.corruptions import load_suite
 from sslpath.data.download import class_names
-from sslpath.evaluate import evaluate, load_split, predict_split
-from sslpath.evaluation.corruptions import load_suite
-from sslpath.report import read_predictions
+from sslpath.evaluation.evaluate import evaluate, load_split, predict_split
+from sslpath.reporting.runs import read_predictions
 from sslpath.results.metrics import classification_results
-from sslpath.robustness_report import SweepRobustness
-from sslpath.robustness_report import main as robustness_main
+from sslpath.training.hydra_callbacks import SweepRobustness
 
-from conftest import TINY_DATA, run_cli
+from conftest import TINY_DATA, run_cli, run_main
 
 SYNTHETIC = [o for o in TINY_DATA if not o.startswith(("data.size", "data.batch_size"))]  # size comes from the checkpoint
 
@@ -244,7 +243,7 @@ def test_robustness_report_compares_models_on_the_same_corruptions(trained, robu
             "run_name=probe",
         )
     )
-    robustness_main([str(robust["out"]), str(probe), "--out", str(tmp_path / "cmp")])
+    run_main("sslpath.robustness_report", str(robust["out"]), str(probe), "--out", str(tmp_path / "cmp"))
     md = (tmp_path / "cmp" / "robustness_comparison.md").read_text()
     assert "| baseline | " in md and "| probe | " in md and "| 0 (clean) |" in md
     assert (tmp_path / "cmp" / "robustness_comparison.png").is_file()
@@ -263,7 +262,7 @@ def test_robustness_report_compares_models_on_the_same_corruptions(trained, robu
         )
     )
     with pytest.raises(SystemExit) as exit_info:
-        robustness_main([str(robust["out"]), str(subset), "--out", str(tmp_path / "bad")])
+        run_main("sslpath.robustness_report", str(robust["out"]), str(subset), "--out", str(tmp_path / "bad"))
     assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
 
 

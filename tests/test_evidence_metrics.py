@@ -11,11 +11,11 @@ from test_evaluate import SYNTHETIC, compose_evaluate
 
 from sslpath.checks.validate import validate
 from sslpath.core.errors import UserError
-from sslpath.evaluate import evaluate
-from sslpath.report import read_predictions
+from sslpath.evaluation.evaluate import evaluate
+from sslpath.reporting.runs import read_predictions
 from sslpath.results import stats
 from sslpath.results.calibration import expected_calibration_error
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 

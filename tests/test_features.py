@@ -15,8 +15,8 @@ from torch import nn
 from sslpath.evaluation.features import FrozenEvalSettings, extract, fit_linear, frozen_evaluation, linear_probe
 from sslpath.models.backbones import build as build_backbone
 from sslpath.models.checkpoint import load_ssl_backbone
-from sslpath.train import train
 from sslpath.training.build import build_datamodule
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 

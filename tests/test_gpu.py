@@ -14,8 +14,8 @@ from torch import nn
 
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.models.losses import nt_xent
-from sslpath.train import train
 from sslpath.training.build import build_datamodule, build_model
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sslpath.models import momentum as ema
 from sslpath.models.checkpoint import load_checkpoint, load_ssl_backbone
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg
 
@@ -235,7 +235,7 @@ def test_a_short_run_moves_its_target(tmp_path, method, limit):
 
 def test_the_paper_schedule_on_a_short_run_warns(tmp_path, caplog):
     model = build(tmp_path, "dino", "model.momentum_max_init_share=null")
-    with caplog.at_level(logging.WARNING, logger="sslpath.models.ssl"):
+    with caplog.at_level(logging.WARNING, logger="sslpath.models.momentum_methods"):
         fit(model, steps=3)
     assert model.run_record()["momentum_start"] == 0.9995
     assert model.run_record()["target_init_share"] > 0.99

@@ -20,9 +20,9 @@ from sslpath.core.files import spreadsheet_safe
 from sslpath.data.augment import BatchTransform
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.synthetic import synthetic_splits
+from sslpath.evaluation.predict import predict
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.predict import predict
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import compose_cfg, run_cli
 

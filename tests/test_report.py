@@ -18,23 +18,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
-from sslpath.report import (
-    KIND_COLOURS,
-    MARKER,
-    confusion_figure,
-    curves_figure,
-    examples_figure,
-    group_runs,
-    kind_colour,
-    label_efficiency_figure,
-    load_run,
-    main,
-    short_class_names,
-    write_report,
-)
+from sslpath.models import registry
+from sslpath.reporting.figures import confusion_figure, curves_figure, examples_figure, label_efficiency_figure
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.style import kind_colour, short_class_names
+from sslpath.reporting.tables import group_runs
+from sslpath.reporting.write import MARKER, write_report
 from sslpath.results.metrics import classification_results
+from sslpath.results.record import RunRecord, write_record
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 PATHMNIST = [
     "adipose",
@@ -65,32 +58,31 @@ def fake_run(
     **metrics: object,
 ) -> Path:
     """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
-    metrics.json agreeing with them (test AUC as sslpath computes it), example images and validation curves in tb/."""
+    metrics.json agreeing with them (test AUC as sslpath computes it; written as runs write it), example images
+    and validation curves in tb/."""
     labels = np.arange(n) % len(classes)
     preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
     probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)
     logits = torch.from_numpy(np.log(probs))
     auc = classification_results(logits, torch.from_numpy(labels), list(classes))["test_auc"]
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(
-        json.dumps(
-            {
-                "model": model,
-                "run_name": run_name or model,
-                "seed": seed,
-                "label_fraction": fraction,
-                "test_loss": 1.0 - right / n,
-                "test_acc": right / n,
-                "test_auc": auc,
-                "best_val_acc": 0.7,
-                "per_class_acc": dict.fromkeys(classes, 0.5),
-                "epochs": epochs,
-                "wall_seconds": wall_seconds,
-                "ckpt_path": str(run_dir / "checkpoints" / "best.ckpt"),
-                **metrics,
-            }
-        )
+    record = RunRecord(
+        model=model,
+        run_name=run_name or model,
+        seed=seed,
+        label_fraction=fraction,
+        test_loss=1.0 - right / n,
+        test_acc=right / n,
+        test_auc=auc,
+        best_val_acc=0.7,
+        per_class_acc=dict.fromkeys(classes, 0.5),
+        absent_classes=[],
+        epochs=epochs,
+        wall_seconds=wall_seconds,
+        ckpt_path=str(run_dir / "checkpoints" / "best.ckpt"),
+        **metrics,
     )
+    write_record(run_dir, record)
     rows = ["index,label,pred," + ",".join(f"p_{name}" for name in classes)]
     rows += [f"{i},{y},{p}," + ",".join(f"{v:.6f}" for v in prob) for i, (y, p, prob) in enumerate(zip(labels, preds, probs))]
     (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
@@ -136,7 +128,7 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     fake_run(root / "0_baseline", seed=0, right=60, wall_seconds=120.0)
     fake_run(root / "1_baseline", seed=1, right=72, wall_seconds=180.0)
-    fake_run(root / "2_ssl", model="ssl", right=45, wall_seconds=30.0, val_knn_acc=0.8125)
+    fake_run(root / "2_ssl", model="simclr", run_name="ssl", right=45, wall_seconds=30.0, val_knn_acc=0.8125)
     return root
 
 
@@ -173,7 +165,7 @@ def test_table_pools_seeds_in_consistent_units(runs, report):
 
     numbers = {row["model"]: row for row in read_csv(report.parent / "results.csv")}
     assert numbers["baseline"]["n"] == "2" and numbers["ssl"]["n"] == "1" and numbers["ssl"]["test_acc_std"] == ""
-    assert numbers["ssl"]["kind"] == "ssl" and float(numbers["ssl"]["label_fraction"]) == 1.0
+    assert numbers["ssl"]["kind"] == "simclr" and float(numbers["ssl"]["label_fraction"]) == 1.0
     assert float(numbers["baseline"]["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
     assert float(numbers["baseline"]["test_acc_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
     assert numbers["baseline"]["val_knn_acc_mean"] == "" and float(numbers["ssl"]["val_knn_acc_mean"]) == 0.8125
@@ -242,11 +234,9 @@ def test_short_class_names():
 
 
 def test_fixed_colour_per_model_kind(runs, tmp_path):
-    assert kind_colour("ssl") == kind_colour("SimCLR") == KIND_COLOURS["ssl"]
-    assert (
-        len({kind_colour(k) for k in ("baseline", "ssl", "finetune", "probe", "byol", "mocov3", "barlowtwins", "vicreg", "dino")})
-        == 9
-    )
+    """Each kind's colour is the one its model class declares (sslpath.models.registry): all different."""
+    assert kind_colour("SimCLR") == kind_colour("simclr") == registry.colour("simclr")
+    assert len({kind_colour(k) for k in registry.kinds()}) == len(registry.kinds()) >= 8
     assert kind_colour("mystery") == kind_colour("mystery")  # unknown kinds: stable
 
     fake_run(tmp_path / "a", model="finetune", fraction=0.1, right=30)
@@ -254,10 +244,10 @@ def test_fixed_colour_per_model_kind(runs, tmp_path):
     fake_run(tmp_path / "c", model="baseline", fraction=1.0, right=50)
     groups = group_runs([load_run(tmp_path / d) for d in "abc"])
     lines = curves_figure(groups, "val/acc", "acc", 100.0).axes[0].lines
-    assert [line.get_color() for line in lines] == [KIND_COLOURS["finetune"]] * 2 + [KIND_COLOURS["baseline"]]
+    assert [line.get_color() for line in lines] == [registry.colour("finetune")] * 2 + [registry.colour("baseline")]
     assert lines[0].get_linestyle() != lines[1].get_linestyle()  # one kind, two fractions: told apart by dashes
     (line, *_), *_ = label_efficiency_figure(groups).axes[0].containers
-    assert line.get_color() == KIND_COLOURS["finetune"]
+    assert line.get_color() == registry.colour("finetune")
 
 
 def test_ssl_accuracy_curve_is_labelled_online_linear_probe(runs):
@@ -337,7 +327,7 @@ def test_runs_with_different_classes_or_models_are_not_pooled(tmp_path):
     fake_run(tmp_path / "b", run_name="x", classes=["c0", "c1", "c2"])
     with pytest.raises(UserError, match="runs named 'x' with 100% labels have different classes"):
         group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "b")])
-    fake_run(tmp_path / "c", run_name="x", model="ssl")
+    fake_run(tmp_path / "c", run_name="x", model="simclr")
     with pytest.raises(UserError, match="different model kinds"):
         group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "c")])
 
@@ -362,7 +352,7 @@ def test_n_counts_distinct_seeds(tmp_path, capsys):
     groups = group_runs([load_run(run), load_run(tmp_path / "runs" / "seed4")])
     assert [len(g.runs) for g in groups] == [2]
     with pytest.raises(SystemExit) as exit_:
-        main([str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r3"), "--no-tensorboard"])
+        run_main("sslpath.report", str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r3"), "--no-tensorboard")
     assert exit_.value.code == 2 and "are both seed 3" in capsys.readouterr().err
 
 
@@ -417,7 +407,7 @@ def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
         write_report([empty], tmp_path / "out2")
     assert str(empty) in str(err.value) and "ckpt_path=last" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(empty)])
+        run_main("sslpath.report", str(empty))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error:") and str(empty) in stderr and "Traceback" not in stderr

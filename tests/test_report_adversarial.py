@@ -17,10 +17,12 @@ from test_report_validation import edit_json
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
-from sslpath.report import MARKER, _figure, load_run, main, save_figure, write_report
+from sslpath.reporting.figures import new_figure, save_figure
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.write import MARKER, write_report
 from sslpath.training.hydra_callbacks import SweepReport
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from test_report import fake_run
 
 
@@ -30,7 +32,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def refused_by_cli(capsys, *argv: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--no-tensorboard"])
+        run_main("sslpath.report", *argv, "--no-tensorboard")
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
@@ -69,21 +71,23 @@ def test_relative_out_resolves_against_the_current_dir(tmp_path, monkeypatch, ca
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     for _ in range(2):  # the second time, replaced: it is a report now
-        main([str(run), "--out", "sub/../report", "--no-tensorboard"])
+        run_main("sslpath.report", str(run), "--out", "sub/../report", "--no-tensorboard")
         assert (tmp_path / "here" / "report" / "results.md").is_file() and (tmp_path / "here" / "report" / MARKER).is_file()
     for out in (".", "report/.."):  # replacing the current dir would leave the shell in a deleted one
         assert "is or holds the current dir" in refused_by_cli(capsys, str(run), "--out", out)
     assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["report"]
 
 
-def test_reports_are_replaced_on_rerun_also_from_before_the_marker(tmp_path):
+def test_reports_are_replaced_on_rerun_but_not_a_dir_without_the_marker(tmp_path):
     run = fake_run(tmp_path / "run")
     write_report([run], run / "report")
-    write_report([run], run / "report")  # the automatic <run>/report, again
-    (run / "report" / MARKER).unlink()  # as an older sslpath left it
     (run / "report" / "confusion_gone.png").write_bytes(b"stale")
-    write_report([run], run / "report")
+    write_report([run], run / "report")  # the automatic <run>/report, again: replaced whole
     assert not (run / "report" / "confusion_gone.png").exists() and (run / "report" / MARKER).is_file()
+    (run / "report" / MARKER).unlink()  # report files without the marker: no longer known to be a report
+    with pytest.raises(UserError, match="is not an sslpath report"):
+        write_report([run], run / "report")
+    assert (run / "report" / "results.md").is_file()
 
 
 def test_tensorboard_report_dir_with_other_files_is_refused(tmp_path):
@@ -101,7 +105,7 @@ def test_tensorboard_report_dir_with_other_files_is_refused(tmp_path):
 
 def test_run_dir_is_one_run_not_what_lies_below(tmp_path):
     run = fake_run(tmp_path / "run", run_name="outer")
-    fake_run(run / "pretrain" / "simclr-abc", model="ssl", run_name="inner")
+    fake_run(run / "pretrain" / "simclr-abc", model="simclr", run_name="inner")
     results = write_report([run], tmp_path / "out")
     assert "outer" in results.read_text() and "inner" not in results.read_text()
     assert not (run / "pretrain" / "simclr-abc" / "tb" / "report").exists()
@@ -128,7 +132,7 @@ def test_hand_given_checkpoint_pulls_no_unrelated_runs_into_a_sweep_report(tmp_p
 
 
 def test_ssl_stage_outside_the_sweep_is_reported_but_left_untouched(tmp_path):
-    stage = fake_run(tmp_path / "stages" / "simclr-abc", model="ssl", run_name="ssl-pretrain-simclr")
+    stage = fake_run(tmp_path / "stages" / "simclr-abc", model="simclr", run_name="ssl-pretrain-simclr")
     fake_run(stage / "nested", run_name="stranger")  # below the stage: not part of it
     (stage / "checkpoints").mkdir()
     (stage / "checkpoints" / "last.ckpt").write_bytes(b"weights")
@@ -171,7 +175,7 @@ def test_auc_is_recomputed_from_distinct_probabilities(tmp_path):
 
     auc = float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in range(3)]))
     edit_json(test_acc=float((table[:, 2] == labels).mean()), test_auc=auc)(run)
-    assert load_run(run).metrics["test_auc"] == auc
+    assert load_run(run).record.test_auc == auc
     edit_json(test_auc=auc + 0.01)(run)
     with pytest.raises(UserError, match="test_auc"):
         load_run(run)
@@ -234,7 +238,7 @@ def test_math_text_in_class_and_run_names_is_drawn_literally(tmp_path):
     run = fake_run(tmp_path / "run", run_name="$x$", classes=["$\\foo$", "b", "c"], n=30, right=20)
     results = write_report([run], tmp_path / "out")  # with TensorBoard images: drawn too
     assert (tmp_path / "out" / "confusion_x.png").is_file() and "$x$" in results.read_text()
-    fig = _figure((3, 2))
+    fig = new_figure((3, 2))
     fig.add_subplot().set_title("$\\foo$ robustness")  # as robustness_report's figures, which use save_figure
     save_figure(fig, tmp_path / "fig", ("png", "svg", "pdf"), 50)
     assert (tmp_path / "fig.svg").is_file()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from sslpath.core.errors import UserError
-from sslpath.report import main, write_report
+from sslpath.reporting.write import write_report
 
+from conftest import run_main
 from test_report import fake_run
 
 
@@ -95,6 +96,9 @@ BAD_INPUTS = {
     "absent but present": ("metrics.json", edit_json(absent_classes=["mucus"]), "lists ['mucus'] in absent_classes"),
     "knn text": ("metrics.json", edit_json(val_knn_acc="0.8"), "`val_knn_acc` is '0.8'"),
     "selection unknown": ("metrics.json", edit_json(selection="best"), "`selection` is 'best', not one of best_val"),
+    "unknown field": ("metrics.json", edit_json(accuracy=0.9), "has unknown field(s) 'accuracy'"),
+    "other schema": ("metrics.json", edit_json(schema_version=2), "`schema_version` is 2, not 1"),
+    "no absent list": ("metrics.json", edit_json(absent_classes=...), "`absent_classes` is missing"),
     "classes differ": ("metrics.json", edit_json(per_class_acc={"a": 0.5, "b": 0.5}), "per_class_acc for 2 classes"),
     "csv empty": ("test_predictions.csv", write("test_predictions.csv", ""), "is empty"),
     "csv header only": ("test_predictions.csv", edit_csv(lambda lines: lines[:1]), "has a header but no predictions"),
@@ -197,7 +201,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, good, case, c
     assert not (good / "tb" / "report").exists() and not (run / "tb" / "report").exists()
 
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "runs"), "--out", str(out)])
+        run_main("sslpath.report", str(tmp_path / "runs"), "--out", str(out))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr == f"sslpath.report: error: {message}\n" and not out.exists()
@@ -215,10 +219,13 @@ def test_edited_accuracy_is_refused(tmp_path):
     write_report([run], tmp_path / "out")
 
 
-def test_older_runs_without_new_keys_are_reported(tmp_path):
+def test_optional_fields_may_be_absent_but_a_record_without_its_schema_version_is_refused(tmp_path):
     run = fake_run(tmp_path / "run")
-    edit_json(per_class_acc=..., absent_classes=..., val_knn_acc=..., best_val_acc=..., ckpt_path=...)(run)
+    edit_json(val_knn_acc=..., best_val_acc=..., ckpt_path=None)(run)  # an SSL stage, a fast_dev_run
     assert (write_report([run], tmp_path / "out")).is_file()
+    edit_json(schema_version=...)(run)  # as metrics.json was before it had a schema: not read as if it had one
+    with pytest.raises(UserError, match="`schema_version` is missing"):
+        write_report([run], tmp_path / "out2")
 
 
 def test_existing_report_survives_a_refused_one(tmp_path):
@@ -245,7 +252,7 @@ def test_unwritable_out_is_refused(tmp_path, where, capsys):
     assert str(out) in str(err.value)
     assert not (run / "tb" / "report").exists()
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run), "--out", str(out)])
+        run_main("sslpath.report", str(run), "--out", str(out))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error: ") and "Traceback" not in stderr
@@ -267,7 +274,7 @@ def test_unwritable_tensorboard_dir_leaves_no_report(tmp_path):
 def test_cli_rejects_unknown_format(tmp_path, capsys):
     run = fake_run(tmp_path / "run")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run), "--formats", "png,tiff", "--out", str(tmp_path / "out")])
+        run_main("sslpath.report", str(run), "--formats", "png,tiff", "--out", str(tmp_path / "out"))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert "choose one or more of png, pdf, svg" in stderr and "Traceback" not in stderr

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 from skimage.color import hed2rgb, rgb2hed
 
 from sslpath.data.augment import Pipeline
+from sslpath.data.corruptions import load_suite
 from sslpath.data.stain import RandomHEDJitter, RandomRotate90, density_to_rgb, hed_to_rgb, jitter_stains, rgb_to_hed
 from sslpath.data.synthetic import synthetic_splits
-from sslpath.evaluation.corruptions import load_suite
-from sslpath.train import train
+from sslpath.training.fit import train
 
 from conftest import SAMPLE, compose_cfg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import statistics
 from pathlib import Path
@@ -18,8 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sslpath.checks.validate import check_optimized_metric
 from sslpath.core.errors import UserError
-from sslpath.report import group_runs, label_efficiency_figure, load_run
-from sslpath.train import main
+from sslpath.reporting.figures import label_efficiency_figure
+from sslpath.reporting.runs import load_run
+from sslpath.reporting.tables import group_runs
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from conftest import TINY, compose_cfg, run_cli
@@ -152,7 +154,7 @@ PROTOCOL = ["data.train_count=90", "data.val_count=90", "data.label_fraction=0.1
 @pytest.mark.parametrize("budget, steps", [("epochs", 2), ("steps", 6)])
 def test_step_budget_gives_low_fractions_the_full_splits_steps(tmp_path, budget, steps):
     """budget=steps: 10 % of the labels trains as many optimiser steps as 2 epochs of the whole split (6), not 2."""
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     metrics = train(compose_cfg(tmp_path, [*PROTOCOL, f"budget={budget}"]))
     assert (metrics["optimizer_steps"], metrics["epochs"], metrics["budget"]) == (steps, steps, budget)
@@ -163,7 +165,7 @@ def test_step_budget_gives_low_fractions_the_full_splits_steps(tmp_path, budget,
 def test_selection_uses_no_more_validation_labels_than_allowed(tmp_path, selection, val_images):
     """val_subset validates on the fraction's share of the validation split (one image per class here); last tests
     the last epoch's checkpoint, which no validation label chose."""
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     metrics = train(compose_cfg(tmp_path, [*PROTOCOL, f"selection={selection}"]))
     assert (metrics["selection"], metrics["selection_val_images"]) == (selection, val_images)
@@ -181,7 +183,7 @@ def test_selection_uses_no_more_validation_labels_than_allowed(tmp_path, selecti
     ],
 )
 def test_bad_protocol_settings_are_refused(tmp_path, overrides, message):
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(compose_cfg(tmp_path, overrides))
@@ -252,7 +254,9 @@ def test_optimized_metric_names_per_model(tmp_path, model, valid):
 
 
 def test_main_returns_the_optimized_metric(tmp_path):
-    returned = main.__wrapped__(compose_cfg(tmp_path, ["model=baseline", "trainer.max_epochs=2", "optimized_metric=val/loss"]))
+    returned = importlib.import_module("sslpath.train").main.__wrapped__(
+        compose_cfg(tmp_path, ["model=baseline", "trainer.max_epochs=2", "optimized_metric=val/loss"])
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()

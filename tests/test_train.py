@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslpath.models.checkpoint import load_checkpoint, read_metadata
-from sslpath.train import train
+from sslpath.training.fit import train
 
 import helpers
 from conftest import TINY, compose_cfg, read_metrics, run_cli
@@ -143,8 +143,12 @@ def test_help_lists_groups_without_importing_the_training_stack(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
     assert "HEAVY []" in out
-    for text in ("Config groups", "model ", "baseline | simclr", "experiment", "python -m sslpath.evaluate", "Examples"):
+    for text in ("Config groups", "model ", "experiment", "python -m sslpath.evaluate", "Examples"):
         assert text in out
+    # the model line lists every conf/model option, read from the config folder (no hand-kept list)
+    (model_line,) = [line for line in out.splitlines() if line.strip().startswith("model ")]
+    options = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+    assert model_line.split()[1:] == " | ".join(options).split()
     assert "paths" not in out.split("Config groups")[1].split("Examples")[0]  # internal groups hidden
 
 

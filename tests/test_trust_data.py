@@ -285,7 +285,7 @@ def test_the_stage_key_changes_when_an_npz_is_rewritten_in_place(tmp_path):
 
 
 def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     from conftest import compose_cfg
 
@@ -314,7 +314,7 @@ def bmp_tiles(root: Path, per_class: int, start: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> dict:
-    from sslpath.train import train
+    from sslpath.training.fit import train
 
     from conftest import TINY_TRAINER, compose_cfg
 
@@ -328,7 +328,7 @@ def folder_run(tmp_path_factory) -> dict:
 def evaluate_folder(run: dict, out: Path, *overrides: str) -> dict:
     from test_evaluate import compose_evaluate
 
-    from sslpath.evaluate import evaluate
+    from sslpath.evaluation.evaluate import evaluate
 
     data = ["data=folder", f"data.dir={run['tiles']}", f"paths.data_dir={run['base']}", "report=false"]
     return evaluate(compose_evaluate(f"ckpt={run['ckpt']}", *data, f"out={out}", "device=cpu", *overrides))
@@ -391,16 +391,16 @@ def test_a_crafted_split_record_is_refused(folder_run, split):
 def test_two_runs_on_one_folder_convert_it_once(tmp_path, tiles, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from sslpath.data import folder
+    from sslpath.data import tile_files
 
     conversions = []
-    read_tiles = folder._read_tiles
+    read_tiles = tile_files.read_tiles
 
     def counting(*args, **kwargs):
         conversions.append(1)
         return read_tiles(*args, **kwargs)
 
-    monkeypatch.setattr(folder, "_read_tiles", counting)
+    monkeypatch.setattr(tile_files, "read_tiles", counting)
     modules = [folder_module(tiles, tmp_path / "cache") for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
         assert len({path for path in pool.map(lambda dm: dm.tiles.prepare(), modules)}) == 1

@@ -26,17 +26,18 @@ from test_predict import compose_predict, read_csv
 from sslpath.core.errors import UserError
 from sslpath.core.files import csv_text
 from sslpath.core.names import MAX_CLASS_NAME, MAX_NAME_BYTES, check_class_names, check_path_name, path_name, text_name
+from sslpath.data.corruptions import Suite
 from sslpath.data.folder import TileFolder
 from sslpath.data.images import UnreadableImage, read_image
-from sslpath.evaluation.corruptions import Robustness, Suite
+from sslpath.evaluation.benchmark import Robustness
+from sslpath.evaluation.predict import image_batches, predict
 from sslpath.models.checkpoint import read_metadata
-from sslpath.predict import image_batches, predict
-from sslpath.robustness_report import main as robustness_main
-from sslpath.robustness_report import read_record, records_csv, to_record
-from sslpath.train import train
+from sslpath.reporting.robustness import records_csv
+from sslpath.results.robustness import read_robustness_record, robustness_record
+from sslpath.training.fit import train
 from sslpath.training.hydra_callbacks import CheckOutputDir
 
-from conftest import TINY_TRAINER, compose_cfg, run_cli
+from conftest import TINY_TRAINER, compose_cfg, run_cli, run_main
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
@@ -297,6 +298,8 @@ def test_class_names_one_limit_when_written_and_read():
         "image_size": 16,
         "mean": [0.5] * 3,
         "std": [0.5] * 3,
+        "label_fraction": 1.0,
+        "seed": 0,
     }
     assert read_metadata({"sslpath": meta}, "c.ckpt").class_names[0] == "x" * MAX_CLASS_NAME
     longer = {**meta, "class_names": ["x" * (MAX_CLASS_NAME + 1), "b"]}
@@ -384,7 +387,7 @@ def test_csv_text_escapes_formula_cells_but_not_numbers():
 
 
 def record(run_name: str = "baseline", clean: float = 0.8) -> dict:
-    """A record as sslpath.evaluate writes it (through to_record), for 2 corruptions × 2 severities."""
+    """A record as sslpath.evaluate writes it (through robustness_record), for 2 corruptions × 2 severities."""
     suite = Suite(
         params={"jpeg_compression": (50, 30, 15, 10, 7), "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.1)}, severities=(1, 2)
     )
@@ -394,7 +397,7 @@ def record(run_name: str = "baseline", clean: float = 0.8) -> dict:
 
     results = {"jpeg_compression": {1: result(0.7), 2: result(0.6)}, "gaussian_noise": {1: result(0.75), 2: result(0.9)}}
     robustness = Robustness(clean=result(clean), results=results, suite=suite, num_images=10)
-    return json.loads(json.dumps(to_record(robustness, run_name, "baseline", "/x/best.ckpt")))
+    return json.loads(json.dumps(robustness_record(robustness, run_name, "baseline", "/x/best.ckpt")))
 
 
 def write_record(folder: Path, data: dict | str | bytes) -> Path:
@@ -409,9 +412,13 @@ def write_record(folder: Path, data: dict | str | bytes) -> Path:
 
 def test_a_record_as_written_is_read_and_compared(tmp_path):
     write_record(tmp_path / "a", record())
-    assert read_record(tmp_path / "a" / "robustness.json") == record()
-    robustness_main(
-        [str(tmp_path / "a"), str(write_record(tmp_path / "b", record("probe")).parent), "--out", str(tmp_path / "c")]
+    assert read_robustness_record(tmp_path / "a" / "robustness.json") == record()
+    run_main(
+        "sslpath.robustness_report",
+        str(tmp_path / "a"),
+        str(write_record(tmp_path / "b", record("probe")).parent),
+        "--out",
+        str(tmp_path / "c"),
     )
     mca = 100 * record()["summary"]["mean_corruption_acc"]
     assert f"| probe | 80.0 | {mca:.1f} |" in (tmp_path / "c" / "robustness_comparison.md").read_text()
@@ -465,7 +472,7 @@ def edit(path: str, value: object) -> dict:
 def test_crafted_records_are_refused_in_one_paragraph(tmp_path, capsys, data, message):
     write_record(tmp_path / "a", data)
     with pytest.raises(SystemExit) as exit_info:
-        robustness_main([str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+        run_main("sslpath.robustness_report", str(tmp_path / "a"), "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("sslpath.robustness_report: error: ")
     assert "Re-run that evaluation" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
@@ -476,7 +483,7 @@ def test_a_huge_record_is_refused_before_it_is_read(tmp_path, capsys):
     path = write_record(tmp_path / "a", record())
     os.truncate(path, 64 * 2**20)  # sparse: no disk used
     with pytest.raises(SystemExit):
-        robustness_main([str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+        run_main("sslpath.robustness_report", str(tmp_path / "a"), "--out", str(tmp_path / "out"))
     assert "67,108,864 bytes, more than the 16,777,216" in capsys.readouterr().err
 
 
@@ -484,10 +491,10 @@ def test_without_out_one_dir_gets_its_own_and_several_dirs_are_refused(tmp_path,
     a = write_record(tmp_path / "x" / "deep" / "a", record()).parent
     b = write_record(tmp_path / "y" / "deep" / "b", record("probe")).parent
     with pytest.raises(SystemExit) as exit_info:
-        robustness_main([str(a), str(b)])
+        run_main("sslpath.robustness_report", str(a), str(b))
     assert exit_info.value.code == 2 and "2 DIRs given and no --out" in capsys.readouterr().err
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == [a / "robustness.json", b / "robustness.json"]
-    robustness_main([str(a)])
+    run_main("sslpath.robustness_report", str(a))
     assert (a / "robustness" / "robustness_comparison.md").is_file() and not (tmp_path / "robustness").exists()
 
 

@@ -17,12 +17,12 @@ from test_evaluate import SYNTHETIC, compose_evaluate
 from test_predict import compose_predict, read_csv, tiny_run
 
 from sslpath.core.errors import UserError
-from sslpath.data.folder import _read_tiles
 from sslpath.data.images import TooLargeImage, read_image
 from sslpath.data.npz import read_arrays, read_images
-from sslpath.evaluate import check_finite, evaluate
+from sslpath.data.tile_files import read_tiles
+from sslpath.evaluation.evaluate import check_finite, evaluate
+from sslpath.evaluation.predict import predict, refuse_unknown_overrides
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.predict import predict, refuse_unknown_overrides
 
 from conftest import run_cli
 
@@ -186,7 +186,7 @@ def test_image_over_the_pixel_cap_is_unreadable_with_a_reason(real, tmp_path):
     with pytest.raises(TooLargeImage, match="40x30 pixels is more than the cap of 1,000 pixels"):
         read_image(big, max_pixels=1000)
     assert read_image(big).shape == (30, 40, 3)
-    tiles, readable, skipped = _read_tiles([big, small], 8, "test", max_pixels=1000)
+    tiles, readable, skipped = read_tiles([big, small], 8, "test", max_pixels=1000)
     assert readable.tolist() == [1] and skipped[0]["file"] == str(big) and "TooLargeImage" in skipped[0]["error"]
     out = tmp_path / "p.csv"
     predict(compose_predict(f"ckpt={real['ckpt']}", f"input={big.parent}", f"out={out}", "device=cpu", "max_pixels=1000"))

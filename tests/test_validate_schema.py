@@ -17,14 +17,15 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from test_data_folder import make_tiles
 
-from sslpath import train
-from sslpath.checks.schema import PATHS, TARGET_KEYS, TARGETS, FilePath, Seq, integer, num, opt
+from sslpath.checks.rules import TARGET_KEYS, FilePath, Seq, integer, num, opt
+from sslpath.checks.schema import PATHS, TARGETS
 from sslpath.checks.validate import accepted_keys, nan_advice, nan_suspects, rows_of_node, target_nodes, validate
 from sslpath.core.errors import UserError
 from sslpath.data.folder import TileFolder
 from sslpath.models import checkpoint as checkpoints
 from sslpath.models.checkpoint import load_inference_model
 from sslpath.models.optim import OptimizerSettings
+from sslpath.training import fit as train
 from sslpath.training.build import NOT_MODEL_ARGS
 from sslpath.training.callbacks import NonFiniteLoss
 

@@ -19,7 +19,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sslpath.core.errors import UserError
+from sslpath.checks.rules import TARGET_KEYS, WIDTH, Num, fmt, rows_of
+from sslpath.checks.schema import NOT_MODEL_ARGS, PATHS, TARGETS
+from sslpath.core.errors import NonFiniteLoss, UserError
+from sslpath.data.corruptions import load_suite
+from sslpath.data.npz import memory_budget
+from sslpath.models import registry
+from sslpath.models.backbones import on_meta
 
 FIX = "Fix the override on the command line (or in your experiment config)."
 KNN_METRIC = "val/knn_acc"
@@ -31,8 +37,8 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("pretrain"), DictConfig):
         raise UserError(
             f"pretrain={cfg.get('pretrain')!r} replaced the whole SSL stage config with a value. Choose the SSL "
-            "method of a chained fine-tune with model@pretrain=<method> (simclr, byol, mocov3, barlowtwins, vicreg, "
-            "dino), and set its options with pretrain.<key>=…"
+            f"method of a chained fine-tune with model@pretrain=<method> ({', '.join(registry.ssl_kinds())}), and set "
+            "its options with pretrain.<key>=…"
         )
     check_settings(cfg)
     check_image_size(cfg)
@@ -40,11 +46,9 @@ def validate(cfg: DictConfig) -> None:
     check_monitors(cfg)
     check_chain(cfg)
     if cfg.get("robustness") is not None:  # experiment=robustness: its benchmark runs after the sweep
-        from sslpath.evaluation.corruptions import load_suite
-
         load_suite(cfg.robustness, "robustness")
     check_model_size(cfg, "model")
-    if chained(cfg):
+    if needs_pretraining(cfg):
         check_model_size(cfg, "pretrain")
 
 
@@ -54,8 +58,6 @@ def validate(cfg: DictConfig) -> None:
 
 def check_settings(cfg: DictConfig, under: str = "") -> None:
     """The rows of `sslpath.checks.schema` for every value of cfg (or of its node `under`, e.g. "data")."""
-    from sslpath.checks.schema import PATHS
-
     root = OmegaConf.select(cfg, under) if under else cfg
     # The classes' own settings first: a path setting may interpolate one (frozen_eval.batch_size is
     # ${data.eval_batch_size}), and the message should name the key the user set.
@@ -100,8 +102,6 @@ def target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
 
 def check_node(node: DictConfig, path: str) -> None:
     """A `_target_` node: no unknown keys, every row's value allowed, and its class's relations."""
-    from sslpath.checks.schema import TARGET_KEYS, rows_of
-
     target = node._target_
     obj = locate(target, path)
     params = class_params(obj)
@@ -142,8 +142,6 @@ def _table() -> dict[Any, Any]:
     module path name one class). Only names of modules already imported are resolved: a node's class and
     its bases are, and importing the rest (optuna: seconds) would only slow every run down."""
     from hydra.utils import get_object
-
-    from sslpath.checks.schema import TARGETS
 
     table = {}
     for name, params in TARGETS.items():
@@ -253,17 +251,16 @@ def check_validation_runs(cfg: DictConfig, why: str) -> None:
         )
 
 
-def chained(cfg: DictConfig) -> bool:
-    from sslpath.training.chain import needs_pretraining
-
-    return needs_pretraining(cfg)
+def needs_pretraining(cfg: DictConfig) -> bool:
+    """A fine-tune without model.pretrained_ckpt chains its SSL stage (model@pretrain) first."""
+    return "pretrained_ckpt" in cfg.model and cfg.model.pretrained_ckpt is None
 
 
 def check_chain(cfg: DictConfig) -> None:
     """A chained fine-tune's stage (model@pretrain=…) must be an SSL method: found before it trains."""
     from hydra.utils import get_class
 
-    if not chained(cfg):
+    if not needs_pretraining(cfg):
         return
     if cfg.trainer.get("fast_dev_run"):
         raise UserError(
@@ -281,7 +278,7 @@ def check_chain(cfg: DictConfig) -> None:
                 "follows model.backbone)."
             )
     stage = get_class(cfg.pretrain._target_)
-    if not stage.trains_on_unlabelled:
+    if not stage.ssl:
         raise UserError(
             f"model@pretrain chose a {stage.kind} model ({cfg.pretrain._target_}), but the stage a fine-tune pretrains "
             "first must be a self-supervised method: model@pretrain=simclr, byol, mocov3, barlowtwins, vicreg or dino. "
@@ -289,22 +286,10 @@ def check_chain(cfg: DictConfig) -> None:
         )
 
 
-def check_label_fraction(cfg: DictConfig) -> None:
-    """The fine-tune's labelled share keeps every class: read from the data before a chained SSL stage trains
-    (otherwise it would be refused only after the whole stage)."""
-    from sslpath.training.build import build_datamodule
-
-    build_datamodule(cfg).setup("fit")
-
-
 def check_model_size(cfg: DictConfig, key: str) -> None:
     """The model at `key`, built on the meta device (no memory), must fit this machine: a projector of
     a million by a million weights is refused here rather than by the allocator mid-build."""
     from hydra.utils import instantiate
-
-    from sslpath.data.npz import memory_budget
-    from sslpath.models.backbones import on_meta
-    from sslpath.training.build import NOT_MODEL_ARGS
 
     node = OmegaConf.to_container(cfg[key], resolve=True)
     node = {k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}
@@ -316,8 +301,6 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
     need = 4 * (4 * trainable + other)  # fp32 weights, gradients and two Adam moments; frozen copies and buffers
     if need <= memory_budget():
         return
-    from sslpath.checks.schema import WIDTH, rows_of
-
     parts = sorted(((sum(p.numel() for p in m.parameters()), n) for n, m in model.named_children()), reverse=True)
     widths = [
         f"{key}.{k}={OmegaConf.select(cfg[key], k)}"
@@ -339,8 +322,6 @@ def check_model_size(cfg: DictConfig, key: str) -> None:
 def nan_suspects(cfg: DictConfig, key: str = "model") -> list[str]:
     """Settings of the model at `key`, its optimiser, schedule and augmentation that lie outside their usual
     range (`Num.usual` in sslpath.checks.schema), and a float16 precision: the likely causes of a NaN loss."""
-    from sslpath.checks.schema import Num
-
     nodes = [key, "optimizer", "scheduler", augment_of(cfg, key)]
     found = []
     for root in filter(None, nodes):
@@ -357,16 +338,12 @@ def nan_suspects(cfg: DictConfig, key: str = "model") -> list[str]:
 
 
 def usual_range(lo: float | None, hi: float | None) -> str:
-    from sslpath.checks.schema import fmt
-
     if lo is not None and hi is not None:
         return f"from {fmt(lo)} to {fmt(hi)}"
     return f"{fmt(lo)} or more" if lo is not None else f"at most {fmt(hi)}"
 
 
 def rows_of_node(node: DictConfig, path: str) -> dict[str, Any]:
-    from sslpath.checks.schema import rows_of
-
     return rows_of(class_params(locate(node._target_, path)))
 
 
@@ -381,8 +358,6 @@ def augment_of(cfg: DictConfig, key: str) -> str | None:
 def nan_advice(cfg: DictConfig, key: str = "model") -> Iterator[None]:
     """A NaN/inf training loss (sslpath.training.callbacks.NonFiniteLoss) of the model at `key` is reported with the
     settings that likely caused it, or, when none stands out, the usual remedies."""
-    from sslpath.training.callbacks import NonFiniteLoss
-
     try:
         yield
     except NonFiniteLoss as err:

@@ -33,3 +33,16 @@ def _user_error_in(err: BaseException | None) -> UserError | None:
             return err
         err = err.__cause__
     return None
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite. `sslpath.checks.validate.nan_advice` names the settings that
+    likely caused it; on its own the message gives the usual remedies."""
+
+    def __init__(self, loss: float, epoch: int, step: int, last: str) -> None:
+        self.what = f"the training loss became {loss} at epoch {epoch}, step {step}."
+        self.kept = f"The last good checkpoint is kept: {last}."
+        super().__init__(
+            f"{self.what} Lower the learning rate (optimizer.lr), use trainer.precision=32-true, or check the data "
+            f"for broken images. {self.kept}"
+        )

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -58,6 +59,39 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_untrusted_json(path: str | Path, max_bytes: int | None = None) -> Any:
+    """A JSON file someone handed us, as plain data: no NaN or Infinity, no number too large to be finite
+    (`1e999`), at most `max_bytes`. ValueError saying what is wrong otherwise (also for unreadable files)."""
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        size = Path(path).stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ValueError(f"{size:,} bytes, more than the {max_bytes:,} such a file can need")
+        data = json.loads(Path(path).read_text(), parse_constant=no_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if where := non_finite(data):
+        raise ValueError(f"has a number too large to be finite at {where}")
+    return data
+
+
+def non_finite(value: Any) -> str | None:
+    """Where in a parsed JSON value a float is infinite or NaN, as `key.key[index]`; None if nowhere."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "the top level"
+        if isinstance(item, dict):
+            stack += [(f"{where}.{key}".lstrip("."), v) for key, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+    return None
 
 
 def spreadsheet_safe(cell: str) -> str:

@@ -91,19 +91,3 @@ class BatchTransform(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The evaluation transform: normalised, not augmented."""
         return self._finish(Normalize.to_unit(images))
-
-
-def reference_transform(mean: Sequence[float], std: Sequence[float]):
-    """The notebook's per-image torchvision recipe (for the benchmark's reference pipeline and tests)."""
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [
-            T.RandomApply([T.RandomAffine(degrees=180, translate=(0.45, 0.45), scale=(0.6, 1.35))], p=0.64),
-            T.RandomVerticalFlip(p=0.64),
-            T.RandomHorizontalFlip(p=0.64),
-            T.RandomApply([T.ColorJitter(0.6, 0.3, 0.3, 0.3)], p=0.64),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )

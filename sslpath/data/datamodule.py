@@ -30,14 +30,13 @@ from sslpath.data.download import (
     size_text,
 )
 from sslpath.data.folder import MAX_PIXELS, TileFolder
-from sslpath.data.loader import BatchLoader, training_batches
+from sslpath.data.loader import Batch, BatchLoader, training_batches
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, ...]
 
 OFFLINE_HINT = (
     "Offline you can train on any MedMNIST-format npz with data.path=FILE (see the README's 'Data' section: "

@@ -25,7 +25,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from sslpath.core.errors import UserError
-from sslpath.training.rundir import check_writable
+from sslpath.core.paths import make_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def download(url: str, md5: str, dest: Path, timeout_s: float = 15, force: bool 
     `force` fetches afresh (no resume) unless another process did so since this one started.
     `timeout_s` bounds the wait for a connection and for each read, so an unreachable host fails fast.
     """
-    check_writable(dest.parent, "data folder", key="data.root (or the SSLPATH_DATA_DIR environment variable)")
+    make_writable_dir(dest.parent, "data folder", key="data.root (or the SSLPATH_DATA_DIR environment variable)")
     lock = FileLock(lock_path(dest))
     try:
         lock.acquire(timeout=0)

@@ -14,7 +14,6 @@ validation or test tile.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 from collections import Counter
@@ -23,62 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_output, atomic_write_json, read_json
 from sslpath.core.names import check_class_names, path_name, text_name
+from sslpath.data import tile_files
 from sslpath.data.digest import file_digest, is_digest, value_digest
-from sslpath.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image
+from sslpath.data.images import IMAGE_SUFFIXES, MAX_PIXELS
 from sslpath.data.npz import UNLABELED
-from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # part of the key: bump it when conversion changes, so older caches are not reused
-SHOWN_SKIPS = 10  # unreadable files a warning names; the sidecar lists all of them
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under folder, recursively and sorted; hidden files and folders are left out, and
-    linked folders are not entered (as Path.rglob). A loop over a stack, not recursion: a folder
-    nested a thousand deep is walked, not a RecursionError."""
-    found, stack = [], [folder]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
-                    found.append(Path(entry.path))
-    return sorted(found)
-
-
-@contextlib.contextmanager
-def _scanning(root: Path) -> Iterator[None]:
-    """An OS error while the folder is listed (a file deleted mid-scan, a path too long) is the user's to fix."""
-    try:
-        yield
-    except OSError as err:
-        name = str(err.filename or "")
-        name = name if len(name) <= 160 else f"{name[:80]}…{name[-60:]}"  # a path past PATH_MAX would fill the screen
-        where = f"{err.strerror or err}: {name}" if name else str(err)
-        if isinstance(err, FileNotFoundError):
-            fix = "it was moved or deleted while the folder was read. Run again once nothing changes the folder."
-        elif err.errno == errno.ENAMETOOLONG:
-            fix = "a path under it is longer than the system allows (folders nested too deeply?). Move the images up."
-        else:
-            fix = "check that the folder and everything under it can be read."
-        raise UserError(f"could not list the images of data.dir={root} ({where}): {fix}") from None
-
-
-def _subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class TileFolder:
@@ -110,7 +67,7 @@ class TileFolder:
                 f"decoded (default {MAX_PIXELS})."
             )
         self.max_pixels = max_pixels
-        with _scanning(self.root):
+        with tile_files.scanning(self.root):
             self.class_folders, self.files = self._scan()
             self.unlabeled_dir = Path(unlabeled_dir).expanduser().absolute() if unlabeled_dir is not None else None
             unlabeled = self._scan_unlabeled() if self.unlabeled_dir is not None else []
@@ -122,8 +79,8 @@ class TileFolder:
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be above 0 "
                 f"and sum to less than 1 to split {self.root} into train/val/test; use e.g. 0.1 and 0.1."
             )
-        with _scanning(self.root):  # a file deleted or unreadable while its bytes are hashed
-            self.contents = _contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
+        with tile_files.scanning(self.root):  # a file deleted or unreadable while its bytes are hashed
+            self.contents = tile_files.contents([f for pairs in self.files.values() for f, _ in pairs] + unlabeled)
         self.unlabeled = self._outside_labelled(unlabeled)
         self.digest = self._digest()  # of every file's path and bytes, and of the settings: the data's identity
         key = f"{path_name(self.root.resolve().name)}-{self.digest[:16]}"
@@ -140,7 +97,7 @@ class TileFolder:
                 f"data.dir={self.root} is not a folder. Point data.dir at a folder with one subfolder of "
                 "images per class (or train/ val/ test/ subfolders of those)."
             )
-        top = _subfolders(self.root)
+        top = tile_files.subfolders(self.root)
         split_dirs = [name for name in top if name in SPLITS]
         if not split_dirs:
             return self._classes_of({"all": self.root})
@@ -154,7 +111,7 @@ class TileFolder:
         return self._classes_of({split: self.root / split for split in SPLITS})
 
     def _classes_of(self, folders: dict[str, Path]) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-        names = {split: _subfolders(folder) for split, folder in folders.items()}
+        names = {split: tile_files.subfolders(folder) for split, folder in folders.items()}
         classes = names.get("train", names.get("all"))
         if len(classes) < 2:
             raise UserError(
@@ -169,7 +126,7 @@ class TileFolder:
                     "needs the same class subfolders (an empty one is allowed in val/ and test/)."
                 )
         files = {
-            split: [(f, c) for c, name in enumerate(classes) for f in image_files(folder / name)]
+            split: [(f, c) for c, name in enumerate(classes) for f in tile_files.image_files(folder / name)]
             for split, folder in folders.items()
         }
         first = files.get("train", files.get("all"))
@@ -182,7 +139,7 @@ class TileFolder:
         return classes, files
 
     def _scan_unlabeled(self) -> list[Path]:
-        files = image_files(self.unlabeled_dir) if self.unlabeled_dir.is_dir() else []
+        files = tile_files.image_files(self.unlabeled_dir) if self.unlabeled_dir.is_dir() else []
         if not files:
             raise UserError(
                 f"data.unlabeled_dir={self.unlabeled_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}, "
@@ -255,7 +212,7 @@ class TileFolder:
             problem = self._check_cache()
             if problem is None:
                 log.info("reusing cached tiles %s (converted from %s; contents checked)", self.cache_file, self.root)
-                self._warn_skipped(self.record["skipped"])
+                tile_files.warn_skipped(self.record["skipped"], self.root, self.sidecar)
                 self._warn_leaked(self.record["leaked"])
             else:
                 if self.cache_file.exists():  # a lone sidecar is a conversion that stopped: nothing to warn of
@@ -300,8 +257,8 @@ class TileFolder:
             and is_digest(record["npz_sha256"])
             and record["class_names"] == self.class_names
             and record["class_folders"] == self.class_folders
-            and _is_file_notes(record["skipped"], "error")
-            and _is_file_notes(record["leaked"], "same_as")
+            and tile_files.is_file_notes(record["skipped"], "error")
+            and tile_files.is_file_notes(record["leaked"], "same_as")
             and isinstance(record["splits"], dict)
             and set(record["splits"]) == set(SPLITS)
             and all(is_digest(d) for d in record["splits"].values())
@@ -315,7 +272,7 @@ class TileFolder:
     def _convert(self) -> None:
         labelled = [pair for pairs in self.files.values() for pair in pairs]
         files = [f for f, _ in labelled] + self.unlabeled
-        tiles, readable, skipped = _read_tiles(files, self.size, f"converting {self.root.name}", self.max_pixels)
+        tiles, readable, skipped = tile_files.read_tiles(files, self.size, f"converting {self.root.name}", self.max_pixels)
         # A first sidecar, so the errors below can point at its list of unreadable files; the cache is
         # valid only once the npz and then the sidecar with the npz's digest are written.
         record = {"format": CACHE_FORMAT, "source": str(self.root), "source_digest": self.digest, "npz_sha256": None}
@@ -323,7 +280,7 @@ class TileFolder:
         record["class_folders"] = self.class_folders  # the originals: JSON keeps an undecodable byte as \udcNN
         with self._writing():
             atomic_write_json(self.sidecar, record)
-        self._warn_skipped(skipped)
+        tile_files.warn_skipped(skipped, self.root, self.sidecar)
         labels = np.array([c for _, c in labelled] + [-1] * len(self.unlabeled))[readable]
         groups = [split for split, pairs in self.files.items() for _ in pairs] + ["unlabeled"] * len(self.unlabeled)
         groups = np.array(groups)[readable]
@@ -355,7 +312,7 @@ class TileFolder:
 
     def _warn_leaked(self, leaked: list[dict[str, str]]) -> None:
         if leaked:
-            shown = "; ".join(f"{d['file']} = {d['same_as']}" for d in leaked[:SHOWN_SKIPS])
+            shown = "; ".join(f"{d['file']} = {d['same_as']}" for d in leaked[: tile_files.SHOWN_SKIPS])
             log.warning(
                 "%d validation/test tile(s) of %s have the same bytes as a training tile (all listed in %s): %s. Their "
                 "scores count them as unseen; remove the copies from data.dir.",
@@ -433,54 +390,3 @@ class TileFolder:
                 f"{self.sidecar}); a class needs at least one. Replace the unreadable files or remove the "
                 "class folder."
             )
-
-    def _warn_skipped(self, skipped: list[dict[str, str]]) -> None:
-        if skipped:
-            shown = "; ".join(text_name(f"{s['file']} ({s['error']})") for s in skipped[:SHOWN_SKIPS])
-            more = f"; … and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
-            log.warning(
-                "skipped %d unreadable image file(s) under %s (all listed in %s): %s%s. Replace or delete them.",
-                len(skipped),
-                self.root,
-                self.sidecar,
-                shown,
-                more,
-            )
-
-
-def _contents(files: list[Path]) -> dict[Path, str | None]:
-    """Each file's sha256 (None for a file that cannot be read now: it is skipped, and named, when converting).
-    A file that vanished since it was listed is not unreadable but a folder changing under us: re-raised."""
-    contents = {}
-    for file in tqdm(files, desc="checking files", unit="file", disable=None):
-        try:
-            contents[file] = file_digest(file)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            contents[file] = None
-    return contents
-
-
-def _is_file_notes(notes: Any, key: str) -> bool:
-    """A sidecar list of {"file": str, key: str} entries."""
-    return isinstance(notes, list) and all(
-        isinstance(n, dict) and set(n) == {"file", key} and all(isinstance(v, str) for v in n.values()) for n in notes
-    )
-
-
-def _read_tiles(
-    files: list[Path], size: int, desc: str, max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """uint8 N×size×size×3 tiles of the readable files, their indices in `files`, and the others."""
-    tiles, readable, skipped = [], [], []
-    for i, file in enumerate(tqdm(files, desc=desc, unit="img", disable=None)):  # disable=None: a bar only on a TTY
-        try:
-            image = read_image(file, max_pixels)
-        except Exception as err:  # decoders raise many types on malformed files; one must not stop the rest
-            skipped.append({"file": str(file), "error": f"{type(err).__name__}: {err}"})
-            continue
-        tiles.append(to_tiles(image[None], size)[0].permute(1, 2, 0))
-        readable.append(i)
-    stacked = torch.stack(tiles).numpy() if tiles else np.empty((0, size, size, 3), np.uint8)
-    return stacked, np.array(readable, dtype=np.int64), skipped

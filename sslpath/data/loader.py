@@ -16,6 +16,7 @@ from sslpath.data.splits import Split
 
 log = logging.getLogger(__name__)
 
+Batch = tuple[torch.Tensor, ...]  # a split's images (or views), then its labels
 PAD_LABEL = -1  # evaluation padding under DDP: metrics ignore it, so no image counts twice
 
 

@@ -1,56 +1,63 @@
-"""Test a trained checkpoint on a data set, as the training run's test stage did.
-
-    python -m sslpath.evaluate ckpt=PATH [data=OPTION] [data.KEY=VALUE ...] [split=test] [out=DIR]
-                               [device=auto] [report=true] [corruptions=pathology]
+"""Test a trained checkpoint on a data set, as the training run's test stage did (`python -m sslpath.evaluate`).
 
 The model is rebuilt only from the checkpoint's validated metadata and weights; the data comes
 from training's own data configs, resized to the checkpoint's image size and normalised with its
 mean and std; a tile folder is split as the checkpoint recorded (seed, fractions), and the split
-evaluated must hold the very files it recorded. `out` gets what a training run dir holds after testing (metrics.json,
-test_predictions.csv, test_examples.npz, written by the same code), so `sslpath.report` reads it
+evaluated must hold the very files it recorded. `out` gets what a training run dir holds after testing
+(metrics.json, test_predictions.csv, test_examples.npz, written by the same code), so a report reads it
 like a run, and the run's best checkpoint on the same data gives the run's test accuracy. With
 `corruptions=pathology` it also tests the split under MedMNIST-C-style corruptions at five severities
-(sslpath.evaluation.corruptions) and writes robustness.{json,csv,md,png} beside metrics.json and into report/.
-Heavy libraries are imported inside functions so `--help` answers at once.
+(sslpath.data.corruptions) and writes robustness.{json,csv,md,png} beside metrics.json and into report/.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import hydra
+import torch
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.core.errors import UserError, exit_on_user_error
-
-if TYPE_CHECKING:
-    import torch
-
-    from sslpath.data.datamodule import ArrayDataModule
-    from sslpath.data.splits import Split
-    from sslpath.models.checkpoint import Metadata
+from sslpath.checks.schema import PATHS
+from sslpath.checks.validate import check_settings, check_value
+from sslpath.core.devices import resolve_device
+from sslpath.core.errors import UserError
+from sslpath.core.names import path_name
+from sslpath.core.paths import check_out_path, check_writable
+from sslpath.data.corruptions import Suite, load_suite
+from sslpath.data.datamodule import ArrayDataModule, FolderDataModule
+from sslpath.data.splits import SPLITS, Split
+from sslpath.evaluation.benchmark import benchmark
+from sslpath.models.checkpoint import Metadata, load_inference_model
+from sslpath.reporting.robustness import copy_robustness, write_robustness
+from sslpath.reporting.write import write_report
+from sslpath.results.artifacts import class_logits, write_examples, write_test_predictions
+from sslpath.results.calibration import temperature_report
+from sslpath.results.metrics import bootstrap_settings, classification_results, evidence_results
+from sslpath.results.record import METRICS_FILE, RunRecord, read_record, write_record
+from sslpath.results.robustness import JSON, STEM
 
 PROG = "sslpath.evaluate"
-Predict = Callable[["torch.Tensor"], "torch.Tensor"]  # uint8 N×3×H×W batch -> CPU logits
-USAGE = (
-    "python -m sslpath.evaluate ckpt=PATH [data=OPTION] [split=test] [out=DIR] [device=auto] [report=true] "
-    "[corruptions=pathology]"
-)
+HELP = "python -m sslpath.evaluate --help"  # the one usage text: conf/evaluate.yaml's help
+Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 N×3×H×W batch -> CPU logits
+log = logging.getLogger(__name__)
 
 
-def check_args(cfg: DictConfig) -> tuple[Path, Path]:
+def check_evaluate_settings(cfg: DictConfig) -> tuple[Path, Path]:
     """The checkpoint and the output folder, after every setting is checked and before any work."""
-    from sslpath.core.names import path_name
-    from sslpath.data.splits import SPLITS
-    from sslpath.predict import check_out_path
-    from sslpath.results.artifacts import check_writable
-
     if cfg.get("ckpt") in (None, ""):  # `???`, null or empty
-        raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
+        raise UserError(
+            f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). All settings: {HELP}."
+        )
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
     for flag in ("report", "check_split", "calibrate"):
@@ -81,9 +88,6 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
 def check_eval_settings(cfg: DictConfig) -> None:
     """The `eval` settings (bootstrap, calibration bins) by training's rules; calibrate=true needs another
     split than the one it fits the temperature on."""
-    from sslpath.checks.schema import PATHS
-    from sslpath.checks.validate import check_value
-
     for key, rule in PATHS.items():
         if key.startswith("eval."):
             check_value(cfg, key, key, rule)
@@ -98,8 +102,6 @@ def temperature_scaling(
     cfg: DictConfig, ckpt: Path, device: torch.device, logits: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, Any]:
     """calibrate=true: the temperature fitted on the val split's logits, and the split's NLL and ECE before and after."""
-    from sslpath.results.calibration import temperature_report
-
     _, val, predict = load_split(OmegaConf.merge(cfg, {"split": "val"}), ckpt, device)
     if len(val) == 0:
         raise UserError("calibrate=true needs validation tiles to fit the temperature on, but this data's val split is empty.")
@@ -107,13 +109,9 @@ def temperature_scaling(
     return temperature_report(val_logits, val.labels, logits, labels, cfg.eval.ece_bins)
 
 
-def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataModule:
+def checkpoint_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataModule:
     """`cfg.data` at the checkpoint's image size and normalisation, without augmentation, its classes
     checked against the checkpoint's before any data is read."""
-    from hydra.utils import instantiate
-
-    from sslpath.checks.validate import check_settings
-
     size = meta.image_size if cfg.data.size is None else cfg.data.size
     if size != meta.image_size:
         raise UserError(
@@ -131,21 +129,15 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
 
 
 def is_folder(data: DictConfig) -> bool:
-    from hydra.utils import get_class
-
-    from sslpath.data.datamodule import FolderDataModule
-
     return issubclass(get_class(data._target_), FolderDataModule)
 
 
 def use_recorded_split(cfg: DictConfig, meta: Metadata, ckpt: Path) -> None:
     """Split a tile folder with the seed and fractions the checkpoint was trained with, whatever seed= says."""
-    import logging
-
     recorded = {key: meta.split[key] for key in ("seed", "val_fraction", "test_fraction")}
     given = {key: cfg.data.get(key) for key in recorded}
     if given != recorded:
-        logging.getLogger(__name__).info(
+        log.info(
             "data=folder: splitting with the settings %s recorded (%s), not %s, so its test tiles stay test tiles",
             ckpt.name,
             ", ".join(f"data.{k}={v}" for k, v in recorded.items()),
@@ -172,8 +164,6 @@ def check_split(cfg: DictConfig, datamodule: ArrayDataModule, meta: Metadata, ck
 def check_classes(datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> None:
     """Same class count; same names too, unless the data names none of its own (a custom npz's
     placeholders `class i`), when the checkpoint's names are used."""
-    from sslpath.data.datamodule import ArrayDataModule
-
     names = datamodule.class_names
     placeholders = ArrayDataModule.class_names.fget(datamodule)
     if datamodule.num_classes != meta.num_classes or names not in (placeholders, meta.class_names):
@@ -187,14 +177,9 @@ def check_classes(datamodule: ArrayDataModule, meta: Metadata, ckpt: Path) -> No
 def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metadata, Split, Predict]:
     """The checkpoint's metadata, `cfg.split` of `cfg.data` prepared as training did, and the model as a
     function from a uint8 batch to CPU logits: one path for clean and corrupted images alike."""
-    from functools import partial
-
-    from sslpath.models.checkpoint import load_inference_model
-    from sslpath.results.artifacts import class_logits
-
     model, meta = load_inference_model(ckpt, "ckpt")
     model.to(device)
-    datamodule = build_datamodule(cfg, meta, ckpt)
+    datamodule = checkpoint_datamodule(cfg, meta, ckpt)
     datamodule.setup("test")
     check_split(cfg, datamodule, meta, ckpt)
     split = datamodule.splits[cfg.split]
@@ -205,21 +190,14 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
 
 def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of a whole split, batch by batch."""
-    import torch
-
     return torch.cat([predict(batch) for batch in images.split(batch_size)])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
-    from sslpath.core.devices import resolve_device
-    from sslpath.core.files import atomic_write_json
-    from sslpath.evaluation.corruptions import benchmark, load_suite
-    from sslpath.results.artifacts import write_examples, write_predictions
-    from sslpath.results.metrics import bootstrap_settings, classification_results, evidence_results
-
+    """Check, rebuild the model, run it over the split, write the run-dir files; returns the run record as
+    metrics.json holds it."""
     start = time.perf_counter()
-    ckpt, out = check_args(cfg)
+    ckpt, out = check_evaluate_settings(cfg)
     suite = load_suite(cfg.get("corruptions"))
     device = resolve_device(str(cfg.device))
     meta, split, predict = load_split(cfg, ckpt, device)
@@ -231,52 +209,50 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     probs = logits.softmax(dim=1).numpy()
     run_name = str(cfg.run_name or meta.kind)
-    metrics = {
-        "model": meta.kind,
-        "run_name": run_name,
-        "seed": cfg.seed,
-        "label_fraction": cfg.data.label_fraction,
+    # The checkpoint's own training settings (label fraction, seed, SSL method), not this command's config:
+    # a report groups the evaluation with the run that trained it.
+    record = RunRecord(
+        model=meta.kind,
+        run_name=run_name,
+        seed=meta.seed,
+        label_fraction=meta.label_fraction,
+        pretrain_method=meta.pretrain_method,
         **classification_results(logits, split.labels, meta.class_names),
         **evidence_results(logits, split.labels, bootstrap_settings(cfg.eval), cfg.eval.ece_bins),
-        "ckpt_path": str(ckpt.resolve()),
-        "evaluated_split": cfg.split,
-        "num_images": len(split),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "epochs": 0,  # an evaluation trains nothing
-    }
+        ckpt_path=str(ckpt.resolve()),
+        evaluated_split=cfg.split,
+        num_images=len(split),
+        data=OmegaConf.to_container(cfg.data, resolve=True),
+        epochs=0,  # an evaluation trains nothing
+        wall_seconds=0.0,
+    )
     if cfg.calibrate:
-        metrics["temperature_scaling"] = temperature_scaling(cfg, ckpt, device, logits, split.labels)
-    check_finite(metrics, ckpt)
+        record = dataclasses.replace(record, temperature_scaling=temperature_scaling(cfg, ckpt, device, logits, split.labels))
+    check_finite(record.to_dict(), ckpt)
     robustness = None
     if suite is not None:
         robustness = benchmark(
             suite, split.images, split.labels, meta.class_names, predict, logits, cfg.data.eval_batch_size, device
         )
-        metrics["robustness"] = robustness.summary()
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    check_finite(metrics, ckpt)  # every number is computed before any file is written
-    write_predictions(out, probs, split.labels.numpy(), meta.class_names)
+        record = dataclasses.replace(record, robustness=robustness.summary())
+    record = dataclasses.replace(record, wall_seconds=round(time.perf_counter() - start, 2))
+    check_finite(record.to_dict(), ckpt)  # every number is computed before any file is written
+    write_test_predictions(out, probs, split.labels.numpy(), meta.class_names)
     write_examples(out, split, probs, seed=cfg.seed)
     if robustness is not None:
-        from sslpath.robustness_report import write_robustness
-
-        write_robustness(out, robustness, run_name, meta.kind, metrics["ckpt_path"])
-    atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is complete
+        write_robustness(out, robustness, run_name, meta.kind, record.ckpt_path)
+    write_record(out, record)  # last: a folder with metrics.json is complete
     if cfg.report:
-        from sslpath.report import write_report  # matplotlib and tensorboard: only when asked for
-
         write_report([out], out / "report")
         if robustness is not None:
-            from sslpath.robustness_report import copy_robustness
-
             copy_robustness(out, out / "report")
     print(
-        f"{PROG}: test_acc={metrics['test_acc']:.4f} test_auc={metrics['test_auc']} on {len(split)} {cfg.split} "
+        f"{PROG}: test_acc={record.test_acc:.4f} test_auc={record.test_auc} on {len(split)} {cfg.split} "
         f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
     if cfg.calibrate:
-        scaled = metrics["temperature_scaling"]
+        scaled = record.temperature_scaling
         print(
             f"{PROG}: temperature {scaled['temperature']:.3f} (fitted on {scaled['val_tiles']} val tiles): {cfg.split} "
             f"ECE {scaled['ece_before']:.4f} -> {scaled['ece_after']:.4f}, "
@@ -284,20 +260,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             flush=True,
         )
     if robustness is not None:
-        summary = metrics["robustness"]
+        summary = record.robustness
         drop = "n/a" if summary["relative_drop"] is None else f"{summary['relative_drop']:.1%}"
         print(
             f"{PROG}: mean corruption accuracy {summary['mean_corruption_acc']:.4f} over {len(suite.names)} corruptions x "
-            f"{len(suite.severities)} severities (relative drop {drop}) -> {out / 'robustness.md'}",
+            f"{len(suite.severities)} severities (relative drop {drop}) -> {out / f'{STEM}.md'}",
             flush=True,
         )
-    return metrics
+    return record.to_dict()
 
 
 def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
     """metrics.json is strict JSON: a NaN or infinity in it is refused, never written."""
-    import json
-
     try:
         json.dumps(metrics, allow_nan=False, default=str)
     except ValueError:
@@ -307,11 +281,20 @@ def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
         ) from None
 
 
-@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(PROG):
-        evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()
+def benchmark_run(run_dir: Path, suite: Suite, device: str = "auto") -> Path | None:
+    """Benchmark a finished training run's best checkpoint on its own test split; writes and returns
+    <run_dir>/robustness/robustness.json (beside .csv/.md/.png); None for a run without a checkpoint."""
+    record = read_record(run_dir / METRICS_FILE)
+    if not record.ckpt_path:
+        print(f"sslpath: {run_dir} tested no checkpoint (a fast_dev_run): left out of the robustness comparison", file=sys.stderr)
+        return None
+    cfg = OmegaConf.create({"data": OmegaConf.load(run_dir / "config.yaml").data, "split": "test"})
+    torch_device = resolve_device(device)
+    meta, split, predict = load_split(cfg, Path(record.ckpt_path), torch_device)
+    batch = cfg.data.eval_batch_size
+    logits = predict_split(predict, split.images, batch)
+    robustness = benchmark(suite, split.images, split.labels, meta.class_names, predict, logits, batch, torch_device)
+    out = run_dir / STEM
+    out.mkdir(exist_ok=True)
+    write_robustness(out, robustness, record.run_name, meta.kind, record.ckpt_path)
+    return out / JSON

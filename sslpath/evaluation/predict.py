@@ -1,14 +1,10 @@
-"""Classify new images with a trained checkpoint.
-
-    python -m sslpath.predict ckpt=PATH input=FILE_OR_DIR [out=predictions.csv] [split=test]
-                              [batch_size=256] [device=auto]
+"""Classify new images with a trained checkpoint (`python -m sslpath.predict`).
 
 `input` is a MedMNIST-format .npz (its `split` images), a folder of images (searched recursively,
 any size) or one image file. The model is rebuilt only from the checkpoint's validated metadata
 and weights (`sslpath.models.checkpoint.load_inference_model`), and every image takes training's own
 path: `to_tiles` resizes it, the evaluation transform normalises it with the checkpoint's mean and
-std. So an npz's test split gets exactly the predictions its training run wrote. Heavy libraries
-are imported inside functions so `--help` answers at once.
+std. So an npz's test split gets exactly the predictions its training run wrote.
 """
 
 from __future__ import annotations
@@ -17,39 +13,42 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
-from sslpath.core.errors import UserError, exit_on_user_error
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+from sslpath.core.devices import resolve_device
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_write_text, csv_text
+from sslpath.core.names import text_name
+from sslpath.core.paths import check_out_path, check_writable
+from sslpath.data.augment import BatchTransform
+from sslpath.data.images import MAX_PIXELS, read_image
+from sslpath.data.npz import read_images
+from sslpath.data.preprocess import to_tiles
+from sslpath.data.splits import SPLITS
+from sslpath.data.tile_files import image_files
+from sslpath.models.checkpoint import load_inference_model
+from sslpath.results.artifacts import class_logits
 
 PROG = "sslpath.predict"
-USAGE = (
-    "python -m sslpath.predict ckpt=PATH input=FILE_OR_DIR [out=predictions.csv] [split=test] "
-    "[batch_size=256] [device=auto] [max_pixels=50000000]"
-)
+HELP = "python -m sslpath.predict --help"  # the one usage text: conf/predict.yaml's help
 KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels")
 HEADER = "file,predicted,"  # how every predictions CSV this tool writes begins: the only file `out` may replace
 
 
-def check_args(cfg: DictConfig) -> dict[str, Any]:
+def check_predict_settings(cfg: DictConfig) -> dict[str, Any]:
     """The settings as plain values, every one checked before any work is done."""
-    from sslpath.data.splits import SPLITS
-    from sslpath.results.artifacts import check_writable
-
     extra = sorted(set(map(str, cfg)) - set(KEYS))
     if extra:
         raise UserError(
-            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. Usage: {USAGE}"
+            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. All settings: {HELP}."
         )
     missing = [k for k in KEYS if cfg.get(k) in (None, "")]  # `???`, null, empty, or removed with ~key
     if missing:
-        raise UserError(f"missing {', '.join(f'{k}=' for k in missing)}. Usage: {USAGE}")
+        raise UserError(f"missing {', '.join(f'{k}=' for k in missing)}. All settings: {HELP}.")
     args = {k: cfg[k] if k in ("batch_size", "max_pixels") else str(cfg[k]) for k in KEYS}
     if args["split"] not in SPLITS:
         raise UserError(f"split={args['split']} is not one of {', '.join(SPLITS)}; it picks the npz images to classify.")
@@ -75,28 +74,6 @@ def check_args(cfg: DictConfig) -> dict[str, Any]:
         _check_replaceable(out, resolved)
     check_writable(out, "out")
     return {**args, "ckpt": ckpt, "input": source, "out": out}
-
-
-def check_out_path(out: Path, setting: str) -> Path:
-    """`out` with its symlinks resolved, refused when it cannot be resolved (a symlink loop, an unreadable
-    folder) or when an existing part of its path is not a folder. Returns the resolved path."""
-    try:
-        resolved = out.resolve()
-    except (OSError, RuntimeError) as err:  # pathlib raises RuntimeError for a symlink loop
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        raise UserError(
-            f"{setting}={out} cannot be used: its path cannot be resolved ({reason}; a symlink loop or an "
-            f"unreadable folder). Pass another {setting}= path."
-        ) from None
-    for parent in resolved.parents:
-        if os.path.lexists(parent):
-            if not parent.is_dir():
-                raise UserError(
-                    f"{setting}={out} lies under {parent}, which is a file, not a folder. Pass another {setting}= "
-                    "path, in a writable folder."
-                )
-            break
-    return resolved
 
 
 def _same_file(resolved: Path, other: Path) -> bool:
@@ -125,8 +102,6 @@ def _check_replaceable(out: Path, resolved: Path) -> None:
 
 def npz_batches(path: Path, split: str, size: int, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
     """One split of a MedMNIST-format npz, header-checked, resized as training resized it."""
-    from sslpath.data.npz import read_images
-
     tiles = read_images(path, split, size)
     for start in range(0, len(tiles), batch_size):
         stop = min(start + batch_size, len(tiles))
@@ -137,13 +112,6 @@ def image_batches(
     source: Path, size: int, batch_size: int, skipped: list[str], max_pixels: int | None = None
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """An image file, or the images under a folder; an unreadable file is reported, recorded and skipped."""
-    import torch
-
-    from sslpath.core.names import text_name
-    from sslpath.data.folder import image_files
-    from sslpath.data.images import MAX_PIXELS, read_image
-    from sslpath.data.preprocess import to_tiles
-
     files = [source] if source.is_file() else image_files(source)
     names: list[str] = []
     tiles: list[torch.Tensor] = []
@@ -162,10 +130,8 @@ def image_batches(
         yield names, torch.stack(tiles)
 
 
-def write_predictions(path: Path, names: list[str], probs: np.ndarray, class_names: list[str]) -> None:
+def write_image_predictions(path: Path, names: list[str], probs: np.ndarray, class_names: list[str]) -> None:
     """file, predicted class, then one probability column per class."""
-    from sslpath.core.files import atomic_write_text, csv_text
-
     rows = [["file", "predicted", *class_names]]
     rows += [[name, class_names[int(p.argmax())], *(f"{v:.6f}" for v in p)] for name, p in zip(names, probs)]
     atomic_write_text(path, csv_text(rows))
@@ -173,14 +139,7 @@ def write_predictions(path: Path, names: list[str], probs: np.ndarray, class_nam
 
 def predict(cfg: DictConfig) -> Path:
     """Check the settings, classify every readable image, write the CSV; returns its path."""
-    import numpy as np
-
-    from sslpath.core.devices import resolve_device
-    from sslpath.data.augment import BatchTransform
-    from sslpath.models.checkpoint import load_inference_model
-    from sslpath.results.artifacts import class_logits
-
-    args = check_args(cfg)
+    args = check_predict_settings(cfg)
     device = resolve_device(args["device"])
     source = args["input"]
     if not source.exists():
@@ -208,7 +167,7 @@ def predict(cfg: DictConfig) -> Path:
             f"no readable images in {source} ({len(skipped)} unreadable). Pass a MedMNIST-format .npz, an image, "
             "or a folder of PNG/JPEG/TIFF/BMP images; nothing was written."
         )
-    write_predictions(args["out"], names, np.concatenate(probs), meta.class_names)
+    write_image_predictions(args["out"], names, np.concatenate(probs), meta.class_names)
     print(
         f"{PROG}: {len(names)} image{'s' if len(names) != 1 else ''} -> {args['out']} ({len(skipped)} skipped; {meta.kind} model "
         f"{args['ckpt'].name}, {meta.image_size} px, {device})",
@@ -219,7 +178,7 @@ def predict(cfg: DictConfig) -> Path:
 
 def refuse_unknown_overrides(argv: list[str]) -> None:
     """`foo=1` names no setting: refuse it with the tool's own message (Hydra would exit 1 with a
-    struct error before `check_args` could); `+foo=1` reaches `check_args`, which refuses it there."""
+    struct error before `check_predict_settings` could); `+foo=1` reaches `check_predict_settings`, which refuses it there."""
     extra = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:  # Hydra's flags and their values (--cfg job, -m)
@@ -231,21 +190,5 @@ def refuse_unknown_overrides(argv: list[str]) -> None:
             extra.append(key)
     if extra:
         raise UserError(
-            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. Usage: {USAGE}"
+            f"unknown setting(s) {', '.join(extra)}; predict takes {', '.join(f'{k}=' for k in KEYS)}. All settings: {HELP}."
         )
-
-
-@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="predict")
-def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(PROG):
-        predict(cfg)
-
-
-def main() -> None:
-    with exit_on_user_error(PROG):
-        refuse_unknown_overrides(sys.argv[1:])
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

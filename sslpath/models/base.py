@@ -8,30 +8,52 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightly.utils.scheduler import cosine_schedule  # the momentum schedule's cosine
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from sslpath.data.loader import PAD_LABEL
+from sslpath.data.loader import PAD_LABEL, Batch
 from sslpath.models.optim import build_optimizer, parameter_groups, split_settings
 
 log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-Batch = tuple[torch.Tensor, ...]
+# Every concrete model class, by kind: filled as classes are defined (ImageModel.__init_subclass__) and read
+# through sslpath.models.registry.
+MODEL_CLASSES: dict[str, type[ImageModel]] = {}
 
 
 class ImageModel(L.LightningModule):
-    kind = "model"
-    # SSL pretraining learns from every training image; supervised stages only from labelled ones.
-    trains_on_unlabelled = False
+    """A model class declares what the rest of sslpath knows it by; defining it registers it (see
+    sslpath.models.registry): checkpoints, config checks, records and reports read these."""
+
+    # Its name in config-free places: checkpoint metadata, metrics.json's `model`, report rows. None: an
+    # abstract base, not registered.
+    kind: ClassVar[str | None] = None
+    # Self-supervised: it learns from every training image, labelled or not, and its checkpoint exports a
+    # backbone a fine-tune may start from (model.pretrained_ckpt). Supervised stages learn from labels only.
+    ssl: ClassVar[bool] = False
+    # Its colour in every report figure (fine-tunes of an SSL method take the method's); None: one picked
+    # from a colour-blind-safe set by a hash of its kind.
+    colour: ClassVar[str | None] = None
     # Validation metrics logged every epoch: the names `optimized_metric` may take (checked before training).
     val_metrics: tuple[str, ...] = ("val/acc", "val/loss")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is None:
+            return
+        other = MODEL_CLASSES.get(kind)
+        if other is not None and other.__qualname__ != cls.__qualname__:  # redefining a class (a reload) is no clash
+            raise TypeError(f"model kind {kind!r} of {cls.__qualname__} is already {other.__module__}.{other.__qualname__}'s")
+        MODEL_CLASSES[kind] = cls
 
     def __init__(
         self,
@@ -73,9 +95,6 @@ class ImageModel(L.LightningModule):
         x, labels = batch
         return {"logits": self(x).float(), "labels": labels}
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).float().softmax(dim=1)
-
     def parameter_groups(self) -> list[dict]:
         return parameter_groups(self, self.no_decay_norm_bias)
 
@@ -113,8 +132,6 @@ class ImageModel(L.LightningModule):
         end = self.optimizer_settings.weight_decay_end
         if end is None:
             return
-        from lightly.utils.scheduler import cosine_schedule  # the momentum schedule's cosine
-
         optimizer = self.optimizers(use_pl_optimizer=False)
         total = self.trainer.estimated_stepping_batches
         for group in optimizer.param_groups:

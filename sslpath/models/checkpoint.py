@@ -24,14 +24,12 @@ from sslpath.core.errors import UserError
 from sslpath.core.names import MAX_CLASS_NAME, class_name_problem
 from sslpath.data.digest import is_digest
 from sslpath.data.splits import SPLITS
-from sslpath.models import backbones
+from sslpath.models import backbones, registry
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
 torch.serialization.add_safe_globals([collections.Counter])
 
-SUPERVISED_KINDS = ("baseline", "finetune")
-SSL_KINDS = ("simclr", "byol", "mocov3", "barlowtwins", "vicreg", "dino")
-FORMAT = 2  # version of the metadata schema below
+FORMAT = 3  # version of the metadata schema below
 MAX_DEPTH = 4  # the schema nests a list in a dict; deeper metadata is refused before it can exhaust the stack
 # Normalisation a real data set can have: a smaller std or a larger mean would blow inputs up to inf/NaN.
 MIN_STD, MAX_STD, MAX_ABS_MEAN = 1e-3, 1e3, 10.0
@@ -185,6 +183,10 @@ class Metadata:
     image_size: int
     mean: list[float]
     std: list[float]
+    # The training run's own settings, which an evaluation of the checkpoint records (not its own config's).
+    label_fraction: float
+    seed: int
+    pretrain_method: str | None = None  # a fine-tune's: the SSL kind of the checkpoint it started from
     format: int = FORMAT
     # A tile folder's split (see SPLIT_KEYS); None for npz data, whose file fixes the split itself.
     split: dict[str, Any] | None = None
@@ -232,7 +234,7 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     unknown = sorted(set(map(str, meta)) - names)
     if unknown:
         raise _refuse(path, f"has unknown keys {reprlib.repr(unknown)}")
-    missing = sorted(names - {"format", "split"} - set(meta))
+    missing = sorted(names - {"format", "split", "pretrain_method"} - set(meta))
     if missing:
         raise _refuse(path, f"lacks {missing} (written by an older sslpath? retrain or re-export it)")
 
@@ -248,7 +250,7 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
             isinstance(v, list) and len(v) == 3 and all(type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi for x in v)
         )
 
-    check(meta["kind"] in SUPERVISED_KINDS + SSL_KINDS, "kind", ", ".join(SUPERVISED_KINDS + SSL_KINDS))
+    check(registry.class_of(meta["kind"]) is not None, "kind", ", ".join(registry.kinds()))
     check(backbones.is_known(meta["backbone"]), "backbone", backbones.NAMES_HELP)  # a registry name, never code
     check(meta["stem"] in backbones.stems_for(meta["backbone"]), "stem", ", ".join(backbones.stems_for(meta["backbone"])))
     check(is_int(meta["num_classes"], 2, 10_000), "num_classes", "an integer from 2 to 10000")
@@ -263,6 +265,17 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     check(is_int(meta["image_size"], 8, 1024), "image_size", "an integer from 8 to 1024")
     check(is_floats(meta["mean"], -MAX_ABS_MEAN, MAX_ABS_MEAN), "mean", f"3 numbers from {-MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}")
     check(is_floats(meta["std"], MIN_STD, MAX_STD), "std", f"3 numbers from {MIN_STD:g} to {MAX_STD:g}")
+    check(
+        type(meta["label_fraction"]) in (int, float) and 0 < meta["label_fraction"] <= 1,
+        "label_fraction",
+        "a number in (0, 1]",
+    )
+    check(type(meta["seed"]) is int and abs(meta["seed"]) < 2**63, "seed", "an integer")
+    check(
+        meta.get("pretrain_method") is None or registry.is_ssl(meta["pretrain_method"]),
+        "pretrain_method",
+        f"null or an SSL kind ({', '.join(registry.ssl_kinds())})",
+    )
     check(is_int(meta.get("format", FORMAT), FORMAT, FORMAT), "format", str(FORMAT))
     if "split" in meta:
         check(
@@ -356,16 +369,17 @@ def load_inference_model(path: str | Path, what: str = "ckpt") -> tuple[Inferenc
     return model.eval(), meta
 
 
-def load_ssl_backbone(backbone: nn.Module, path: str | Path) -> None:
-    """Copy an SSL checkpoint's backbone weights into `backbone`, refusing anything else."""
+def load_ssl_backbone(backbone: nn.Module, path: str | Path) -> Metadata:
+    """Copy an SSL checkpoint's backbone weights into `backbone`, refusing anything else; returns its metadata."""
     path = Path(path).expanduser()
     ckpt = load_checkpoint(path, "model.pretrained_ckpt")
     meta = read_metadata(ckpt, path)
-    if meta.kind not in SSL_KINDS:
+    if not registry.is_ssl(meta.kind):
         raise UserError(
-            f"model.pretrained_ckpt={path} is a {meta.kind} checkpoint, not an SSL one. Pass a checkpoint written "
-            "by an SSL model (model=simclr; its run dir's checkpoints/*.ckpt), or leave pretrained_ckpt unset to "
-            "pretrain first."
+            f"model.pretrained_ckpt={path} is a {meta.kind} checkpoint, not an SSL one ({', '.join(registry.ssl_kinds())}). "
+            "Pass a checkpoint written by an SSL model (e.g. model=simclr; its run dir's checkpoints/*.ckpt), or leave "
+            "pretrained_ckpt unset to pretrain first."
         )
     state = {k.removeprefix("backbone."): v for k, v in _weights(ckpt, ("backbone.",)).items()}
     _load_state(backbone, state, path, "Use the same model.backbone settings (name, stem) as the SSL run that wrote it.")
+    return meta

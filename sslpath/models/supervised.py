@@ -7,13 +7,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sslpath.models.base import Batch, ImageModel
+from sslpath.data.loader import Batch
+from sslpath.models.base import ImageModel
 
 
 class Supervised(ImageModel):
     """Backbone + linear head trained with cross-entropy (the baseline)."""
 
     kind = "baseline"
+    colour = "#555555"
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, labels = batch
@@ -30,6 +32,7 @@ class FineTune(Supervised):
     `sslpath.models.checkpoint.load_ssl_backbone`); `freeze_backbone=True` is the linear probe."""
 
     kind = "finetune"
+    colour = "#117733"
 
     def __init__(self, freeze_backbone: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

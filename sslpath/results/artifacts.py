@@ -1,18 +1,16 @@
 """What a test pass leaves in a run dir besides metrics.json, written the same way by training
-(`sslpath.training.callbacks.TestResults`) and by `sslpath.evaluate`, so `sslpath.report` reads both alike;
-and the shared steps of the inference commands: checking where output goes, and running a model."""
+(`sslpath.training.callbacks.TestResults`) and by `sslpath.evaluation.evaluate`, so a report reads both
+alike; and the one way the inference commands run a model."""
 
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_bytes, atomic_write_text, csv_text
 from sslpath.data.splits import Split
 
@@ -20,7 +18,7 @@ PREDICTIONS = "test_predictions.csv"
 EXAMPLES = "test_examples.npz"
 
 
-def write_predictions(dirpath: str | Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
+def write_test_predictions(dirpath: str | Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
     """One row per test image: index, true label, predicted label, probability per class."""
     rows = [["index", "label", "pred"] + [f"p_{name}" for name in class_names]]
     rows += [[i, int(y), int(p.argmax())] + [f"{v:.6f}" for v in p] for i, (p, y) in enumerate(zip(probs, labels))]
@@ -40,25 +38,6 @@ def write_examples(dirpath: str | Path, split: Split, probs: np.ndarray, count: 
         probs=probs[idx.numpy()],
     )
     return atomic_write_bytes(Path(dirpath) / EXAMPLES, buf.getvalue())
-
-
-def check_writable(path: Path, setting: str) -> None:
-    """Fail before any work, not after it, when nothing could be written at `path` (a file to write, or
-    a folder to write in): the folder itself, or else its nearest existing ancestor, must be writable."""
-    path = Path(path).expanduser().absolute()
-    ancestor = path if path.is_dir() else next(p for p in path.parents if p.exists())
-    if not ancestor.is_dir():
-        raise UserError(
-            f"{setting}={path} lies under {ancestor}, which is a file, not a folder. Pass a path in a writable folder."
-        )
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise UserError(
-            f"{setting}={path} cannot be written: {ancestor} is not writable ({err.strerror or err}). Pass a path "
-            "in a folder you can write to."
-        ) from None
 
 
 def class_logits(model: nn.Module, transform: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -31,10 +31,10 @@ BASELINE = "baseline"  # the model kind every other model is compared with by de
 
 
 class TestedRun(Protocol):
-    """What a comparison reads of a run (sslpath.report.Run has it): its test labels and predicted classes."""
+    """What a comparison reads of a run (sslpath.reporting.runs.Run has it): its test labels and predicted classes."""
 
     dir: Path
-    metrics: dict[str, Any]
+    record: Any  # sslpath.results.record.RunRecord
     labels: np.ndarray
     preds: np.ndarray
 
@@ -49,7 +49,7 @@ class TestedRun(Protocol):
 
 
 def describe(run: TestedRun) -> str:
-    return f"{run.name} (seed {run.metrics['seed']}, {run.fraction * 100:g}% labels)"
+    return f"{run.name} (seed {run.record.seed}, {run.fraction * 100:g}% labels)"
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _match(first: Sequence[TestedRun], second: Sequence[TestedRun]) -> list[tupl
     pairs = []
     for run in first:
         peers = [r for r in second if r.fraction == run.fraction and r is not run]
-        seeded = [r for r in peers if r.metrics["seed"] == run.metrics["seed"]]
+        seeded = [r for r in peers if r.record.seed == run.record.seed]
         if seeded or len(peers) == 1:
             pairs.append((run, (seeded or peers)[0]))
     return pairs

@@ -7,12 +7,15 @@ are taken out before the model class is instantiated, so models stay pure.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from sslpath.checks.schema import NOT_MODEL_ARGS
 from sslpath.core.errors import UserError
 from sslpath.core.names import check_class_names
 from sslpath.data.datamodule import ArrayDataModule
@@ -23,8 +26,6 @@ from sslpath.results.metrics import bootstrap_settings
 from sslpath.training import protocol
 from sslpath.training.callbacks import CheckpointMetadata, TestResults
 from sslpath.training.tracking import open_mlflow
-
-NOT_MODEL_ARGS = ("input", "pretrained_ckpt")
 
 
 def model_class(cfg: DictConfig) -> type[ImageModel]:
@@ -37,26 +38,37 @@ def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(
         cfg.data,
         augment=augment,
-        keep_unlabelled=model_class(cfg).trains_on_unlabelled,
+        keep_unlabelled=model_class(cfg).ssl,
         val_label_fraction=protocol.val_label_fraction(cfg),
         **model_input,
         _convert_="all",
     )
 
 
+def check_label_fraction(cfg: DictConfig) -> None:
+    """The fine-tune's labelled share keeps every class: read from the data before a chained SSL stage trains
+    (otherwise it would be refused only after the whole stage)."""
+    build_datamodule(cfg).setup("fit")
+
+
 def build_model(cfg: DictConfig, num_classes: int) -> ImageModel:
+    return build_started_model(cfg, num_classes)[0]
+
+
+def build_started_model(cfg: DictConfig, num_classes: int) -> tuple[ImageModel, Metadata | None]:
+    """The model, its backbone loaded from `pretrained_ckpt` when the node names one, and that checkpoint's
+    metadata (None when it starts from scratch)."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     pretrained = node.get("pretrained_ckpt")
     check_input_size(node["backbone"]["name"], node["backbone"]["stem"], cfg.data.size)
     model = instantiate({k: v for k, v in node.items() if k not in NOT_MODEL_ARGS}, num_classes=num_classes, _convert_="all")
-    if pretrained:
-        load_ssl_backbone(model.backbone, pretrained)
-    return model
+    return model, load_ssl_backbone(model.backbone, pretrained) if pretrained else None
 
 
-def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) -> Metadata:
-    """What every checkpoint of the run carries; class names a checkpoint could not carry are refused
-    here, before training, by the rule its reader applies."""
+def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule, start: Metadata | None) -> Metadata:
+    """What every checkpoint of the run carries (`start`: the metadata of the SSL checkpoint a fine-tune
+    started from); class names a checkpoint could not carry are refused here, before training, by the rule
+    its reader applies."""
     check_class_names(list(datamodule.class_names), "the data")
     return Metadata(
         kind=model.kind,
@@ -67,6 +79,9 @@ def metadata(cfg: DictConfig, model: ImageModel, datamodule: ArrayDataModule) ->
         image_size=int(cfg.data.size),
         mean=[float(v) for v in cfg.data.mean],
         std=[float(v) for v in cfg.data.std],
+        label_fraction=float(cfg.data.label_fraction),
+        seed=int(cfg.seed),
+        pretrain_method=None if start is None else start.kind,
         split=datamodule.split_record(),
     )
 
@@ -85,12 +100,23 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Train
         ) from None
 
 
-def build_run(cfg: DictConfig) -> tuple[ArrayDataModule, ImageModel, L.Trainer, TestResults]:
-    """Everything `trainer.fit` and `trainer.test` need, plus the callback that holds test results."""
+class RunParts(NamedTuple):
+    """Everything `trainer.fit` and `trainer.test` need, the callback that holds test results, and what
+    the run's checkpoints say of it."""
+
+    datamodule: ArrayDataModule
+    model: ImageModel
+    trainer: L.Trainer
+    results: TestResults
+    metadata: Metadata
+
+
+def build_run(cfg: DictConfig) -> RunParts:
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.num_classes)
+    model, start = build_started_model(cfg, datamodule.num_classes)
     results = TestResults(cfg.paths.output_dir, bootstrap_settings(cfg.eval), cfg.eval.ece_bins, seed=cfg.seed)
-    meta = CheckpointMetadata(metadata(cfg, model, datamodule).to_dict())
+    meta = metadata(cfg, model, datamodule, start)
     # A step budget for label subsets; SSL models train on every image (and any unlabelled pool) anyway.
-    budget = [protocol.StepBudget()] if cfg.budget == "steps" and not model.trains_on_unlabelled else []
-    return datamodule, model, build_trainer(cfg, [results, meta, *budget]), results
+    budget = [protocol.StepBudget()] if cfg.budget == "steps" and not model.ssl else []
+    trainer = build_trainer(cfg, [results, CheckpointMetadata(meta.to_dict()), *budget])
+    return RunParts(datamodule, model, trainer, results, meta)

@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sslpath.core.errors import UserError
+from sslpath.core.errors import NonFiniteLoss
 from sslpath.data.loader import PAD_LABEL
-from sslpath.results.artifacts import write_examples, write_predictions
+from sslpath.results.artifacts import write_examples, write_test_predictions
 from sslpath.results.metrics import classification_results, evidence_results
 from sslpath.results.stats import Bootstrap
 from sslpath.training.checkpoint_writer import slim_checkpoint
@@ -64,7 +64,7 @@ class TestResults(L.Callback):
             logger.log_metrics(scalars, step=trainer.global_step)
         if trainer.is_global_zero:
             probs = logits.softmax(dim=1).numpy()
-            write_predictions(self.dirpath, probs, labels.numpy(), class_names)
+            write_test_predictions(self.dirpath, probs, labels.numpy(), class_names)
             write_examples(self.dirpath, trainer.datamodule.splits["test"], probs, self.examples, self.seed)
 
 
@@ -127,19 +127,6 @@ class EpochSeed(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(self.seed * 100_003 + trainer.current_epoch + 1 + 7_919 * trainer.global_rank)
-
-
-class NonFiniteLoss(UserError):
-    """The training loss became NaN or infinite. `sslpath.checks.validate.nan_advice` names the settings that
-    likely caused it; on its own the message gives the usual remedies."""
-
-    def __init__(self, loss: float, epoch: int, step: int, last: str) -> None:
-        self.what = f"the training loss became {loss} at epoch {epoch}, step {step}."
-        self.kept = f"The last good checkpoint is kept: {last}."
-        super().__init__(
-            f"{self.what} Lower the learning rate (optimizer.lr), use trainer.precision=32-true, or check the data "
-            f"for broken images. {self.kept}"
-        )
 
 
 class FiniteLoss(L.Callback):

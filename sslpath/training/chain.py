@@ -18,26 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslpath.core.errors import UserError
-from sslpath.core.files import read_json
 from sslpath.core.names import path_name
-from sslpath.training.rundir import check_writable
+from sslpath.core.paths import make_writable_dir
+from sslpath.results.record import METRICS_FILE, read_record
 
 log = logging.getLogger(__name__)
 
 STAGE_RUN_NAME = "ssl-pretrain"  # its own report rows: a sweep may also hold model=simclr jobs
 
 
-def needs_pretraining(cfg: DictConfig) -> bool:
-    return "pretrained_ckpt" in cfg.model and cfg.model.pretrained_ckpt is None
-
-
 def pretrain_key(cfg: DictConfig) -> str:
     """Identity of an SSL stage: what shapes its weights (settings and the data's bytes), not where its files go."""
-    from hydra.utils import instantiate
-
     stage = stage_config(cfg, Path("."))
     payload = OmegaConf.to_container(stage, resolve=True)
     payload = {key: payload[key] for key in ("model", "data", "trainer", "seed")}
@@ -90,9 +85,9 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
     A file lock makes concurrent sweep jobs with the same key wait for one pretraining.
     """
     out = stage_dir(cfg)
-    check_writable(out.parent, "pretrain dir", key="paths.pretrain_dir")
+    make_writable_dir(out.parent, "pretrain dir", key="paths.pretrain_dir")
     with FileLock(out.with_suffix(".lock")):
-        if (out / "metrics.json").is_file():
+        if (out / METRICS_FILE).is_file():
             ckpt = finished_stage(out)
             log.info("reusing SSL pretraining %s (same SSL settings)", ckpt)
             return ckpt
@@ -102,15 +97,10 @@ def pretrained_checkpoint(cfg: DictConfig, fit_and_test: Callable[[DictConfig], 
 
 def finished_stage(out: Path) -> str:
     """The checkpoint a finished SSL stage recorded in its metrics.json (read as untrusted data)."""
-    try:
-        ckpt = read_json(out / "metrics.json")["ckpt_path"]
-        if not isinstance(ckpt, str) or not Path(ckpt).is_file():
-            raise ValueError(f"ckpt_path {ckpt!r} is not a file")
-    except Exception as err:  # JSON, type or key errors: the record is damaged
-        raise UserError(
-            f"the SSL stage {out} has a damaged metrics.json ({type(err).__name__}: {err}). Delete {out} to pretrain "
-            "again, or pass model.pretrained_ckpt=FILE."
-        ) from None
+    fix = f"Delete {out} to pretrain again, or pass model.pretrained_ckpt=FILE."
+    ckpt = read_record(out / METRICS_FILE, fix).ckpt_path
+    if ckpt is None or not Path(ckpt).is_file():
+        raise UserError(f"the SSL stage {out} records the checkpoint {ckpt!r}, which is not a file. {fix}")
     return ckpt
 
 

@@ -1,42 +1,40 @@
-"""Train, test and record one run (or a chain: SSL pretraining, then fine-tuning).
-
-    python -m sslpath.train model=baseline|simclr|finetune|probe data=pathmnist|medmnist|folder|synthetic trainer=…
-
-`--help` lists the config groups and examples. Heavy libraries are imported inside functions so
-the help page answers at once.
-"""
+"""Train, test and record one run, or a chain: SSL pretraining, then fine-tuning (`python -m sslpath.train`)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, open_dict
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.core.errors import UserError, exit_on_user_error
+from sslpath.checks.validate import nan_advice, needs_pretraining, validate
+from sslpath.core.errors import UserError
+from sslpath.core.files import atomic_write_text
+from sslpath.evaluation.features import FrozenEvalSettings, frozen_evaluation
+from sslpath.models.checkpoint import Metadata, check_resumable
+from sslpath.reporting.write import write_report
+from sslpath.results.record import RunRecord, write_record
+from sslpath.training import chain, protocol
+from sslpath.training import rundir as runs
+from sslpath.training.build import build_run, check_label_fraction, model_class
+from sslpath.training.tracking import log_run_summary
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns metrics."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from sslpath.checks.validate import check_label_fraction, nan_advice, validate
-    from sslpath.report import write_report
-    from sslpath.training import chain, protocol
-    from sslpath.training.build import model_class
-
+    """Validate, chain SSL pretraining when a fine-tune needs it, fit and test; returns the run record as
+    metrics.json holds it."""
     validate(cfg)
     protocol.check(cfg)
     protocol.apply_selection(cfg)
-    if model_class(cfg).trains_on_unlabelled:
+    if model_class(cfg).ssl:
         chain.keep_last_epoch(cfg)
-    if not chain.needs_pretraining(cfg):
+    if not needs_pretraining(cfg):
         with nan_advice(cfg):
             return fit_and_test(cfg)
     check_label_fraction(cfg)  # on the data, before the SSL stage trains
@@ -52,19 +50,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
-    """One run in its run dir: fit (or resume), test the best checkpoint, write metrics.json."""
-    import lightning as L
-    from omegaconf import OmegaConf
-
-    from sslpath.core.files import atomic_write_json, atomic_write_text
-    from sslpath.models.checkpoint import check_resumable
-    from sslpath.training import rundir as runs
-    from sslpath.training.build import build_run, model_class
-    from sslpath.training.tracking import log_run_summary
-
+    """One run in its run dir: fit (or resume), test the best checkpoint, write its record (metrics.json);
+    returns the record as metrics.json holds it."""
     out = Path(cfg.paths.output_dir)
     with runs.claim(out):
-        resume_from = resume_checkpoint(cfg, out)
+        resume_from = checkpoint_to_resume(cfg, out)
         if resume_from:
             expected = {"kind": model_class(cfg).kind, "backbone": cfg.model.backbone.name, "stem": cfg.model.backbone.stem}
             own = cfg.resume or cfg.ckpt_path == "last"  # a finished run of this dir may resume to be tested again
@@ -74,41 +64,41 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run dir: %s", out.resolve())
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model, trainer, results = build_run(cfg)
-
+        run = build_run(cfg)
+        trainer = run.trainer
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume_from, weights_only=True)
         value = best_value(trainer, cfg.optimized_metric)  # before test(), which replaces callback_metrics
         knn = trainer.callback_metrics.get("val/knn_acc")
         best = best_checkpoint(trainer)
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        frozen = frozen_features(cfg, model, datamodule) if trainer.is_global_zero else {}
-        metrics = {
-            "model": model.kind,
-            "run_name": cfg.run_name,
-            "seed": cfg.seed,
-            "label_fraction": cfg.data.label_fraction,
-            "train_labels_per_class": datamodule.train_labels_per_class,
-            **results.results,
-            "best_val_acc": best_score(trainer),
-            **({"val_knn_acc": float(knn)} if knn is not None else {}),
-            "optimized_metric": cfg.optimized_metric,
-            "optimized_value": value,
-            "ckpt_path": str(Path(best).resolve()) if best else None,
-            "epochs": trainer.current_epoch,
-            "optimizer_steps": trainer.global_step,
-            "budget": cfg.budget,
-            **selection_fields(cfg, trainer, datamodule),
-            "wall_seconds": round(time.perf_counter() - start, 2),
-            **model.run_record(),
+        trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        frozen = frozen_features(cfg, run.model, run.datamodule) if trainer.is_global_zero else {}
+        record = RunRecord(
+            model=run.metadata.kind,
+            run_name=str(cfg.run_name),
+            seed=run.metadata.seed,
+            label_fraction=run.metadata.label_fraction,
+            train_labels_per_class=run.datamodule.train_labels_per_class,
+            **run.results.results,
+            best_val_acc=best_score(trainer),
+            val_knn_acc=None if knn is None else float(knn),
+            optimized_metric=cfg.optimized_metric,
+            optimized_value=value,
+            ckpt_path=str(Path(best).resolve()) if best else None,
+            epochs=trainer.current_epoch,
+            optimizer_steps=trainer.global_step,
+            budget=cfg.budget,
+            **selection_fields(cfg, trainer, run.datamodule),
+            wall_seconds=round(time.perf_counter() - start, 2),
+            **run.model.run_record(),
             **frozen,
-            **finetune_fields(cfg),
-        }
+            **finetune_fields(cfg, run.metadata),
+        )
         if trainer.is_global_zero:
-            log_run_summary(trainer.loggers, cfg, metrics)
-            atomic_write_json(out / "metrics.json", metrics)
-            log.info("test_acc=%.4f test_auc=%s -> %s", metrics["test_acc"], metrics["test_auc"], out / "metrics.json")
-        return metrics
+            log_run_summary(trainer.loggers, cfg, record)
+            path = write_record(out, record)
+            log.info("test_acc=%.4f test_auc=%s -> %s", record.test_acc, record.test_auc, path)
+        return record.to_dict()
 
 
 def selection_fields(cfg: DictConfig, trainer: Any, datamodule: Any) -> dict[str, Any]:
@@ -125,35 +115,26 @@ def frozen_features(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, A
     """An SSL run's frozen-feature evaluation of the tested checkpoint's exported backbone (nothing
     for supervised models, or with frozen_eval.enabled=false)."""
     settings = cfg.get("frozen_eval")
-    if not model.trains_on_unlabelled or settings is None or not settings.enabled:
+    if not model.ssl or settings is None or not settings.enabled:
         return {}
-    from omegaconf import OmegaConf
-
-    from sslpath.evaluation.features import FrozenEvalSettings, frozen_evaluation
-
     return frozen_evaluation(model.backbone, datamodule, FrozenEvalSettings(**OmegaConf.to_container(settings, resolve=True)))
 
 
-def finetune_fields(cfg: DictConfig) -> dict[str, Any]:
-    """Where a fine-tune started from, for metrics.json (nothing for other models)."""
+def finetune_fields(cfg: DictConfig, meta: Metadata) -> dict[str, Any]:
+    """Where a fine-tune started from, for its record (nothing for other models)."""
     if "pretrained_ckpt" not in cfg.model:
         return {}
-    from sslpath.models.checkpoint import load_checkpoint, read_metadata
-
     ckpt = cfg.model.pretrained_ckpt
-    method = read_metadata(load_checkpoint(ckpt), ckpt).kind if ckpt else None
     return {
         "pretrained_ckpt": str(Path(ckpt).resolve()) if ckpt else None,
-        "pretrain_method": method,
+        "pretrain_method": meta.pretrain_method,
         "freeze_backbone": bool(cfg.model.freeze_backbone),
     }
 
 
-def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+def checkpoint_to_resume(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint to continue from: resume=RUN_DIR or ckpt_path=last (newest in the run dir,
     same settings required), or an explicit ckpt_path file."""
-    from sslpath.training import rundir as runs
-
     if cfg.resume or cfg.ckpt_path == "last":
         runs.check_same_settings(cfg, out)
         return str(runs.resume_checkpoint(out))
@@ -193,26 +174,3 @@ def best_value(trainer: Any, metric: str) -> float | None:
             "model.knn_k > 0, and validation must run)."
         )
     return None if value is None else float(value)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://sslpath.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Returns the best value of `optimized_metric` (val/acc by default): the objective of sweepers."""
-    from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from sslpath.core.console import quiet_third_party
-    from sslpath.training.rundir import removed_if_unstarted
-
-    quiet_third_party()
-    # A run that stops before training (bad data, offline, Ctrl-C) leaves no run dir to trip over.
-    with removed_if_unstarted(Path(HydraConfig.get().runtime.output_dir)), exit_on_user_error("sslpath.train"):
-        try:
-            return train(cfg)["optimized_value"]
-        except SIGTERMException:
-            print("sslpath.train: stopped by SIGTERM; a checkpoint was saved: resume with resume=RUN_DIR.", file=sys.stderr)
-            raise SystemExit(143) from None
-
-
-if __name__ == "__main__":
-    main()

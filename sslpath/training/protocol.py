@@ -19,11 +19,9 @@ import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from sslpath.core.errors import UserError
+from sslpath.results.record import BUDGETS, SELECTIONS
 
 log = logging.getLogger(__name__)
-
-BUDGETS = ("epochs", "steps")
-SELECTIONS = ("best_val", "val_subset", "last")
 
 
 def check(cfg: DictConfig) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
+from sslpath.core.paths import make_writable_dir
 
 LOCK = ".sslpath.lock"
 INTERRUPTED = "interrupted"  # checkpoints/interrupted.ckpt: written on SIGTERM / Ctrl-C
@@ -31,15 +33,13 @@ def claim(run_dir: Path) -> Iterator[None]:
 
     Under DDP the processes of one run share its dir: rank 0 holds it for all of them.
     """
-    from lightning.pytorch.utilities import rank_zero_only
-
     if rank_zero_only.rank != 0:
         yield
         return
     note_if_new(run_dir)
     with removed_if_unstarted(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_writable(run_dir, "run dir")
+        make_writable_dir(run_dir, "run dir")
         lock = acquire(run_dir)
         owner = run_dir / f"{LOCK}.pid"
         try:
@@ -174,16 +174,6 @@ def remove_torn_saves(run_dir: Path) -> list[Path]:
     for path in torn:
         path.unlink(missing_ok=True)
     return torn
-
-
-def check_writable(path: Path, what: str, key: str = "paths.log_dir (or the SSLPATH_LOG_DIR environment variable)") -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write the {what} {path} ({err.strerror or err}). Point {key} at a writable folder.") from None
 
 
 def resume_checkpoint(run_dir: Path) -> Path:

@@ -7,9 +7,13 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sslpath.core.errors import UserError
+from sslpath.results.record import RunRecord
 
 SQLITE = "sqlite:///"  # MLflow's local store: sqlite:///relative/path or sqlite:////absolute/path
 
@@ -30,7 +34,7 @@ SETTINGS = {
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
 }
-RESULTS = {
+RESULTS = {  # summary tag -> RunRecord field
     "hp/best_val_acc": "best_val_acc",
     "hp/test_acc": "test_acc",
     "hp/test_auc": "test_auc",
@@ -38,7 +42,7 @@ RESULTS = {
 }
 
 
-def run_summary(cfg: DictConfig, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+def run_summary(cfg: DictConfig, record: RunRecord) -> tuple[dict[str, Any], dict[str, float]]:
     """(settings, results) as flat scalars; class paths shortened to their class name."""
     settings: dict[str, Any] = {}
     for name, key in SETTINGS.items():
@@ -50,14 +54,12 @@ def run_summary(cfg: DictConfig, metrics: dict[str, Any]) -> tuple[dict[str, Any
             if name == "pretrain_method" and "pretrained_ckpt" not in cfg.model:
                 continue  # only fine-tunes have a pretraining method
         settings[name] = value
-    results = {tag: float(metrics[key]) for tag, key in RESULTS.items() if metrics.get(key) is not None}
+    results = {tag: float(getattr(record, key)) for tag, key in RESULTS.items() if getattr(record, key) is not None}
     return settings, results
 
 
-def log_run_summary(loggers: list[Any], cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    settings, results = run_summary(cfg, metrics)
+def log_run_summary(loggers: list[Any], cfg: DictConfig, record: RunRecord) -> None:
+    settings, results = run_summary(cfg, record)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(settings, metrics=results)  # writes the HPARAMS session
@@ -75,9 +77,6 @@ def open_mlflow(node: DictConfig) -> Any:
     be opened (a damaged file, a store of another MLflow version, an unreachable server) is a UserError
     here, not a traceback.
     """
-    from filelock import FileLock
-    from hydra.utils import instantiate
-
     tracking_uri = node.get("tracking_uri")
     db = sqlite_file(tracking_uri)
     try:

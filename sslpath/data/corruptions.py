@@ -1,4 +1,4 @@
-"""MedMNIST-C corruptions of H&E test tiles, batched on tensors, and the robustness benchmark.
+"""MedMNIST-C corruptions of H&E test tiles, batched on tensors (the benchmark: sslpath.evaluation.benchmark).
 
 MedMNIST-C (Di Salvo, Doerrich & Ledig 2024, arXiv 2406.17536; code: the medmnistc-api repository)
 corrupts MedMNIST test sets at five severities, after ImageNet-C (Hendrycks & Dietterich 2019). Its
@@ -31,15 +31,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sslpath.core.errors import UserError
 from sslpath.data.stain import jitter_stains
 
 MAX_SEVERITY = 5  # MedMNIST-C and ImageNet-C: five severities per corruption
 SETTINGS = ("params", "names", "severities", "seed")  # the keys of a corruptions config
-# Recorded in robustness.json: results under another convention (sslpath's earlier 224 px-scaled blurs)
-# are not compared with these.
-CONVENTION = "medmnist-c parameters in px of the tile, reference rounding"
 PIL_PRECISION_BITS = 22  # Pillow's 8-bit resampling: fixed-point weights with 32 - 8 - 2 fractional bits
 
 Apply = Callable[[torch.Tensor, Any, Any], torch.Tensor]  # (float64 grey levels N×3×H×W in [0, 255], parameter, draws)
@@ -339,8 +337,6 @@ class Suite:
 
 def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Suite | None:
     """The suite a `corruptions` config describes, checked; None when it lists no corruption."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = dict(cfg or {})
@@ -402,88 +398,3 @@ def load_suite(cfg: Mapping[str, Any] | None, option: str = "corruptions") -> Su
                 f"tile sslpath trains on ({MAX_EXTENT_PX} px, data.size's limit): use radii of at most {MAX_EXTENT_PX}."
             )
     return Suite(params={n: tuple(v) for n, v in params.items()}, severities=tuple(sorted(severities)), seed=seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# The benchmark
-
-
-@dataclass
-class Robustness:
-    """Accuracy and AUC of one model on the clean split and under each corruption × severity."""
-
-    clean: dict[str, Any]  # classification_results of the clean split
-    results: dict[str, dict[int, dict[str, Any]]]  # corruption -> severity -> classification_results
-    suite: Suite
-    num_images: int
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Long table: the clean split (severity 0), then each corruption × severity."""
-        rows = [self._row("clean", 0, None, self.clean)]
-        for name, by_severity in self.results.items():
-            rows += [self._row(name, s, self.suite.param(name, s), r) for s, r in by_severity.items()]
-        return rows
-
-    def _row(self, name: str, severity: int, param: Any, result: dict[str, Any]) -> dict[str, Any]:
-        acc = result["test_acc"]
-        return {
-            "corruption": name,
-            "severity": severity,
-            "param": param,
-            "acc": acc,
-            "auc": result["test_auc"],
-            "loss": result["test_loss"],
-            "relative_drop": relative_drop(self.clean["test_acc"], acc),
-        }
-
-    def summary(self) -> dict[str, Any]:
-        """Mean corruption accuracy and AUC over every corruption and severity, and the drop from clean."""
-        accs = [r["test_acc"] for by in self.results.values() for r in by.values()]
-        aucs = [r["test_auc"] for by in self.results.values() for r in by.values() if r["test_auc"] is not None]
-        mca = sum(accs) / len(accs)
-        return {
-            "clean_acc": self.clean["test_acc"],
-            "clean_auc": self.clean["test_auc"],
-            "mean_corruption_acc": mca,
-            "mean_corruption_auc": sum(aucs) / len(aucs) if aucs else None,
-            "relative_drop": relative_drop(self.clean["test_acc"], mca),
-            "corruptions": self.suite.names,
-            "severities": list(self.suite.severities),
-            "seed": self.suite.seed,
-            "num_images": self.num_images,
-        }
-
-
-def relative_drop(clean: float, acc: float) -> float | None:
-    """(clean − corrupted) / clean accuracy: the share of the clean accuracy a corruption costs."""
-    return (clean - acc) / clean if clean > 0 else None
-
-
-def benchmark(
-    suite: Suite,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    class_names: list[str],
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    clean_logits: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-) -> Robustness:
-    """Every corruption × severity of the uint8 split `images`, batch by batch on `device`.
-
-    `predict` maps a uint8 batch to logits exactly as the clean evaluation did (severity 0 would give
-    `clean_logits` bit for bit). Each batch's random draws are made once and shared by its severities.
-    """
-    from sslpath.results.metrics import classification_results
-
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    for name in suite.names:
-        logits: dict[int, list[torch.Tensor]] = {s: [] for s in suite.severities}
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
-            draws = suite.draws(name, batch, start)
-            for severity in suite.severities:
-                logits[severity].append(predict(suite.apply(name, batch, severity, draws)))
-        results[name] = {s: classification_results(torch.cat(parts), labels, class_names) for s, parts in logits.items()}
-    clean = classification_results(clean_logits, labels, class_names)
-    return Robustness(clean=clean, results=results, suite=suite, num_images=len(images))

@@ -1,0 +1,172 @@
+"""Runs pooled into groups (one run name and label fraction, any seeds) and the tables built from them:
+results.md/.csv and sweep_results.md/.csv share one builder, with different columns."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sslpath.core.errors import UserError
+from sslpath.core.files import csv_text
+from sslpath.core.names import path_name
+from sslpath.reporting.runs import Run
+from sslpath.reporting.style import percent
+
+SELECTION_TEXT = {  # the record's `selection` (sslpath.training.protocol) -> how the tested checkpoint was chosen
+    "best_val": "the best validation accuracy on the whole validation split",
+    "val_subset": "the best validation accuracy on a share of the validation split the size of its label fraction",
+    "last": "the last epoch, without validation labels",
+}
+
+
+@dataclass
+class Group:
+    """Runs pooled into one table row and one confusion matrix: one run name and label fraction, any seeds."""
+
+    name: str
+    fraction: float
+    runs: list[Run]
+
+    @property
+    def kind(self) -> str:
+        return self.runs[0].kind
+
+    @property
+    def colour_key(self) -> str:
+        return self.runs[0].colour_key
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.runs[0].class_names
+
+    @property
+    def title(self) -> str:
+        seeds = sorted({run.record.seed for run in self.runs})
+        pooled = f"seed {seeds[0]}" if len(self.runs) == 1 else f"seeds {', '.join(map(str, seeds))} (pooled)"
+        return f"{self.name} · {percent(self.fraction)} labels · {pooled}"
+
+    def label(self, with_fraction: bool) -> str:
+        return f"{self.name}, {percent(self.fraction)} labels" if with_fraction else self.name
+
+    def values(self, key: str) -> list[float]:
+        """The runs' values of a record field; runs without it (null) are left out."""
+        return [value for run in self.runs if (value := getattr(run.record, key)) is not None]
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name.
+
+    A group's runs are its seeds, so n is the number of distinct seeds: a seed that appears twice (a copied
+    run dir, a rerun with the same seed, or runs that differ in something other than the seed under one run
+    name) is refused rather than counted twice, which would inflate n and shrink the ±. A run dir named
+    twice is one run already (find_run_dirs)."""
+    by_key: dict[tuple[str, float], list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.name, run.fraction), []).append(run)
+    names = dict.fromkeys(name for name, _ in by_key)
+    groups = [Group(name, f, by_key[name, f]) for name in names for n, f in sorted(by_key) if n == name]
+    for group in groups:
+        for what, attribute in (("classes", "class_names"), ("model kinds", "kind")):
+            if any(getattr(run, attribute) != getattr(group.runs[0], attribute) for run in group.runs):
+                raise UserError(
+                    f"runs named {group.name!r} with {percent(group.fraction)} labels have different {what} "
+                    f"({', '.join(str(run.dir) for run in group.runs)}), so they cannot be pooled as seeds of one "
+                    "model. Give runs of different models or data different run_name values."
+                )
+        first_of_seed: dict[int, Run] = {}
+        for run in group.runs:
+            twin = first_of_seed.setdefault(run.record.seed, run)
+            if twin is not run:
+                raise UserError(
+                    f"{twin.dir} and {run.dir} are both seed {run.record.seed} of {group.name!r} with "
+                    f"{percent(group.fraction)} labels: the same seed twice is not two replicates (a copy of a run, "
+                    "or a rerun with the same seed, would inflate n and shrink the ±). Report one of them, or "
+                    "give runs that differ in more than the seed different run_name values."
+                )
+    return groups
+
+
+def selection_sentence(groups: Sequence[Group]) -> str:
+    """How the runs chose the checkpoint they were tested with (a record without `selection`: best_val)."""
+    chosen = sorted({run.record.selection or "best_val" for group in groups for run in group.runs})
+    mixed = " (runs differ; each metrics.json names its `selection`)" if len(chosen) > 1 else ""
+    return f"Test metrics of each run's checkpoint chosen by {' / '.join(SELECTION_TEXT[s] for s in chosen)}{mixed}."
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: a run record field shown as mean ± std, times scale, with `digits` decimals."""
+
+    header: str
+    key: str
+    scale: float = 1.0
+    digits: int = 4
+
+    def cell(self, group: Group) -> str:
+        values = group.values(self.key)
+        if not values:
+            return "—"
+        mean, std = mean_std(values)
+        text = f"{mean * self.scale:.{self.digits}f}"
+        if len(values) > 1:
+            text += f" ± {std * self.scale:.{self.digits}f}"
+        return text + (f" (n={len(values)})" if len(values) < len(group.runs) else "")
+
+
+COLUMNS = (
+    Column("Test accuracy (%)", "test_acc", 100.0, 2),
+    Column("Test AUC", "test_auc"),
+    Column("Val kNN accuracy (%)", "val_knn_acc", 100.0, 2),
+    Column("Test loss", "test_loss"),
+    Column("Epochs", "epochs", digits=0),
+    Column("Wall time (min)", "wall_seconds", 1 / 60, 1),
+)
+SWEEP_COLUMNS = COLUMNS[:2]
+
+
+def markdown_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
+    header = ["Model", "Label fraction", "n", *(column.header for column in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for group in groups:
+        cells = [group.name.replace("|", "\\|"), f"{group.fraction:g}", str(len(group.runs))]
+        lines.append("| " + " | ".join(cells + [column.cell(group) for column in columns]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
+    """The table's numbers unformatted: mean and std per metric (std empty below two values, both without any)."""
+    stats = [f"{column.key}_{stat}" for column in columns for stat in ("mean", "std")]
+    rows: list[list[Any]] = [["model", "kind", "label_fraction", "n", *stats]]
+    for group in groups:
+        row: list[Any] = [group.name, group.kind, group.fraction, len(group.runs)]
+        for column in columns:
+            values = group.values(column.key)
+            mean, std = mean_std(values) if values else ("", "")
+            row += [mean, std if len(values) > 1 else ""]
+        rows.append(row)
+    return csv_text(rows)
+
+
+def slug(name: str) -> str:
+    """A figure's file stem for a run name: letters, digits, . _ - only (markdown links stay plain), and short."""
+    return path_name(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model")
+
+
+def group_stems(groups: Sequence[Group]) -> list[str]:
+    """A unique file stem per group: its name, plus the label fraction when the name has several."""
+    fractions = Counter(group.name for group in groups)
+    stems: list[str] = []
+    for group in groups:
+        stem = slug(group.name) + (f"_{group.fraction * 100:g}pct" if fractions[group.name] > 1 else "")
+        stems.append(stem if stem not in stems else f"{stem}_{len(stems)}")
+    return stems
