@@ -282,7 +282,9 @@ META = {
     "image_size": 224,
     "mean": [0.5, 0.5, 0.5],
     "std": [0.5, 0.5, 0.5],
-    "format": 2,
+    "label_fraction": 1.0,
+    "seed": 0,
+    "format": 3,
 }
 
 
@@ -366,18 +368,18 @@ def test_a_folder_past_the_path_limit_exits_2(tmp_path):
 
 
 def test_a_tile_deleted_during_the_scan_exits_2(tmp_path, monkeypatch):
-    from sslpath.data import folder as folder_module
+    from sslpath.data import tile_files
 
     root = tmp_path / "tiles"
     make_tiles(root, {"adipose": 3, "mucus": 3})
-    listed = folder_module.image_files
+    listed = tile_files.image_files
 
     def then_delete(folder: Path) -> list[Path]:
         files = listed(folder)
         files[0].unlink()  # another process removes a tile after it was listed
         return files
 
-    monkeypatch.setattr(folder_module, "image_files", then_delete)
+    monkeypatch.setattr(tile_files, "image_files", then_delete)
     with pytest.raises(UserError, match="it was moved or deleted while the folder was read"):
         TileFolder(root, None, 16, 0.2, 0.2, 0, tmp_path / "cache")
 
