@@ -281,7 +281,8 @@ def check_chain(cfg: DictConfig) -> None:
     if not stage.ssl:
         raise UserError(
             f"model@pretrain chose a {stage.kind} model ({cfg.pretrain._target_}), but the stage a fine-tune pretrains "
-            "first must be a self-supervised method: model@pretrain=simclr, byol, mocov3, barlowtwins, vicreg or dino. "
+            f"first must be a self-supervised method: model@pretrain={', '.join(registry.ssl_kinds()[:-1])} or "
+            f"{registry.ssl_kinds()[-1]}. "
             "Or start from an SSL checkpoint with model.pretrained_ckpt=FILE."
         )
 

@@ -40,9 +40,10 @@ def required(check: Check, what: str) -> Any:
     return field(metadata={"check": check, "what": what})
 
 
-def optional(check: Check, what: str) -> Any:
-    """A field a record may lack (or hold null): not every run has it."""
-    return field(default=None, metadata={"check": or_null(check), "what": f"{what}, or null"})
+def optional(check: Check, what: str, null_written: bool = False) -> Any:
+    """A field a record may lack (or hold null): not every run has it. `null_written`: metrics.json holds it
+    even when null (a run that measured nothing there says so: no monitored metric, no AUC)."""
+    return field(default=None, metadata={"check": or_null(check), "what": f"{what}, or null", "null_written": null_written})
 
 
 def _is_path(value: Any) -> bool:
@@ -99,14 +100,14 @@ class RunRecord:
     test_acc_ci: list[float] | None = optional(_interval, INTERVAL)
     test_balanced_acc: float | None = optional(is_rate, RATE)
     test_balanced_acc_ci: list[float] | None = optional(_interval, INTERVAL)
-    test_auc_ci: list[float] | None = optional(_interval, INTERVAL)
+    test_auc_ci: list[float] | None = optional(_interval, INTERVAL, null_written=True)
     test_ece: float | None = optional(is_rate, RATE)
     ece_bins: int | None = optional(lambda v: is_int(v) and v > 0, "a positive integer")
     bootstrap: dict[str, Any] | None = optional(_bootstrap, "an object {resamples, seed, level}")
-    best_val_acc: float | None = optional(is_rate, RATE)
+    best_val_acc: float | None = optional(is_rate, RATE, null_written=True)
     val_knn_acc: float | None = optional(is_rate, RATE)
     optimized_metric: str | None = optional(is_name, "a metric name")
-    optimized_value: float | None = optional(is_number, "a number")
+    optimized_value: float | None = optional(is_number, "a number", null_written=True)
     optimizer_steps: int | None = optional(_count, "a non-negative integer")
     # the label-efficiency protocol (sslpath.training.protocol): training length and checkpoint choice
     budget: str | None = optional(lambda v: v in BUDGETS, f"one of {', '.join(BUDGETS)}")
@@ -133,9 +134,10 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """What metrics.json holds: every required field, and each optional one that was recorded."""
+        """What metrics.json holds: every required field, each optional one that was recorded, and the
+        null_written ones."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {k: v for k, v in values.items() if v is not None or not _is_optional(k)}
+        return {k: v for k, v in values.items() if v is not None or not _is_optional(k) or _FIELDS[k].metadata["null_written"]}
 
     def checked(self, where: str = "this run") -> RunRecord:
         """The record itself once every field holds what its line says; a UserError otherwise (never writes
