@@ -211,7 +211,12 @@ def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> to
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics."""
+    """Check, rebuild the model, run it over the split, write the run-dir files; returns the metrics.
+    With protocol= (or a public encoder=): the frozen-feature protocols of sslpath.evaluation.protocols."""
+    from sslpath.evaluation import protocols
+
+    if protocols.wanted(cfg):
+        return protocols.run_protocol(cfg)
     from sslpath.core.devices import resolve_device
     from sslpath.core.files import atomic_write_json
     from sslpath.evaluation.corruptions import benchmark, load_suite
@@ -313,5 +318,14 @@ def main(cfg: DictConfig) -> None:
         evaluate(cfg)
 
 
+def encoder_shorthand(args: list[str]) -> list[str]:
+    """`encoder=timm/<name>` names a timm architecture, not a config file: it sets encoder.name, so
+    encoder.weights=… can sit beside it."""
+    return [f"encoder.name={a.split('=', 1)[1]}" if a.startswith("encoder=") else a for a in args]
+
+
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = encoder_shorthand(sys.argv)
     main()
