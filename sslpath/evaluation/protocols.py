@@ -140,7 +140,7 @@ def from_timm(cfg: DictConfig) -> Encoder:
     from hydra.utils import instantiate
 
     from sslpath.checks.validate import check_settings
-    from sslpath.data.digest import file_digest, value_digest
+    from sslpath.data.digest import file_digest
     from sslpath.models import backbones
     from sslpath.models.encoder_weights import load_encoder
 
@@ -170,8 +170,7 @@ def from_timm(cfg: DictConfig) -> Encoder:
     else:
         path = None
         backbone = backbones.build(name, stem="imagenet", pretrained=True, image_size=size)  # the cache only
-        state = {k: v.detach().flatten()[:64].tolist() for k, v in backbone.state_dict().items()}
-        source = {"timm": name, "weights": "huggingface cache", "sample_digest": value_digest(state)}
+        source = {"timm": name, "weights": "huggingface cache", "sha256": state_digest(backbone)}
         where = f"{name} (huggingface cache)"
     with open_dict(cfg.data):
         cfg.data.size, cfg.data.mean, cfg.data.std = size, mean, std
@@ -181,6 +180,17 @@ def from_timm(cfg: DictConfig) -> Encoder:
     preprocessing = {"image_size": size, "mean": mean, "std": std}
     key = cache_key(cfg, datamodule, arch if path is None else path.stem, where, source, preprocessing)
     return Encoder(backbone, datamodule, name, path, key)
+
+
+def state_digest(net: nn.Module) -> str:
+    """sha256 of a model's tensors (names and bytes): the identity of weights read from a cache we do not own."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cache_key(
