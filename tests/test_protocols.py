@@ -184,3 +184,23 @@ def test_bad_protocol_settings_are_refused_before_any_work(ckpt, tmp_path, monke
 def test_default_evaluate_is_unchanged_without_a_protocol(ckpt, tmp_path):
     metrics = evaluate(compose_evaluate(f"ckpt={ckpt}", *SYNTHETIC, f"out={tmp_path / 'o'}", "report=false", "device=cpu"))
     assert "test_acc" in metrics and not list((tmp_path / "o").glob("*.png"))
+
+
+def test_knn_sweep_by_hand_and_as_the_monitor():
+    """One top-k search serves every k: k=1 is the nearest neighbour's label; each k's accuracy is the
+    SSL runs' kNN monitor's."""
+    import torch.nn.functional as F
+
+    from sslpath.evaluation.protocols import knn_trials
+    from sslpath.models.knn import WeightedKNN
+
+    gen = torch.Generator().manual_seed(0)
+    bank, labels = torch.randn(50, 8, generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    query, truth = torch.randn(20, 8, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    trials = knn_trials({"train": (bank, labels), "val": (query, truth), "test": (query, truth)}, 3, [1, 5, 20], 0.1)
+    nearest = labels[(F.normalize(query, dim=1) @ F.normalize(bank, dim=1).T).argmax(1)]
+    assert (trials[0]["probs"].argmax(1) == nearest.numpy()).all() and (trials[0]["probs"].max(1) == 1).all()
+    for trial, k in zip(trials, [1, 5, 20]):
+        monitor = WeightedKNN(k, 0.1, 3)
+        monitor.update(train_feats=bank, train_labels=labels, test_feats=query, test_labels=truth)
+        assert trial["val_acc"] == pytest.approx(float(monitor.compute()))
