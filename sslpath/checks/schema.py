@@ -303,6 +303,23 @@ PATHS: dict[str, Rule] = {
     "eval.bootstrap_seed": integer(*SEED_RANGE),
     "eval.ci_level": num(*LEVEL_RANGE),
     "eval.ece_bins": integer(1, 1000),
+    # evaluate's frozen-feature protocols (conf/protocol/, sslpath.evaluation.protocols) and public encoders
+    "protocol.name": OneOf(("knn", "linear", "fewshot")),
+    "protocol.k": Seq(integer(1, 100_000), 1, 64),
+    "protocol.temperature": TEMPERATURE,
+    "protocol.l2": Seq(num(0), 1, 64),
+    "protocol.max_iter": integer(1, 100_000),
+    "protocol.label_fractions": Seq(SPLIT_SHARE, 1, 64),
+    "protocol.seeds": integer(2, 10_000),  # at least two: each point's interval is over seeds
+    "protocol.shots": Seq(integer(1, 100_000), 1, 64),
+    "protocol.logistic_l2": num(0),
+    "features.cache_dir": opt(PATH),
+    "features.batch_size": COUNT,
+    "encoder.name": opt(Text(r"timm/[a-z0-9_.]+", "timm/<name>, a name in timm's registry (e.g. timm/resnet50)")),
+    "encoder.weights": opt(PATH),
+    "encoder.image_size": opt(SIZE),
+    "encoder.mean": opt(Seq(num(-MAX_ABS_MEAN, MAX_ABS_MEAN), 3, 3)),
+    "encoder.std": opt(Seq(num(MIN_STD, MAX_STD), 3, 3)),
 }
 
 NOT_MODEL_ARGS = ("input", "pretrained_ckpt")  # keys of a model config that are not its class's arguments

@@ -57,6 +57,19 @@ def extract(
         backbone.train(was_training)
 
 
+def extract_splits(
+    backbone: nn.Module, datamodule: Any, batch_size: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Features and labels of the labelled images of train, val and test (unlabelled ones, -1, left out)."""
+    feats, labels = {}, {}
+    for name in ("train", "val", "test"):
+        split = datamodule.splits[name]
+        keep = split.labels >= 0
+        feats[name] = extract(backbone, split.images[keep.to(split.images.device)], datamodule.transform, batch_size)
+        labels[name] = split.labels[keep].cpu()
+    return feats, labels
+
+
 def knn_accuracy(
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
@@ -110,9 +123,46 @@ def threads_for(feats: torch.Tensor) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def accuracy(linear: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((linear(feats.double()).argmax(1) == labels).double().mean())
+@dataclass(frozen=True)
+class Probe:
+    """A fitted linear probe: the training features' standardisation, the L2 strength chosen on
+    validation, and its validation accuracy."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    linear: nn.Linear
+    l2: float
+    val_acc: float
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.linear(((feats - self.mean) / self.std).double())
+
+    def accuracy(self, feats: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((self.logits(feats).argmax(1) == labels).double().mean())
+
+
+def fit_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    l2_grid: Sequence[float],
+    max_iter: int,
+) -> Probe:
+    """Fit on train for each L2 strength, keep the best by validation accuracy (ties: the stronger
+    penalty). Features are standardised by the training mean/std."""
+    mean, std = train[0].mean(0), train[0].std(0).nan_to_num(1.0).clamp_min(1e-6)  # std of one image: nan
+    best: Probe | None = None
+    linear = None
+    for l2 in sorted(l2_grid, reverse=True):  # strongest first, each started from the previous solution
+        with threads_for(train[0]):
+            linear = fit_linear((train[0] - mean) / std, train[1], num_classes, l2, max_iter, start=linear)
+        probe = Probe(mean, std, linear, l2, 0.0)
+        val_acc = probe.accuracy(*val)
+        if best is None or val_acc > best.val_acc:
+            best = Probe(mean, std, linear, l2, val_acc)
+    assert best is not None  # l2_grid is checked non-empty
+    return best
 
 
 def linear_probe(
@@ -123,28 +173,13 @@ def linear_probe(
     l2_grid: Sequence[float],
     max_iter: int,
 ) -> dict[str, float]:
-    """Fit on train for each L2 strength, choose by validation accuracy (ties: the stronger
-    penalty), report that probe's accuracies. Features are standardised by the training mean/std."""
-    mean, std = train[0].mean(0), train[0].std(0).clamp_min(1e-6)
-
-    def norm(feats: torch.Tensor) -> torch.Tensor:
-        return (feats - mean) / std
-
-    best: tuple[float, float, nn.Linear] | None = None
-    linear = None
-    for l2 in sorted(l2_grid, reverse=True):  # strongest first, each started from the previous solution
-        with threads_for(train[0]):
-            linear = fit_linear(norm(train[0]), train[1], num_classes, l2, max_iter, start=linear)
-        val_acc = accuracy(linear, norm(val[0]), val[1])
-        if best is None or val_acc > best[0]:
-            best = (val_acc, l2, linear)
-    assert best is not None  # l2_grid is checked non-empty
-    val_acc, l2, linear = best
+    """`fit_probe`'s accuracies on test, validation and train."""
+    probe = fit_probe(train, val, num_classes, l2_grid, max_iter)
     return {
-        "frozen_linear_acc": accuracy(linear, norm(test[0]), test[1]),
-        "frozen_linear_val_acc": val_acc,
-        "frozen_linear_train_acc": accuracy(linear, norm(train[0]), train[1]),
-        "frozen_linear_l2": l2,
+        "frozen_linear_acc": probe.accuracy(*test),
+        "frozen_linear_val_acc": probe.val_acc,
+        "frozen_linear_train_acc": probe.accuracy(*train),
+        "frozen_linear_l2": probe.l2,
     }
 
 
@@ -154,12 +189,7 @@ def frozen_evaluation(backbone: nn.Module, datamodule: Any, settings: FrozenEval
     chosen on validation, accuracies on validation and test."""
     if not settings.l2:
         raise ValueError("frozen_eval.l2 needs at least one strength")
-    feats, labels = {}, {}
-    for name in ("train", "val", "test"):
-        split = datamodule.splits[name]
-        keep = split.labels >= 0
-        feats[name] = extract(backbone, split.images[keep.to(split.images.device)], datamodule.transform, settings.batch_size)
-        labels[name] = split.labels[keep].cpu()
+    feats, labels = extract_splits(backbone, datamodule, settings.batch_size)
     num_classes = datamodule.num_classes
     knn = {
         f"frozen_knn{suffix}": knn_accuracy(

@@ -54,9 +54,22 @@ class WeightedKNN(Metric):
         feats, labels = cat(self.test_feats), cat(self.test_labels)
         correct = 0
         for start in range(0, len(feats), self.chunk):
-            sim = feats[start : start + self.chunk] @ bank.T
-            top_sim, top_idx = sim.topk(min(self.k, bank.shape[0]), dim=1)
-            votes = torch.zeros(sim.shape[0], self.num_classes, device=sim.device)
-            votes.scatter_add_(1, bank_labels[top_idx], (top_sim / self.temperature).exp())
+            block = feats[start : start + self.chunk]
+            (votes,) = weighted_votes(bank, bank_labels, block, (self.k,), self.temperature, self.num_classes)
             correct += int((votes.argmax(dim=1) == labels[start : start + self.chunk]).sum())
         return torch.tensor(correct / max(1, len(labels)))
+
+
+def weighted_votes(
+    bank: torch.Tensor, bank_labels: torch.Tensor, feats: torch.Tensor, ks: tuple[int, ...], temperature: float, num_classes: int
+) -> list[torch.Tensor]:
+    """Per k in `ks`: each row of `feats`' class votes from its k most similar rows of `bank` (both
+    L2-normalised), each weighted by exp(similarity / T). One top-k search serves every k."""
+    sim = feats @ bank.T
+    top_sim, top_idx = sim.topk(min(max(ks), bank.shape[0]), dim=1)
+    weights, labels = (top_sim / temperature).exp(), bank_labels[top_idx]
+    votes = []
+    for k in ks:
+        v = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
+        votes.append(v.scatter_add_(1, labels[:, :k], weights[:, :k]))
+    return votes
