@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from sslpath.data.stain import OD_SCALE
+from sslpath.data.stain_norm import METHODS as STAIN_METHODS
 from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD
 from sslpath.results.stats import LEVEL_RANGE, RESAMPLES_RANGE, SEED_RANGE
 
@@ -292,6 +293,17 @@ def _sync_batchnorm(node: DictConfig, path: str) -> None:
         )
 
 
+def _stain_reference(node: DictConfig, path: str) -> None:
+    """A reference without a normalisation would be silently unused."""
+    from sslpath.core.errors import UserError
+
+    if node.get("stain_reference") is not None and node.get("stain_norm", "none") == "none":
+        raise UserError(
+            f"{path}.stain_reference={node.stain_reference} but {path}.stain_norm=none, so nothing would use it; set "
+            f"{path}.stain_norm=reinhard or macenko, or leave {path}.stain_reference unset."
+        )
+
+
 DATA = {
     "batch_size": COUNT,
     "eval_batch_size": COUNT,
@@ -303,6 +315,9 @@ DATA = {
     "std": Seq(num(MIN_STD, MAX_STD), 3, 3),
     "channels_last": BOOL,
     "num_classes": CLASSES,
+    "stain_norm": OneOf(STAIN_METHODS),
+    "stain_reference": opt(PATH),
+    "stain_min_tissue": PROB,
 }
 SSL_VIEWS = {"input.views": integer(2, 2)}  # the two views of the paper's loss
 HEAD = {"projector_hidden_dim": WIDTH, "projector_dim": WIDTH}
@@ -313,7 +328,7 @@ CHECKPOINT_DIR = {"dirpath": PATH, "filename": Text(r"[^/\0]+", "a file name wit
 
 TARGETS: dict[str, Params] = {
     # data
-    "sslpath.data.datamodule.ArrayDataModule": Params(DATA),
+    "sslpath.data.datamodule.ArrayDataModule": Params(DATA, _stain_reference),
     "sslpath.data.datamodule.MedMNISTDataModule": Params(
         {
             "flag": Text(r"[a-z0-9_]+", "a MedMNIST flag such as pathmnist or bloodmnist"),
