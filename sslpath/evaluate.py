@@ -1,7 +1,7 @@
 """Test a trained checkpoint on a data set, as the training run's test stage did.
 
     python -m sslpath.evaluate ckpt=PATH [data=OPTION] [data.KEY=VALUE ...] [split=test] [out=DIR]
-                               [device=auto] [report=true] [corruptions=pathology]
+                               [device=auto] [report=true] [corruptions=pathology] [tta=false]
 
 The model is rebuilt only from the checkpoint's validated metadata and weights; the data comes
 from training's own data configs, resized to the checkpoint's image size and normalised with its
@@ -38,7 +38,7 @@ PROG = "sslpath.evaluate"
 Predict = Callable[["torch.Tensor"], "torch.Tensor"]  # uint8 N×3×H×W batch -> CPU logits
 USAGE = (
     "python -m sslpath.evaluate ckpt=PATH [data=OPTION] [split=test] [out=DIR] [device=auto] [report=true] "
-    "[corruptions=pathology]"
+    "[corruptions=pathology] [tta=false]"
 )
 
 
@@ -53,7 +53,7 @@ def check_args(cfg: DictConfig) -> tuple[Path, Path]:
         raise UserError(f"missing ckpt=PATH: the checkpoint to evaluate (a run dir's checkpoints/best-*.ckpt). Usage: {USAGE}")
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
-    for flag in ("report", "check_split", "calibrate"):
+    for flag in ("report", "check_split", "calibrate", "tta"):
         if not isinstance(cfg.get(flag), bool):
             raise UserError(f"{flag}={cfg.get(flag)} is not true or false.")
     check_eval_settings(cfg)
@@ -113,6 +113,7 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
     from hydra.utils import instantiate
 
     from sslpath.checks.validate import check_settings
+    from sslpath.data.stain_norm import use_checkpoint_settings
 
     size = meta.image_size if cfg.data.size is None else cfg.data.size
     if size != meta.image_size:
@@ -122,10 +123,12 @@ def build_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayDataMo
         )
     with open_dict(cfg.data):
         cfg.data.size, cfg.data.mean, cfg.data.std = meta.image_size, list(meta.mean), list(meta.std)
+        use_checkpoint_settings(cfg.data, meta.stain_norm, ckpt)
     check_settings(cfg, "data")  # training's schema for the data settings, before any file is read
     if meta.split is not None and meta.split["seed"] is not None and is_folder(cfg.data):
         use_recorded_split(cfg, meta, ckpt)
     datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.use_stain_record(meta.stain_norm)
     check_classes(datamodule, meta, ckpt)
     return datamodule
 
@@ -189,6 +192,7 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     function from a uint8 batch to CPU logits: one path for clean and corrupted images alike."""
     from functools import partial
 
+    from sslpath.evaluation.tta import DihedralTTA
     from sslpath.models.checkpoint import load_inference_model
     from sslpath.results.artifacts import class_logits
 
@@ -200,7 +204,8 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     split = datamodule.splits[cfg.split]
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
-    return meta, split, partial(class_logits, model, datamodule.transform, device=device)
+    predict = partial(class_logits, model, datamodule.transform, device=device)
+    return meta, split, DihedralTTA(predict) if cfg.tta else predict
 
 
 def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -243,7 +248,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_images": len(split),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "epochs": 0,  # an evaluation trains nothing
+        "tta": cfg.tta,
     }
+    if cfg.tta:  # the plain prediction beside it (sslpath.evaluation.tta)
+        metrics["tta_plain"] = plain_results(predict.plain, split, meta.class_names, cfg.data.eval_batch_size)
     if cfg.calibrate:
         metrics["temperature_scaling"] = temperature_scaling(cfg, ckpt, device, logits, split.labels)
     check_finite(metrics, ckpt)
@@ -270,9 +278,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             from sslpath.robustness_report import copy_robustness
 
             copy_robustness(out, out / "report")
+    tta = f" with 8-fold dihedral TTA (plain test_acc={metrics['tta_plain']['test_acc']:.4f})" if cfg.tta else ""
     print(
         f"{PROG}: test_acc={metrics['test_acc']:.4f} test_auc={metrics['test_auc']} on {len(split)} {cfg.split} "
-        f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
+        f"images{tta} ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
     if cfg.calibrate:
@@ -292,6 +301,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             flush=True,
         )
     return metrics
+
+
+def plain_results(predict: Predict, split: Split, class_names: list[str], batch_size: int) -> dict[str, Any]:
+    """Loss, accuracy and AUC of the prediction without test-time augmentation."""
+    from sslpath.results.metrics import classification_results
+
+    plain = classification_results(predict_split(predict, split.images, batch_size), split.labels, class_names)
+    return {key: plain[key] for key in ("test_loss", "test_acc", "test_auc")}
 
 
 def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:
