@@ -205,7 +205,7 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
     predict = partial(class_logits, model, datamodule.transform, device=device)
-    return meta, split, DihedralTTA(predict) if cfg.tta else predict
+    return meta, split, DihedralTTA(predict) if cfg.get("tta") else predict  # the sweep benchmark sets none
 
 
 def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
