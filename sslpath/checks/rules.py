@@ -277,6 +277,15 @@ def _sync_batchnorm(node: DictConfig, path: str) -> None:
         )
 
 
+def _stain_reference(node: DictConfig, path: str) -> None:
+    """A reference without a normalisation would be silently unused."""
+    if node.get("stain_reference") is not None and node.get("stain_norm", "none") == "none":
+        raise UserError(
+            f"{path}.stain_reference={node.stain_reference} but {path}.stain_norm=none, so nothing would use it; set "
+            f"{path}.stain_norm=reinhard or macenko, or leave {path}.stain_reference unset."
+        )
+
+
 TARGET_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 

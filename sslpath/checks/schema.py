@@ -37,6 +37,7 @@ from sslpath.checks.rules import (
     Text,
     _momentum_order,
     _nesterov,
+    _stain_reference,
     _synthetic_memory,
     integer,
     num,
@@ -45,6 +46,7 @@ from sslpath.checks.rules import (
 )
 from sslpath.checks.schema_training import TRAINING_TARGETS
 from sslpath.data.stain import OD_SCALE
+from sslpath.data.stain_norm import METHODS as STAIN_METHODS
 from sslpath.models.checkpoint import MAX_ABS_MEAN, MAX_STD, MIN_STD
 from sslpath.results.record import BUDGETS, SELECTIONS
 from sslpath.results.stats import LEVEL_RANGE, RESAMPLES_RANGE, SEED_RANGE
@@ -60,6 +62,9 @@ DATA = {
     "std": Seq(num(MIN_STD, MAX_STD), 3, 3),
     "channels_last": BOOL,
     "num_classes": CLASSES,
+    "stain_norm": OneOf(STAIN_METHODS),
+    "stain_reference": opt(PATH),
+    "stain_min_tissue": PROB,
 }
 SSL_VIEWS = {"input.views": integer(2, 2)}  # the two views of the paper's loss
 HEAD = {"projector_hidden_dim": WIDTH, "projector_dim": WIDTH}
@@ -69,7 +74,7 @@ RESAMPLE = Either((Text(r"[A-Za-z_]+", "a resampling name (nearest, bilinear, bi
 
 TARGETS: dict[str, Params] = {
     # data
-    "sslpath.data.datamodule.ArrayDataModule": Params(DATA),
+    "sslpath.data.datamodule.ArrayDataModule": Params(DATA, _stain_reference),
     "sslpath.data.datamodule.MedMNISTDataModule": Params(
         {
             "flag": Text(r"[a-z0-9_]+", "a MedMNIST flag such as pathmnist or bloodmnist"),

@@ -52,7 +52,8 @@ class BatchTransform(nn.Module):
     Training: `views` independently augmented, normalised views (SSL methods take 2; with
     `clean_first_view` the first is the plain image, as in the reference notebook). `augment` is
     one pipeline for every view, or a list of one per view (BYOL's asymmetric views). Evaluation:
-    the normalised image, never augmented.
+    the normalised image, never augmented. `stain` (a fitted `sslpath.data.stain_norm.StainNormalizer`)
+    maps every image to the reference stain appearance first, in training and evaluation alike.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class BatchTransform(nn.Module):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         channels_last: bool = True,
+        stain: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if views < 1:
@@ -78,16 +80,21 @@ class BatchTransform(nn.Module):
         self.views, self.clean_first_view = views, clean_first_view
         self.normalize = Normalize(mean, std)
         self.channels_last = channels_last
+        self.stain = stain
+
+    def _unit(self, images: torch.Tensor) -> torch.Tensor:
+        x = Normalize.to_unit(images)
+        return x if self.stain is None else self.stain(x)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = Normalize.to_unit(images)
+        x = self._unit(images)
         per_view = self.augment if isinstance(self.augment, nn.ModuleList) else [self.augment] * self.views
         return [self._finish(x if (i == 0 and self.clean_first_view) else per_view[i](x)) for i in range(self.views)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The evaluation transform: normalised, not augmented."""
-        return self._finish(Normalize.to_unit(images))
+        return self._finish(self._unit(images))

@@ -33,6 +33,7 @@ from sslpath.data.folder import MAX_PIXELS, TileFolder
 from sslpath.data.loader import Batch, BatchLoader, training_batches
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
+from sslpath.data.stain_norm import StainNormalizer, fit_reference
 from sslpath.data.synthetic import synthetic_splits
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class ArrayDataModule(L.LightningDataModule):
         views: int = 1,
         clean_first_view: bool = False,
         keep_unlabelled: bool = False,
+        stain_norm: str = "none",
+        stain_reference: str | None = None,
+        stain_min_tissue: float = 0.1,
     ) -> None:
         super().__init__()
         if on_device not in (True, False, "auto"):
@@ -81,6 +85,16 @@ class ArrayDataModule(L.LightningDataModule):
         self.transform = BatchTransform(augment, views, clean_first_view, mean, std, channels_last)
         self.splits: dict[str, Split] | None = None
         self.pin_memory = False
+        self.stain_norm, self.stain_reference, self.stain_min_tissue = stain_norm, stain_reference, stain_min_tissue
+
+    @property
+    def stain_record(self) -> dict[str, Any] | None:
+        """The fitted stain normalisation (sslpath.data.stain_norm), for checkpoints; None without one."""
+        return None if self.transform.stain is None else self.transform.stain.record
+
+    def use_stain_record(self, record: dict[str, Any] | None) -> None:
+        """Normalise with an already fitted record (a checkpoint's) instead of fitting one in setup."""
+        self.transform.stain = StainNormalizer.from_record(record)
 
     @property
     def class_names(self) -> list[str]:
@@ -109,6 +123,13 @@ class ArrayDataModule(L.LightningDataModule):
             return
         splits = self.load_splits()
         train, val = splits["train"], splits["val"]
+        if self.stain_norm != "none" and self.transform.stain is None:  # fitted to every labelled training tile
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            labelled = train.images[train.labels >= 0]
+            fitted = fit_reference(
+                self.stain_norm, self.stain_reference, labelled, self.stain_min_tissue, self.eval_batch_size, device
+            )
+            self.use_stain_record(fitted)
         self.labelled_train_size = int((train.labels >= 0).sum())
         if self.val_label_fraction < 1:
             fix = ", or choose checkpoints without validation labels (selection=last)"

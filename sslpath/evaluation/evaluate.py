@@ -36,7 +36,9 @@ from sslpath.core.paths import check_out_path, check_writable
 from sslpath.data.corruptions import Suite, load_suite
 from sslpath.data.datamodule import ArrayDataModule, FolderDataModule
 from sslpath.data.splits import SPLITS, Split
+from sslpath.data.stain_norm import use_checkpoint_settings
 from sslpath.evaluation.benchmark import benchmark
+from sslpath.evaluation.tta import DihedralTTA
 from sslpath.models.checkpoint import Metadata, load_inference_model
 from sslpath.reporting.robustness import copy_robustness, write_robustness
 from sslpath.reporting.write import write_report
@@ -60,7 +62,7 @@ def check_evaluate_settings(cfg: DictConfig) -> tuple[Path, Path]:
         )
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
-    for flag in ("report", "check_split", "calibrate"):
+    for flag in ("report", "check_split", "calibrate", "tta"):
         if not isinstance(cfg.get(flag), bool):
             raise UserError(f"{flag}={cfg.get(flag)} is not true or false.")
     check_eval_settings(cfg)
@@ -120,10 +122,12 @@ def checkpoint_datamodule(cfg: DictConfig, meta: Metadata, ckpt: Path) -> ArrayD
         )
     with open_dict(cfg.data):
         cfg.data.size, cfg.data.mean, cfg.data.std = meta.image_size, list(meta.mean), list(meta.std)
+        use_checkpoint_settings(cfg.data, meta.stain_norm, ckpt)
     check_settings(cfg, "data")  # training's schema for the data settings, before any file is read
     if meta.split is not None and meta.split["seed"] is not None and is_folder(cfg.data):
         use_recorded_split(cfg, meta, ckpt)
     datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.use_stain_record(meta.stain_norm)
     check_classes(datamodule, meta, ckpt)
     return datamodule
 
@@ -185,7 +189,8 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     split = datamodule.splits[cfg.split]
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
-    return meta, split, partial(class_logits, model, datamodule.transform, device=device)
+    predict = partial(class_logits, model, datamodule.transform, device=device)
+    return meta, split, DihedralTTA(predict) if cfg.get("tta") else predict  # the sweep benchmark sets none
 
 
 def predict_split(predict: Predict, images: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -225,6 +230,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data=OmegaConf.to_container(cfg.data, resolve=True),
         epochs=0,  # an evaluation trains nothing
         wall_seconds=0.0,
+        tta=cfg.tta,
+        # the plain prediction beside the test-time-augmented one (sslpath.evaluation.tta)
+        tta_plain=plain_results(predict.plain, split, meta.class_names, cfg.data.eval_batch_size) if cfg.tta else None,
     )
     if cfg.calibrate:
         record = dataclasses.replace(record, temperature_scaling=temperature_scaling(cfg, ckpt, device, logits, split.labels))
@@ -246,9 +254,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_report([out], out / "report")
         if robustness is not None:
             copy_robustness(out, out / "report")
+    tta = f" with 8-fold dihedral TTA (plain test_acc={record.tta_plain['test_acc']:.4f})" if cfg.tta else ""
     print(
         f"{PROG}: test_acc={record.test_acc:.4f} test_auc={record.test_auc} on {len(split)} {cfg.split} "
-        f"images ({meta.kind} model {ckpt.name}, {device}) -> {out}",
+        f"images{tta} ({meta.kind} model {ckpt.name}, {device}) -> {out}",
         flush=True,
     )
     if cfg.calibrate:
@@ -268,6 +277,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             flush=True,
         )
     return record.to_dict()
+
+
+def plain_results(predict: Predict, split: Split, class_names: list[str], batch_size: int) -> dict[str, Any]:
+    """Loss, accuracy and AUC of the prediction without test-time augmentation."""
+    plain = classification_results(predict_split(predict, split.images, batch_size), split.labels, class_names)
+    return {key: plain[key] for key in ("test_loss", "test_acc", "test_auc")}
 
 
 def check_finite(metrics: dict[str, Any], ckpt: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ from sslpath.data.images import MAX_PIXELS, read_image
 from sslpath.data.npz import read_images
 from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS
+from sslpath.data.stain_norm import StainNormalizer
 from sslpath.data.tile_files import image_files
+from sslpath.evaluation.tta import DihedralTTA
 from sslpath.models.checkpoint import load_inference_model
 from sslpath.results.artifacts import class_logits
 
 PROG = "sslpath.predict"
 HELP = "python -m sslpath.predict --help"  # the one usage text: conf/predict.yaml's help
-KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels")
+KEYS = ("ckpt", "input", "out", "split", "batch_size", "device", "max_pixels", "tta")
 HEADER = "file,predicted,"  # how every predictions CSV this tool writes begins: the only file `out` may replace
 
 
@@ -49,7 +52,9 @@ def check_predict_settings(cfg: DictConfig) -> dict[str, Any]:
     missing = [k for k in KEYS if cfg.get(k) in (None, "")]  # `???`, null, empty, or removed with ~key
     if missing:
         raise UserError(f"missing {', '.join(f'{k}=' for k in missing)}. All settings: {HELP}.")
-    args = {k: cfg[k] if k in ("batch_size", "max_pixels") else str(cfg[k]) for k in KEYS}
+    args = {k: cfg[k] if k in ("batch_size", "max_pixels", "tta") else str(cfg[k]) for k in KEYS}
+    if not isinstance(args["tta"], bool):
+        raise UserError(f"tta={args['tta']} is not true or false; tta=true averages each tile's 8 rotations and mirrors.")
     if args["split"] not in SPLITS:
         raise UserError(f"split={args['split']} is not one of {', '.join(SPLITS)}; it picks the npz images to classify.")
     if type(args["batch_size"]) is not int or args["batch_size"] < 1:
@@ -146,7 +151,8 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"input={source} does not exist; pass a MedMNIST-format .npz, an image, or a folder of images.")
     model, meta = load_inference_model(args["ckpt"], "ckpt")
     model.to(device)
-    transform = BatchTransform(mean=meta.mean, std=meta.std, channels_last=False)
+    stain = StainNormalizer.from_record(meta.stain_norm)  # as the checkpoint's training normalised its tiles
+    transform = BatchTransform(mean=meta.mean, std=meta.std, channels_last=False, stain=stain)
     skipped: list[str] = []
     if source.is_file() and source.suffix.lower() == ".npz":
         batches = npz_batches(source, args["split"], meta.image_size, args["batch_size"])
@@ -154,8 +160,10 @@ def predict(cfg: DictConfig) -> Path:
         batches = image_batches(source, meta.image_size, args["batch_size"], skipped, args["max_pixels"])
     names: list[str] = []
     probs: list[np.ndarray] = []
+    logits = partial(class_logits, model, transform, device=device)
+    logits = DihedralTTA(logits) if args["tta"] else logits
     for batch_names, images in batches:
-        probs.append(class_logits(model, transform, images, device).softmax(dim=1).numpy())
+        probs.append(logits(images).softmax(dim=1).numpy())
         names += batch_names
     if names and not all(np.isfinite(p).all() for p in probs):
         raise UserError(

@@ -24,6 +24,7 @@ from sslpath.core.errors import UserError
 from sslpath.core.names import MAX_CLASS_NAME, class_name_problem
 from sslpath.data.digest import is_digest
 from sslpath.data.splits import SPLITS
+from sslpath.data.stain_norm import RECORD_HELP, record_problem
 from sslpath.models import backbones, registry
 
 # Lightning checkpoints hold MultiStepLR's `milestones`, a Counter: plain data, safe to allow.
@@ -190,6 +191,8 @@ class Metadata:
     format: int = FORMAT
     # A tile folder's split (see SPLIT_KEYS); None for npz data, whose file fixes the split itself.
     split: dict[str, Any] | None = None
+    # The fitted stain normalisation (sslpath.data.stain_norm record); None: tiles are not normalised.
+    stain_norm: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,7 +237,7 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
     unknown = sorted(set(map(str, meta)) - names)
     if unknown:
         raise _refuse(path, f"has unknown keys {reprlib.repr(unknown)}")
-    missing = sorted(names - {"format", "split", "pretrain_method"} - set(meta))
+    missing = sorted(names - {"format", "split", "pretrain_method", "stain_norm"} - set(meta))
     if missing:
         raise _refuse(path, f"lacks {missing} (written by an older sslpath? retrain or re-export it)")
 
@@ -284,6 +287,8 @@ def read_metadata(ckpt: dict[str, Any], path: str | Path) -> Metadata:
             f"null or {{{', '.join(SPLIT_KEYS)}}}: an int seed and fractions in (0, 1) "
             "(all null for given train/ val/ test/ folders), and a sha256 hex digest per split",
         )
+    if "stain_norm" in meta:
+        check(record_problem(meta["stain_norm"]) is None, "stain_norm", RECORD_HELP)
     return Metadata(**{k: meta[k] for k in names if k in meta})
 
 

@@ -131,6 +131,8 @@ class RunRecord:
     data: dict[str, Any] | None = optional(lambda v: isinstance(v, dict), "an object of data settings")  # evaluations
     temperature_scaling: dict[str, Any] | None = optional(lambda v: isinstance(v, dict), "an object")  # calibrate=true
     robustness: dict[str, Any] | None = optional(lambda v: isinstance(v, dict), "an object")  # corruptions=…: summary
+    tta: bool | None = optional(lambda v: isinstance(v, bool), "true or false")  # evaluations: test-time augmentation
+    tta_plain: dict[str, Any] | None = optional(lambda v: isinstance(v, dict), "an object")  # tta=true: plain results
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

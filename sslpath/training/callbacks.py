@@ -76,7 +76,9 @@ class CheckpointMetadata(L.Callback):
         self.metadata = metadata
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint["sslpath"] = dict(self.metadata)
+        # The stain normalisation is fitted in the data module's setup, after the metadata was made.
+        stain = getattr(trainer.datamodule, "stain_record", None)
+        checkpoint["sslpath"] = dict(self.metadata) | {"stain_norm": stain}
 
 
 class EmbeddingProjector(L.Callback):
