@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslpath.core.errors import UserError
+from sslpath.data.images import read_image
+
 METHODS = ("none", "reinhard", "macenko")
 # Macenko's reference code: transmitted light intensity, angle percentile, transparency (OD) threshold.
 IO, ALPHA, BETA = 240.0, 1.0, 0.15
@@ -259,9 +262,6 @@ def fit_reference(
     """The record for `data.stain_norm=method`: fitted to the image `reference`, or (None) to the training tiles."""
     from pathlib import Path
 
-    from sslpath.core.errors import UserError
-    from sslpath.data.images import read_image
-
     if reference is None:
         images, source = train_images, f"the {len(train_images)} labelled training tiles"
     else:
@@ -293,7 +293,6 @@ def use_checkpoint_settings(data: Any, record: Mapping[str, Any] | None, ckpt: A
     """Set an evaluation's `data.stain_*` (an open DictConfig) to what checkpoint `ckpt` was trained with, so
     metrics.json records it; another normalisation asked for is refused, never silently replaced. A training
     run's data.stain_reference is dropped: the checkpoint's stored fit is used, never refitted."""
-    from sslpath.core.errors import UserError
 
     method = "none" if record is None else record["method"]
     if data.get("stain_norm", "none") not in ("none", method):
