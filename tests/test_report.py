@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import norm, t
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
 from sslpath.models import registry
+from sslpath.reporting.evidence_figures import frozen_features_figure
 from sslpath.reporting.figures import confusion_figure, curves_figure, examples_figure, label_efficiency_figure
 from sslpath.reporting.runs import load_run
 from sslpath.reporting.style import kind_colour, short_class_names
@@ -156,11 +158,13 @@ def test_table_pools_seeds_in_consistent_units(runs, report):
     assert [(r["Model"], r["Label fraction"], r["n"]) for r in rows] == [("baseline", "1", "2"), ("ssl", "1", "1")]
     baseline, ssl = rows
     accs = [60 / 90, 72 / 90]
-    assert baseline["Test accuracy (%)"] == f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}"
+    mean, std = 100 * np.mean(accs), 100 * np.std(accs, ddof=1)
+    half = t.ppf(0.975, 1) * std / np.sqrt(2)  # two seeds: the Student-t interval of the mean, 1 degree of freedom
+    assert baseline["Test accuracy (%)"] == f"{mean:.2f} ± {std:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
     auc = json.loads((runs / "2_ssl" / "metrics.json").read_text())["test_auc"]
     assert ssl["Test accuracy (%)"] == "50.00" and ssl["Test AUC"] == f"{auc:.4f}"
     assert baseline["Val kNN accuracy (%)"] == "—" and ssl["Val kNN accuracy (%)"] == "81.25"
-    assert baseline["Wall time (min)"] == f"2.5 ± {np.std([2, 3], ddof=1):.1f}" and ssl["Wall time (min)"] == "0.5"
+    assert baseline["Wall time (min)"] == f"2.5 ± {np.std([2, 3], ddof=1):.1f}" and ssl["Wall time (min)"] == "0.5"  # no interval
     assert baseline["Epochs"] == "3 ± 0"
 
     numbers = {row["model"]: row for row in read_csv(report.parent / "results.csv")}
@@ -168,6 +172,10 @@ def test_table_pools_seeds_in_consistent_units(runs, report):
     assert numbers["ssl"]["kind"] == "simclr" and float(numbers["ssl"]["label_fraction"]) == 1.0
     assert float(numbers["baseline"]["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
     assert float(numbers["baseline"]["test_acc_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
+    low, high = float(numbers["baseline"]["test_acc_ci_low"]), float(numbers["baseline"]["test_acc_ci_high"])
+    assert (low, high) == pytest.approx(((mean - half) / 100, (mean + half) / 100), abs=1e-12)
+    assert numbers["baseline"]["test_acc_ci_method"] == "t" and "wall_seconds_ci_low" not in numbers["baseline"]
+    assert numbers["ssl"]["test_acc_ci_low"] == numbers["ssl"]["test_acc_ci_method"] == ""  # a run stored without one
     assert numbers["baseline"]["val_knn_acc_mean"] == "" and float(numbers["ssl"]["val_knn_acc_mean"]) == 0.8125
     assert float(numbers["baseline"]["wall_seconds_mean"]) == 150.0  # the CSV keeps seconds, unrounded
 
@@ -330,6 +338,66 @@ def test_runs_with_different_classes_or_models_are_not_pooled(tmp_path):
     fake_run(tmp_path / "c", run_name="x", model="simclr")
     with pytest.raises(UserError, match="different model kinds"):
         group_runs([load_run(tmp_path / "a"), load_run(tmp_path / "c")])
+
+
+def wilson(right: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval written out (Wilson 1927), independent of the code under test."""
+    z, p = norm.ppf((1 + level) / 2), right / n
+    centre, half = p + z**2 / (2 * n), z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return (centre - half) / (1 + z**2 / n), (centre + half) / (1 + z**2 / n)
+
+
+def test_single_runs_show_their_intervals_and_frozen_features(tmp_path):
+    """One SSL run with stored bootstrap intervals and frozen-feature accuracies, one baseline: each estimate
+    carries its interval in the markdown and the CSV, the frozen columns stand beside the online probe's,
+    and the SSL figure and reliability diagrams are drawn."""
+    stored = {"test_acc_ci": [0.4, 0.6], "test_auc_ci": [0.7, 0.8]}
+    stored |= {"test_balanced_acc": 0.5, "test_balanced_acc_ci": [0.41, 0.59]}
+    frozen = {"frozen_knn_acc": 63 / 90, "frozen_linear_acc": 0.7, "ece_bins": 15}
+    fake_run(tmp_path / "0_simclr", model="simclr", right=45, **stored, **frozen)
+    fake_run(tmp_path / "1_baseline", right=60, test_acc_ci=[0.6, 0.73])
+    results = write_report([tmp_path], tmp_path / "report", tensorboard=False)
+
+    simclr, baseline = table(results)
+    assert simclr["Test accuracy (%)"] == "50.00 [40.00, 60.00]" and simclr["Test AUC"].endswith(" [0.7000, 0.8000]")
+    assert simclr["Balanced accuracy (%)"] == "50.00 [41.00, 59.00]" and baseline["Balanced accuracy (%)"] == "—"
+    low, high = wilson(63, 90)  # 70 % of the 90 test tiles
+    assert simclr["Frozen kNN accuracy (%)"] == f"70.00 [{100 * low:.2f}, {100 * high:.2f}]"
+    assert simclr["Frozen linear-probe accuracy (%)"] == f"70.00 [{100 * low:.2f}, {100 * high:.2f}]"
+    assert baseline["Frozen kNN accuracy (%)"] == "—" and baseline["Test accuracy (%)"] == "66.67 [60.00, 73.00]"
+    text = results.read_text()
+    assert "online linear probe" in text and "frozen kNN" in text and "Wilson score interval" in text
+
+    rows = {row["model"]: row for row in read_csv(tmp_path / "report" / "results.csv")}
+    assert (rows["simclr"]["test_acc_ci_low"], rows["simclr"]["test_acc_ci_high"]) == ("0.4", "0.6")
+    assert rows["simclr"]["test_acc_ci_method"] == "bootstrap" and rows["simclr"]["frozen_knn_acc_ci_method"] == "wilson"
+    assert float(rows["simclr"]["frozen_knn_acc_ci_low"]) == pytest.approx(wilson(63, 90)[0], abs=1e-9)
+    assert rows["baseline"]["frozen_knn_acc_mean"] == rows["baseline"]["frozen_knn_acc_ci_low"] == ""
+
+    out = tmp_path / "report"
+    assert "](frozen_features.png)" in text and "](reliability_simclr.png)" in text
+    nonblank_png(out / "frozen_features.png")
+    nonblank_png(out / "reliability_simclr.png")
+    assert not (out / "reliability_baseline.png").exists()  # its metrics.json holds no ece_bins
+
+
+def test_frozen_features_figure_draws_each_interval(tmp_path):
+    fake_run(tmp_path / "a", model="byol", right=45, test_acc_ci=[0.4, 0.6], frozen_knn_acc=0.7, frozen_linear_acc=0.6)
+    ax = frozen_features_figure(group_runs([load_run(tmp_path / "a")])).axes[0]
+    bars = [c for c in ax.containers if hasattr(c, "patches")]
+    np.testing.assert_allclose([bar.get_height() for c in bars for bar in c], [50, 70, 60])
+    ends = [c.errorbar.lines[2][0].get_segments()[0][:, 1] for c in bars]
+    np.testing.assert_allclose(ends[0], [40, 60])  # the online probe's stored bootstrap interval
+    np.testing.assert_allclose(ends[1], 100 * np.array(wilson(63, 90)))  # frozen kNN: 70 % of 90 tiles
+
+
+def test_interval_missing_its_estimate_draws_no_bar_on_that_side(tmp_path):
+    """A stored bootstrap interval whose bound lies past the estimate (a float32 test_acc beside float64 bounds,
+    a percentile interval that misses its point) is drawn up to the estimate, not refused by matplotlib."""
+    fake_run(tmp_path / "a", model="byol", right=45, test_acc_ci=[0.4, 0.49], frozen_knn_acc=0.7)
+    ax = frozen_features_figure(group_runs([load_run(tmp_path / "a")])).axes[0]
+    online = next(c for c in ax.containers if hasattr(c, "patches"))
+    np.testing.assert_allclose(online.errorbar.lines[2][0].get_segments()[0][:, 1], [40, 50])
 
 
 def test_n_counts_distinct_seeds(tmp_path, capsys):

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
+from scipy.stats import t
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslpath.checks.validate import check_optimized_metric
@@ -84,8 +85,13 @@ def test_sweep_results_mean_std_per_model_and_label_fraction(tmp_path):
     assert list(cells) == [(m, f) for m in ("baseline", "finetune") for f in ("0.01", "0.1", "1")]
     accs = [v[0] for v in numbers["finetune", 0.1]]
     aucs = [v[1] for v in numbers["finetune", 0.1]]
-    acc_cell = f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}"
-    assert cells["finetune", "0.1"][2:] == ["3", acc_cell, f"{statistics.mean(aucs):.4f} ± {statistics.stdev(aucs):.4f}"]
+
+    def cell(values: list[float], scale: float, digits: int) -> str:  # mean ± std [Student-t 95 % interval], 3 seeds
+        mean, std = scale * statistics.mean(values), scale * statistics.stdev(values)
+        half = t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
+        return f"{mean:.{digits}f} ± {std:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+
+    assert cells["finetune", "0.1"][2:] == ["3", cell(accs, 100, 2), cell(aucs, 1, 4)]
 
     figure = sweep / "report" / "label_efficiency.png"
     assert "](report/label_efficiency.png)" in (sweep / "sweep_results.md").read_text()
@@ -94,7 +100,7 @@ def test_sweep_results_mean_std_per_model_and_label_fraction(tmp_path):
     assert (sweep / "report" / "results.md").is_file()  # the comparison report is still written
 
 
-def test_label_efficiency_figure_plots_mean_and_std_on_log_x(tmp_path):
+def test_label_efficiency_figure_plots_mean_and_t_interval_on_log_x(tmp_path):
     numbers = fake_sweep(tmp_path, (0.01, 0.1, 1.0))
     groups = group_runs([load_run(job) for job in sorted(tmp_path.iterdir(), key=job_order)])
     ax = label_efficiency_figure(groups).axes[0]
@@ -106,7 +112,8 @@ def test_label_efficiency_figure_plots_mean_and_std_on_log_x(tmp_path):
         means = [100 * statistics.mean(v[0] for v in s) for s in stats]
         stds = [100 * statistics.stdev(v[0] for v in s) for s in stats]
         np.testing.assert_allclose(line.get_xydata(), np.c_[[0.01, 0.1, 1.0], means])
-        np.testing.assert_allclose([seg[1][1] - seg[0][1] for seg in bars.get_segments()], 2 * np.array(stds))
+        widths = 2 * t.ppf(0.975, 2) * np.array(stds) / 3**0.5  # the Student-t 95 % interval over the 3 seeds
+        np.testing.assert_allclose([seg[1][1] - seg[0][1] for seg in bars.get_segments()], widths)
 
 
 def test_one_label_fraction_gives_a_table_without_figure(tmp_path):

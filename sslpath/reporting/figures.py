@@ -21,7 +21,8 @@ from sslpath.core.files import atomic_write_bytes
 from sslpath.models import registry
 from sslpath.reporting.runs import GRID, VAL_TAGS, Run
 from sslpath.reporting.style import class_legend, line_styles, percent, short_class_names
-from sslpath.reporting.tables import Group, mean_std
+from sslpath.reporting.tables import COLUMNS, LEVEL, Group, mean_std
+from sslpath.results.intervals import Estimate
 
 ACC_TAG, LOSS_TAG = VAL_TAGS
 # figure stem -> (TensorBoard tag, y label, scale)
@@ -70,6 +71,16 @@ def embed(stem: str, formats: Sequence[str]) -> str:
     return f"![{name}]({stem}.{shown})" if shown else f"[{name} (PDF)]({stem}.pdf)"
 
 
+def error_bars(found: Sequence[Estimate | None]) -> np.ndarray:
+    """matplotlib's 2×N yerr, in %, from estimates' intervals: 0 where there is no estimate or interval.
+
+    A bound on the wrong side of its mean draws no bar on that side (matplotlib refuses negative lengths): a
+    float32 test_acc beside the float64 bounds of a zero-width bootstrap interval, or a percentile interval
+    that misses its estimate; the table and CSV keep the bounds as they are."""
+    bars = [[100 * (e.mean - e.ci[0]), 100 * (e.ci[1] - e.mean)] if e and e.ci else [0.0, 0.0] for e in found]
+    return np.maximum(np.array(bars), 0.0).T
+
+
 # ----------------------------------------------------------------------------------------------
 # Run and sweep figures
 
@@ -112,9 +123,10 @@ def curves_figure(groups: Sequence[Group], tag: str, ylabel: str, scale: float) 
     return fig
 
 
-def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
+def label_efficiency_figure(groups: Sequence[Group], level: float = LEVEL) -> Figure | None:
     """Test accuracy against labels per class (log x): one line per model name run at several label
-    fractions, error bars = std over seeds, a dotted chance line at 1 / number of classes. None when no
+    fractions, error bars = the table's interval (t over n >= 2 seeds, the stored bootstrap interval for one
+    run; sslpath.results.intervals), a dotted chance line at 1 / number of classes. None when no
     model was run at several fractions.
 
     x is metrics.json's `train_labels_per_class` (labelled training images per class: label fraction ×
@@ -133,10 +145,12 @@ def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
     fig = new_figure((6.4, 4.0))
     ax = fig.add_subplot()
     for (name, line), style in zip(lines.items(), line_styles([line[0].colour_key for line in lines.values()])):
-        stats = np.array([mean_std([100 * run.record.test_acc for run in g.runs]) for g in line])
+        found = [COLUMNS[0].estimate(g, level) for g in line]
+        mean = np.array([100 * e.mean for e in found])
         seeds = sorted({len(g.runs) for g in line})
-        label = name + (f" (n={'/'.join(map(str, seeds))})" if seeds != [1] else "")
-        ax.errorbar([x(g) for g in line], stats[:, 0], yerr=stats[:, 1], markersize=5, capsize=3, label=label, **style)
+        label = name + f" (n={'/'.join(map(str, seeds))})"
+        yerr = error_bars(found) if any(e.ci for e in found) else None
+        ax.errorbar([x(g) for g in line], mean, yerr=yerr, markersize=5, capsize=3, label=label, **style)
     classes = len(next(iter(lines.values()))[0].class_names)
     ax.axhline(100 / classes, color="0.4", linestyle=(0, (1, 2)), linewidth=1.2, label=f"chance (1/{classes})")
     ticks = sorted({x(g) for line in lines.values() for g in line})
@@ -146,7 +160,7 @@ def label_efficiency_figure(groups: Sequence[Group]) -> Figure | None:
     ax.set_xlabel(f"{'labels per class' if per_class else 'label fraction'} (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Label efficiency: mean ± std over seeds", fontsize=10)
+    ax.set_title(f"Label efficiency: mean and {level * 100:g} % interval (t over seeds; bootstrap for one run)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

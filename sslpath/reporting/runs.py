@@ -46,13 +46,14 @@ class Examples(NamedTuple):
 
 @dataclass
 class Run:
-    """One finished run, checked: its record, test labels and predictions, example images, validation curves."""
+    """One finished run, checked: its record, test labels, predictions and probabilities, example images, validation curves."""
 
     dir: Path
     record: RunRecord
     class_names: list[str]
     labels: np.ndarray
     preds: np.ndarray
+    probs: np.ndarray  # float N×C, test_predictions.csv's (6 decimals)
     examples: Examples
     curves: dict[str, dict[int, float]]  # TensorBoard tag -> {epoch (1-based): value}
 
@@ -113,6 +114,7 @@ def load_run(run_dir: Path) -> Run:
         class_names=class_names,
         labels=labels,
         preds=preds,
+        probs=probs,
         examples=read_examples(run_dir / "test_examples.npz", len(class_names)),
         curves=read_val_curves(run_dir / "tb"),
     )

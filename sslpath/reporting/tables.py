@@ -16,6 +16,8 @@ from sslpath.core.files import csv_text
 from sslpath.core.names import path_name
 from sslpath.reporting.runs import Run
 from sslpath.reporting.style import percent
+from sslpath.results.intervals import METHOD_TEXT, Estimate, estimate
+from sslpath.results.stats import Bootstrap
 
 SELECTION_TEXT = {  # the record's `selection` (sslpath.training.protocol) -> how the tested checkpoint was chosen
     "best_val": "the best validation accuracy on the whole validation split",
@@ -98,6 +100,26 @@ def selection_sentence(groups: Sequence[Group]) -> str:
     return f"Test metrics of each run's checkpoint chosen by {' / '.join(SELECTION_TEXT[s] for s in chosen)}{mixed}."
 
 
+def uncertainty_sentence(level: float) -> str:
+    """How to read a cell's interval (sslpath.results.intervals)."""
+    return (
+        f"Brackets: {level * 100:g} % intervals — over n >= 2 seeds the {METHOD_TEXT['t']}; for a single run the "
+        f"{METHOD_TEXT['bootstrap']}, or for the frozen-feature accuracies the {METHOD_TEXT['wilson']}."
+    )
+
+
+def frozen_sentence(groups: Sequence[Group]) -> str:
+    """What the frozen-feature columns are, when the table has them (SSL runs of a recent sslpath)."""
+    if not any(g.values("frozen_knn_acc") or g.values("frozen_linear_acc") for g in groups):
+        return ""
+    return (
+        " An SSL run's test accuracy, AUC and balanced accuracy are its online linear probe's (trained beside the "
+        "backbone on detached features); the frozen kNN and frozen linear-probe columns evaluate its exported "
+        "backbone's frozen features after training (clean images, eval mode; a weighted kNN and a logistic "
+        "regression fitted to convergence on the labelled training images, L2 chosen on validation)."
+    )
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -105,14 +127,31 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: a run record field shown as mean ± std, times scale, with `digits` decimals."""
+    """A table column: a run record field shown as mean ± std, times scale, with `digits` decimals.
+
+    An estimate (`interval`) also shows its interval (sslpath.results.intervals): over n >= 2 seeds the
+    t-interval; for one run the bootstrap interval stored as `<key>_ci` (ci="stored") or the Wilson interval
+    over the test tiles (ci="tiles"). Epochs and wall time are no estimates. An `optional` column is left
+    out of a table none of whose runs has its key."""
 
     header: str
     key: str
     scale: float = 1.0
     digits: int = 4
+    interval: bool = True
+    ci: str | None = None  # None | "stored" | "tiles": where a single run's interval comes from
+    optional: bool = False
 
-    def cell(self, group: Group) -> str:
+    def estimate(self, group: Group, level: float) -> Estimate | None:
+        values = group.values(self.key)
+        if not values:
+            return None
+        run = next(run for run in group.runs if getattr(run.record, self.key) is not None)
+        stored = getattr(run.record, f"{self.key}_ci") if self.ci == "stored" else None
+        tiles = len(run.labels) if self.ci == "tiles" else None
+        return estimate(values, level, stored_ci=stored, tiles=tiles)
+
+    def cell(self, group: Group, level: float) -> str:
         values = group.values(self.key)
         if not values:
             return "—"
@@ -120,32 +159,53 @@ class Column:
         text = f"{mean * self.scale:.{self.digits}f}"
         if len(values) > 1:
             text += f" ± {std * self.scale:.{self.digits}f}"
+        found = self.estimate(group, level) if self.interval else None
+        if found is not None and found.ci is not None:
+            low, high = (bound * self.scale for bound in found.ci)
+            text += f" [{low:.{self.digits}f}, {high:.{self.digits}f}]"
         return text + (f" (n={len(values)})" if len(values) < len(group.runs) else "")
 
 
 COLUMNS = (
-    Column("Test accuracy (%)", "test_acc", 100.0, 2),
-    Column("Test AUC", "test_auc"),
+    Column("Test accuracy (%)", "test_acc", 100.0, 2, ci="stored"),
+    Column("Balanced accuracy (%)", "test_balanced_acc", 100.0, 2, ci="stored", optional=True),
+    Column("Test AUC", "test_auc", ci="stored"),
+    Column("Frozen kNN accuracy (%)", "frozen_knn_acc", 100.0, 2, ci="tiles", optional=True),
+    Column("Frozen linear-probe accuracy (%)", "frozen_linear_acc", 100.0, 2, ci="tiles", optional=True),
     Column("Val kNN accuracy (%)", "val_knn_acc", 100.0, 2),
+    Column("Test ECE", "test_ece", optional=True),
     Column("Test loss", "test_loss"),
-    Column("Epochs", "epochs", digits=0),
-    Column("Wall time (min)", "wall_seconds", 1 / 60, 1),
+    Column("Epochs", "epochs", digits=0, interval=False),
+    Column("Wall time (min)", "wall_seconds", 1 / 60, 1, interval=False),
 )
-SWEEP_COLUMNS = COLUMNS[:2]
+SWEEP_COLUMNS = tuple(COLUMNS[i] for i in (0, 2, 3, 4))
+LEVEL = Bootstrap().level  # t and Wilson intervals of tables written without the report's settings (sweeps)
 
 
-def markdown_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
+def shown_columns(groups: Sequence[Group], columns: Sequence[Column]) -> list[Column]:
+    """The columns a table shows: optional ones only where some run has the key (old runs, supervised-only)."""
+    return [c for c in columns if not c.optional or any(g.values(c.key) for g in groups)]
+
+
+def markdown_table(groups: Sequence[Group], columns: Sequence[Column], level: float = LEVEL) -> str:
+    columns = shown_columns(groups, columns)
     header = ["Model", "Label fraction", "n", *(column.header for column in columns)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for group in groups:
         cells = [group.name.replace("|", "\\|"), f"{group.fraction:g}", str(len(group.runs))]
-        lines.append("| " + " | ".join(cells + [column.cell(group) for column in columns]) + " |")
+        lines.append("| " + " | ".join(cells + [column.cell(group, level) for column in columns]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
-    """The table's numbers unformatted: mean and std per metric (std empty below two values, both without any)."""
-    stats = [f"{column.key}_{stat}" for column in columns for stat in ("mean", "std")]
+def csv_table(groups: Sequence[Group], columns: Sequence[Column], level: float = LEVEL) -> str:
+    """The table's numbers unformatted: mean and std per metric (std empty below two values, both without any),
+    and for estimates the interval's bounds and method (t, bootstrap, wilson; empty without one)."""
+    columns = shown_columns(groups, columns)
+    stats = [
+        f"{column.key}_{stat}"
+        for column in columns
+        for stat in ("mean", "std", *(("ci_low", "ci_high", "ci_method") if column.interval else ()))
+    ]
     rows: list[list[Any]] = [["model", "kind", "label_fraction", "n", *stats]]
     for group in groups:
         row: list[Any] = [group.name, group.kind, group.fraction, len(group.runs)]
@@ -153,6 +213,10 @@ def csv_table(groups: Sequence[Group], columns: Sequence[Column]) -> str:
             values = group.values(column.key)
             mean, std = mean_std(values) if values else ("", "")
             row += [mean, std if len(values) > 1 else ""]
+            if column.interval:
+                found = column.estimate(group, level)
+                ci = found.ci if found is not None and found.ci is not None else None
+                row += [*(ci or ("", "")), found.method if ci else ""]
         rows.append(row)
     return csv_text(rows)
 

@@ -18,6 +18,7 @@ from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_text
 from sslpath.core.staging import staged_dirs
 from sslpath.models import registry
+from sslpath.reporting.evidence_figures import FROZEN_FIGURE, frozen_features_figure, reliability_of
 from sslpath.reporting.figures import (
     VAL_PLOTS,
     confusion_figure,
@@ -32,13 +33,16 @@ from sslpath.reporting.options import check_figure_options
 from sslpath.reporting.runs import Run, find_run_dirs, load_run
 from sslpath.reporting.tables import (
     COLUMNS,
+    LEVEL,
     SWEEP_COLUMNS,
     Group,
     csv_table,
+    frozen_sentence,
     group_runs,
     group_stems,
     markdown_table,
     selection_sentence,
+    uncertainty_sentence,
 )
 from sslpath.results.compare import PairedComparisons, paired_comparisons
 from sslpath.results.stats import Bootstrap
@@ -109,15 +113,22 @@ def check_out_dir(out: str | Path, run_dirs: Sequence[Path], tensorboard: bool) 
     return out
 
 
-def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: bool, formats: Sequence[str]) -> str:
+def results_markdown(
+    groups: Sequence[Group],
+    stems: Sequence[str],
+    efficiency: bool,
+    formats: Sequence[str],
+    level: float = LEVEL,
+    frozen: bool = False,
+) -> str:
     with_fraction = len({group.fraction for group in groups}) > 1
     parts = [
         "# Results\n",
-        markdown_table(groups, COLUMNS),
+        markdown_table(groups, COLUMNS, level),
         f"{selection_sentence(groups)} A row pools the n runs (seeds) "
         "that share a model name and a label fraction: mean ± sample std. Val kNN accuracy: weighted k-nearest-"
         "neighbour classification of validation images by the SSL backbone's features (— for other models). "
-        "Wall time: training and testing, in minutes.\n",
+        f"Wall time: training and testing, in minutes. {uncertainty_sentence(level)}{frozen_sentence(groups)}\n",
     ]
     absent = sorted({name for g in groups for run in g.runs for name in run.record.absent_classes})
     if absent:
@@ -127,28 +138,41 @@ def results_markdown(groups: Sequence[Group], stems: Sequence[str], efficiency: 
         parts.append("An SSL model's validation accuracy is that of its online linear probe.\n")
     if efficiency:
         parts += ["## Label efficiency\n", embed(LABEL_EFFICIENCY, formats) + "\n"]
+    if frozen:
+        parts += ["## SSL backbones: online probe and frozen features\n", embed(FROZEN_FIGURE, formats) + "\n"]
     for group, stem in zip(groups, stems):
-        figures = (embed(f"{kind}_{stem}", formats) for kind in ("qualitative", "confusion"))
+        kinds = ("qualitative", "confusion", *(("reliability",) if reliability_of(group) is not None else ()))
+        figures = (embed(f"{kind}_{stem}", formats) for kind in kinds)
         parts += [f"## {group.label(with_fraction)}\n", " ".join(figures) + "\n"]
     runs = [f"- {run.title}: `{run.dir}`\n" for group in groups for run in group.runs]
     return "\n".join([*parts, "## Runs\n", "".join(runs)])
 
 
 def _render_report(
-    groups: Sequence[Group], out: Path, formats: Sequence[str], dpi: int, comparisons: PairedComparisons | None = None
+    groups: Sequence[Group],
+    out: Path,
+    formats: Sequence[str],
+    dpi: int,
+    comparisons: PairedComparisons | None = None,
+    level: float = LEVEL,
 ) -> None:
     atomic_write_text(out / MARKER, "Written by sslpath.report, which replaces this dir whole when run again.\n")
     for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
         save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
-    efficiency = label_efficiency_figure(groups)
+    efficiency = label_efficiency_figure(groups, level)
     if efficiency is not None:
         save_figure(efficiency, out / LABEL_EFFICIENCY, formats, dpi)
+    frozen = frozen_features_figure(groups, level)
+    if frozen is not None:
+        save_figure(frozen, out / FROZEN_FIGURE, formats, dpi)
     stems = group_stems(groups)
     for group, stem in zip(groups, stems):
         save_figure(examples_figure(group.runs[0]), out / f"qualitative_{stem}", formats, dpi)
         save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
-    atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS))
-    markdown = results_markdown(groups, stems, efficiency is not None, formats)
+        if (diagram := reliability_of(group)) is not None:
+            save_figure(diagram, out / f"reliability_{stem}", formats, dpi)
+    atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS, level))
+    markdown = results_markdown(groups, stems, efficiency is not None, formats, level, frozen is not None)
     if comparisons is not None and comparisons.rows:  # issue 18: paired comparisons (sslpath.results.compare)
         atomic_write_text(out / "comparisons.csv", comparisons.csv())
         atomic_write_text(out / "comparisons.md", comparisons.markdown())
@@ -181,13 +205,14 @@ def write_report(
     found = find_run_dirs(run_dirs)
     out_dir = check_out_dir(out_dir, found, tensorboard)
     groups = group_runs([load_run(d) for d in found])
-    comparisons = paired_comparisons([run for group in groups for run in group.runs], compare, bootstrap or Bootstrap())
+    bootstrap = bootstrap or Bootstrap()
+    comparisons = paired_comparisons([run for group in groups for run in group.runs], compare, bootstrap)
     within = None if tensorboard_within is None else Path(tensorboard_within).resolve()
     with staged_dirs() as staged:
         fix = "Pass a writable --out DIR."
         tmp = staged.stage(out_dir, fix, report_problem)
         try:
-            _render_report(groups, tmp, formats, dpi, comparisons)
+            _render_report(groups, tmp, formats, dpi, comparisons, bootstrap.level)
         except OSError as err:
             raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
         if tensorboard:
@@ -206,8 +231,9 @@ def write_report(
 def write_sweep_results(
     runs: Sequence[Run], sweep_dir: Path, report_dir: Path, *, formats: str | Sequence[str] = ("png",), dpi: int = 150
 ) -> Path:
-    """sweep_results.md/.csv in sweep_dir (test accuracy and AUC per model and label fraction, mean ± std
-    over seeds); the label-efficiency figure in report_dir when a model was run at several fractions."""
+    """sweep_results.md/.csv in sweep_dir (test accuracy, AUC and frozen-feature accuracies per model and
+    label fraction: mean ± std over seeds and an interval, sslpath.results.intervals); the label-efficiency
+    figure in report_dir when a model was run at several fractions."""
     formats = check_figure_options(formats, dpi)
     groups = group_runs(runs)
     figure = label_efficiency_figure(groups)
@@ -215,7 +241,7 @@ def write_sweep_results(
         "# Sweep results\n",
         markdown_table(groups, SWEEP_COLUMNS),
         f"{selection_sentence(groups)} Mean ± sample std over the n jobs (seeds) that share a model and a "
-        "label fraction (`data.label_fraction`).\n",
+        f"label fraction (`data.label_fraction`). {uncertainty_sentence(LEVEL)}\n",
     ]
     try:
         if figure is not None:
