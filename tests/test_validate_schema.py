@@ -190,6 +190,10 @@ BAD = {
         ["callbacks.model_checkpoint.mode=up"],
         "callbacks.model_checkpoint.mode='up' is not valid: it must be one of min, max",
     ),
+    "no training batches": (
+        ["+trainer.limit_train_batches=0"],
+        "trainer.limit_train_batches=0 is not valid: it must be an integer >= 1 or a number > 0 and <= 1",
+    ),
     "accumulate 0": (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not valid"),
     "sync_batchnorm on the CPU": (
         ["trainer=ddp", "trainer.accelerator=cpu"],

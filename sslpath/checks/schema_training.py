@@ -42,7 +42,8 @@ TRAINING_TARGETS: dict[str, Params] = {
             "val_check_interval": opt(Either((COUNT, num(0, 1, open_low=True)))),
             "log_every_n_steps": COUNT,
             "num_sanity_val_steps": integer(-1),
-            "limit_train_batches": opt(Either((integer(0), num(0, 1)))),
+            # 0 trains nothing: a run would test (and record) an untrained model as if trained
+            "limit_train_batches": opt(Either((integer(1), num(0, 1, open_low=True)))),
             "limit_val_batches": opt(Either((integer(0), num(0, 1)))),
             "limit_test_batches": opt(Either((integer(0), num(0, 1)))),
             "fast_dev_run": Either((BOOL, integer(0))),
