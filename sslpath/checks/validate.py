@@ -72,6 +72,14 @@ def check_settings(cfg: DictConfig, under: str = "") -> None:
 _ABSENT = object()
 
 
+def check_paths(cfg: DictConfig, prefixes: tuple[str, ...]) -> None:
+    """The schema's path rows under these prefixes (e.g. evaluate's "eval."), for a command whose config
+    is not training's, so check_settings' walk over every row does not apply."""
+    for key, rule in PATHS.items():
+        if key.startswith(prefixes):
+            check_value(cfg, key, key, rule)
+
+
 def check_value(node: DictConfig, key: str, path: str, rule: Any) -> None:
     try:
         value = OmegaConf.select(node, key, default=_ABSENT, throw_on_missing=True)

@@ -27,8 +27,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslpath.checks.schema import PATHS
-from sslpath.checks.validate import check_settings, check_value
+from sslpath.checks.validate import check_paths, check_settings
 from sslpath.core.devices import resolve_device
 from sslpath.core.errors import UserError
 from sslpath.core.names import path_name
@@ -90,9 +89,7 @@ def check_evaluate_settings(cfg: DictConfig) -> tuple[Path, Path]:
 def check_eval_settings(cfg: DictConfig) -> None:
     """The `eval` settings (bootstrap, calibration bins) by training's rules; calibrate=true needs another
     split than the one it fits the temperature on."""
-    for key, rule in PATHS.items():
-        if key.startswith("eval."):
-            check_value(cfg, key, key, rule)
+    check_paths(cfg, ("eval.",))
     if cfg.calibrate and cfg.split == "val":
         raise UserError(
             "calibrate=true fits the temperature on the val split, so it cannot also report calibration on it "

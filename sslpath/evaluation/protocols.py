@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from sslpath.checks.schema import PATHS
-from sslpath.checks.validate import check_value
+from sslpath.checks.validate import check_paths
 from sslpath.core.devices import resolve_device
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_json, atomic_write_text
@@ -69,9 +68,7 @@ def wanted(cfg: DictConfig) -> bool:
 def check(cfg: DictConfig) -> None:
     """Every protocol, feature and encoder setting, and their relations to evaluate's own, before any work."""
 
-    for key, rule in PATHS.items():
-        if key.startswith(SETTINGS):
-            check_value(cfg, key, key, rule)
+    check_paths(cfg, SETTINGS)
     encoder, ckpt = cfg.encoder.name, cfg.get("ckpt") not in (None, "")
     if cfg.get("protocol") is None:
         raise UserError(
