@@ -1,97 +1,31 @@
-"""Shared test fixtures: tiny synthetic runs composed from the real configs."""
+"""Shared fixtures (the plain helpers they use live in factories.py)."""
 
 from __future__ import annotations
 
 import http.server
-import importlib
-import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-# Small enough for 2 CPU cores: 16 px synthetic tiles, a handful of batches, one epoch, and a
-# few-thousand-parameter CNN. Real-size ResNet-18 runs live in the `slow` tier.
-TINY_DATA = [
-    "data=synthetic",
-    "data.size=16",
-    "data.train_count=72",
-    "data.val_count=36",
-    "data.test_count=36",
-    "data.batch_size=24",
-]
-TINY_TRAINER = [
-    "model.backbone.name=tiny",
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "+trainer.enable_model_summary=false",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-TINY = TINY_DATA + TINY_TRAINER
-
-SAMPLE = os.environ.get("SSLPATH_SAMPLE_NPZ")
+from factories import SAMPLE, read_csv, tiny_run
 
 # No test reaches the internet: urllib and requests (here and in CLI subprocesses) go through a proxy
 # on a closed local port, so a download the test did not point at its own server fails at once.
 os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost")
 
 
-def compose_cfg(out_dir: Path, overrides: list[str] = (), tiny: bool = True) -> DictConfig:
-    """Compose conf/train.yaml as `python -m sslpath.train` would, with its run dir at out_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module("sslpath.conf", version_base="1.3"):
-        base = [*(TINY if tiny else []), f"paths.log_dir={out_dir}/logs"]
-        cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
-
-
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def cli_env() -> dict[str, str]:
-    """Environment for CLI subprocesses: unbuffered, with tests/helpers.py importable for `+callbacks`."""
-    tests = str(Path(__file__).parent)
-    return {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
-    }
-
-
-def run_cli(
-    *args: str, cwd: Path, timeout: float = 600, module: str = "sslpath.train", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def run_main(module: str, *args: str) -> object:
-    """`python -m module args` in this process: the command's main() with sys.argv set, as its console
-    script runs it (a SystemExit propagates as the command raises it). Commands are found by name: no test
-    imports an entry module as a library."""
-    old_argv = sys.argv
-    sys.argv = [module, *args]
-    try:
-        return importlib.import_module(module).main()
-    finally:
-        sys.argv = old_argv
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> dict:
+    """One finished tiny baseline run (3 epochs, synthetic data saved as an npz) for every test that
+    only reads a trained checkpoint and its files; tests write their outputs elsewhere."""
+    run = tiny_run(tmp_path_factory.mktemp("tiny_run"))
+    run["test_predictions"] = read_csv(run["dir"] / "test_predictions.csv")
+    assert len({row["pred"] for row in run["test_predictions"]}) > 3, "the tiny model must tell classes apart"
+    return run
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sslpath.data.augment import Normalize, Pipeline
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.training.build import build_datamodule
 
-from conftest import compose_cfg
+from factories import compose_cfg
 
 
 def reference_transform(mean, std):

@@ -13,7 +13,7 @@ from sslpath.models import backbones
 from sslpath.models.checkpoint import load_inference_model
 from sslpath.training.fit import train
 
-from conftest import compose_cfg, read_metrics
+from factories import compose_cfg, read_metrics
 
 
 def stage_shapes(net, size):

@@ -17,7 +17,7 @@ from sslpath.models import backbones
 from sslpath.models.checkpoint import load_inference_model, read_metadata
 from sslpath.training.fit import train
 
-from conftest import compose_cfg, read_metrics
+from factories import compose_cfg, read_metrics
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from factories import cli_env
 
 pytestmark = pytest.mark.slow  # runs the whole benchmark script: the slow tier
 

@@ -11,18 +11,16 @@ import math
 import pickle
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from test_predict import tiny_run
 
 from sslpath.core.errors import UserError
 from sslpath.models.checkpoint import MAX_DEPTH, load_inference_model
 
-from conftest import TINY_DATA, run_cli
+from factories import TINY_DATA, run_command
 
 Meta = dict[str, Any]
 
@@ -38,8 +36,8 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory) -> dict:
-    run = tiny_run(tmp_path_factory.mktemp("run"), epochs=1)
+def real(tiny_trained) -> dict:
+    run = tiny_trained
     return {**run, "checkpoint": torch.load(run["ckpt"], map_location="cpu", weights_only=True)}
 
 
@@ -202,10 +200,9 @@ def cli_results(real, tmp_path_factory) -> dict[str, tuple[Path, Path, Any]]:
         program, ckpt, _ = CLI_CASES[case]
         cwd = tmp_path_factory.mktemp(case)
         data = [f"input={real['npz']}"] if program == "sslpath.predict" else [*TINY_DATA[:-1], "paths.log_dir=logs"]
-        return cwd, marker, run_cli(f"ckpt={ckpts[ckpt]}", *data, "device=cpu", cwd=cwd, module=program, timeout=300)
+        return cwd, marker, run_command(f"ckpt={ckpts[ckpt]}", *data, "device=cpu", cwd=cwd, module=program)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(CLI_CASES, pool.map(run, CLI_CASES)))
+    return {case: run(case) for case in CLI_CASES}
 
 
 @pytest.mark.parametrize("case", CLI_CASES)

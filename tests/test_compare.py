@@ -14,8 +14,7 @@ from sslpath.reporting.write import write_report
 from sslpath.results.compare import Comparison, compare_runs, default_pairs, named_pairs
 from sslpath.results.stats import Bootstrap
 
-from conftest import run_main
-from test_report import fake_run
+from factories import fake_run, run_main
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg, run_cli
+from factories import compose_cfg, run_command
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -75,7 +75,7 @@ def test_augment_pipelines_instantiate(tmp_path, option):
 
 
 def test_unknown_option_lists_valid_choices(tmp_path):
-    result = run_cli("model=foo", cwd=tmp_path, timeout=120)
+    result = run_command("model=foo", cwd=tmp_path)
     assert result.returncode != 0
     assert "model/foo" in result.stderr and "baseline" in result.stderr and "finetune" in result.stderr
     assert not (tmp_path / "outputs").exists()
@@ -93,7 +93,6 @@ def test_wheel_ships_every_config_and_module(tmp_path):
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(repo), "-w", str(tmp_path)],
         check=True,
         capture_output=True,
-        timeout=300,
     )
     (wheel,) = tmp_path.glob("sslpath-*.whl")
     shipped = {n.removeprefix("sslpath/conf/") for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}

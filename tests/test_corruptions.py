@@ -28,7 +28,7 @@ from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.benchmark import benchmark
 from sslpath.results.robustness import relative_drop
 
-from conftest import SAMPLE
+from factories import SAMPLE
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "corruptions"
 RANDOM = [name for name, c in CORRUPTIONS.items() if c.draw is not None]

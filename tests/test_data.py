@@ -18,26 +18,7 @@ from sslpath.data.preprocess import to_tiles
 from sslpath.data.splits import SPLITS, Split, stratified_subset
 from sslpath.data.synthetic import synthetic_splits
 
-from conftest import compose_cfg
-
-SMALL = dict(batch_size=4, eval_batch_size=4)
-
-
-def split_arrays(counts=(20, 6, 6), size=8, num_classes=3, channels=3, seed=0):
-    """The six members of a MedMNIST-format npz with random tiles and round-robin labels."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in zip(SPLITS, counts):
-        shape = (n, size, size, channels) if channels else (n, size, size)
-        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % num_classes).astype(np.uint8)[:, None]
-    return arrays
-
-
-def write_npz(path: Path, counts=(20, 6, 6), size=8, num_classes=3, channels=3, **override):
-    arrays = {**split_arrays(counts, size, num_classes, channels), **override}
-    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
+from factories import SMALL, Marker, compose_cfg, data_files, split_arrays, write_npz
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -126,16 +107,6 @@ def test_unused_huge_member_is_never_read(tmp_path):
     members["notes.txt"] = b"not an array"
     splits = read_npz(write_zip(tmp_path / "junk.npz", members), 3)
     assert len(splits["train"]) == 20
-
-
-class Marker:
-    """Unpickling it creates `path`: evidence that a reader ran pickle.loads."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 def test_pickled_member_is_refused_without_unpickling(tmp_path):
@@ -342,13 +313,6 @@ def test_download_unreachable_is_user_error(tmp_path):
     with pytest.raises(UserError, match="tried to download it from .* and could not"):
         dm.prepare_data()
     assert data_files(tmp_path) == []
-
-
-def data_files(folder: Path) -> list[str]:
-    """What a download left in its folder besides its lock file (empty, kept for the next download)."""
-    lock = [p for p in folder.glob(".*.lock")]
-    assert all(p.stat().st_size == 0 for p in lock)
-    return sorted(p.name for p in folder.iterdir() if p not in lock)
 
 
 def test_real_sample(sample_npz):

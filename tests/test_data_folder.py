@@ -16,24 +16,7 @@ from sslpath.data.datamodule import FolderDataModule
 from sslpath.data.images import read_image
 from sslpath.data.splits import SPLITS
 
-from conftest import compose_cfg
-
-COLOURS = {"adipose": (220, 40, 40), "mucus": (40, 200, 40), "tumour": (40, 40, 220)}
-FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".tif")
-SIZES = ((20, 20), (40, 32))  # width × height, as PIL counts
-
-
-def make_tiles(folder: Path, counts: dict[str, int], start: int = 0) -> None:
-    """Solid-colour tiles per class (one pixel marks the index), cycling through formats and sizes (one RGBA PNG too)."""
-    for name, n in counts.items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + n):
-            suffix = FORMATS[i % len(FORMATS)]
-            image = Image.new("RGB", SIZES[i % 2], COLOURS[name])
-            image.putpixel((0, 0), (i % 256, 0, 0))  # files differ in their bytes (JPEG may round the mark away)
-            if i == 0:
-                image, suffix = image.convert("RGBA"), ".png"
-            image.save(folder / name / f"tile{i}{suffix}")
+from factories import COLOURS, compose_cfg, make_tiles
 
 
 def corrupt(path: Path, seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import SPLITS
 
-from test_data import Marker, write_npz
+from factories import Marker, write_npz
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_sample.py"
 SHARES = np.array([0.5, 0.3, 0.2])

@@ -22,7 +22,7 @@ from sslpath.data.synthetic import synthetic_splits
 from sslpath.models.knn import WeightedKNN
 from sslpath.models.losses import NTXentLoss, nt_xent
 
-from conftest import TINY, read_metrics, run_cli
+from factories import TINY, read_metrics, run_cli
 
 WORLD = 2
 N, D_IN, D = 6, 10, 8  # images per rank, projector input and embedding widths

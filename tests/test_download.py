@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import threading
 import time
 
@@ -18,8 +17,7 @@ from sslpath.core.errors import UserError
 from sslpath.data import download as dl
 from sslpath.data.datamodule import MedMNISTDataModule
 
-from conftest import compose_cfg
-from test_data import SMALL, write_npz
+from factories import SMALL, closed_port, compose_cfg, write_npz
 
 CUT = 3000  # bytes the server sends before it drops an interrupted transfer
 
@@ -31,13 +29,6 @@ def served(file_server):
     data = source.read_bytes()
     assert len(data) > 2 * CUT
     return data, hashlib.md5(data).hexdigest(), file_server.url("pathmnist.npz")
-
-
-def closed_port() -> int:
-    """A local port nothing listens on: connecting to it is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def module(tmp_path, url, md5, download="auto", **kwargs) -> MedMNISTDataModule:

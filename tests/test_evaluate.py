@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
-from test_predict import tiny_run
+from omegaconf import OmegaConf
 
 from sslpath.core.errors import UserError
 from sslpath.data.corruptions import load_suite
@@ -25,27 +22,13 @@ from sslpath.reporting.runs import read_predictions
 from sslpath.results.metrics import classification_results
 from sslpath.training.hydra_callbacks import SweepRobustness
 
-from conftest import TINY_DATA, run_cli, run_main
-
-SYNTHETIC = [o for o in TINY_DATA if not o.startswith(("data.size", "data.batch_size"))]  # size comes from the checkpoint
+from factories import SYNTHETIC, compose_evaluate, run_command, run_main
 
 
-def compose_evaluate(*overrides: str) -> DictConfig:
-    """conf/evaluate.yaml with these overrides, as `python -m sslpath.evaluate` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module("sslpath.conf", version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    return tiny_run(tmp_path_factory.mktemp("run"))
-
-
-def test_reproduces_the_runs_test_results_and_files(trained, tmp_path, capsys):
+def test_reproduces_the_runs_test_results_and_files(tiny_trained, tmp_path, capsys):
     out = tmp_path / "eval"
-    metrics = evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={out}", "device=cpu"))
-    run = trained["metrics"]
+    metrics = evaluate(compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, f"out={out}", "device=cpu"))
+    run = tiny_trained["metrics"]
     assert metrics == json.loads((out / "metrics.json").read_text())
     assert metrics["test_acc"] == run["test_acc"] and 0.5 < run["test_acc"] < 1
     assert metrics["per_class_acc"] == run["per_class_acc"] and metrics["absent_classes"] == run["absent_classes"]
@@ -54,33 +37,32 @@ def test_reproduces_the_runs_test_results_and_files(trained, tmp_path, capsys):
     assert (metrics["model"], metrics["ckpt_path"], metrics["evaluated_split"]) == ("baseline", run["ckpt_path"], "test")
     assert metrics["num_images"] == 36 and metrics["data"]["size"] == 16 and metrics["data"]["test_count"] == 36
 
-    ours, theirs = read_predictions(out / "test_predictions.csv"), read_predictions(trained["dir"] / "test_predictions.csv")
+    ours, theirs = read_predictions(out / "test_predictions.csv"), read_predictions(tiny_trained["dir"] / "test_predictions.csv")
     assert ours[0] == theirs[0] and (ours[1] == theirs[1]).all() and (ours[2] == theirs[2]).all()
-    with np.load(out / "test_examples.npz") as a, np.load(trained["dir"] / "test_examples.npz") as b:
+    with np.load(out / "test_examples.npz") as a, np.load(tiny_trained["dir"] / "test_examples.npz") as b:
         assert all((a[k] == b[k]).all() for k in ("index", "images", "labels"))
         assert np.abs(a["probs"] - b["probs"]).max() < 1e-5
     assert (out / "report" / "results.md").is_file()
     assert f"test_acc={run['test_acc']:.4f}" in capsys.readouterr().out
 
 
-def test_cli_writes_a_fresh_run_dir_and_nothing_else(trained, tmp_path):
+def test_cli_writes_a_fresh_run_dir_and_nothing_else(tiny_trained, tmp_path):
     """The default out is a new dir under paths.log_dir named after the time and the checkpoint."""
-    result = run_cli(
-        f"ckpt={trained['ckpt']}",
+    result = run_command(
+        f"ckpt={tiny_trained['ckpt']}",
         *SYNTHETIC,
         "paths.log_dir=logs",
         "report=false",
         "device=cpu",
         cwd=tmp_path,
         module="sslpath.evaluate",
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["logs"]
     (out,) = (tmp_path / "logs" / "evaluations").iterdir()
-    assert out.name.endswith(f"_{trained['ckpt'].stem}")
+    assert out.name.endswith(f"_{tiny_trained['ckpt'].stem}")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "test_examples.npz", "test_predictions.csv"]
-    assert json.loads((out / "metrics.json").read_text())["test_acc"] == trained["metrics"]["test_acc"]
+    assert json.loads((out / "metrics.json").read_text())["test_acc"] == tiny_trained["metrics"]["test_acc"]
 
 
 def relabelled(ckpt: Path, class_names: list[str], dest: Path) -> Path:
@@ -91,25 +73,29 @@ def relabelled(ckpt: Path, class_names: list[str], dest: Path) -> Path:
     return dest
 
 
-def test_custom_npz_of_the_checkpoints_data_set(trained, tmp_path):
+def test_custom_npz_of_the_checkpoints_data_set(tiny_trained, tmp_path):
     """data.path=FILE with PathMNIST's class count is read as a cut of PathMNIST, e.g. the sample."""
-    ckpt = relabelled(trained["ckpt"], class_names("pathmnist"), tmp_path / "pathmnist.ckpt")
-    cfg = compose_evaluate(f"ckpt={ckpt}", f"data.path={trained['npz']}", f"out={tmp_path / 'eval'}", "report=false")
+    ckpt = relabelled(tiny_trained["ckpt"], class_names("pathmnist"), tmp_path / "pathmnist.ckpt")
+    cfg = compose_evaluate(f"ckpt={ckpt}", f"data.path={tiny_trained['npz']}", f"out={tmp_path / 'eval'}", "report=false")
     metrics = evaluate(cfg)
-    assert metrics["test_acc"] == trained["metrics"]["test_acc"] and list(metrics["per_class_acc"]) == class_names("pathmnist")
-    assert metrics["data"]["path"] == str(trained["npz"])
+    assert metrics["test_acc"] == tiny_trained["metrics"]["test_acc"] and list(metrics["per_class_acc"]) == class_names(
+        "pathmnist"
+    )
+    assert metrics["data"]["path"] == str(tiny_trained["npz"])
 
 
-def test_data_that_names_no_classes_takes_the_checkpoints(trained, tmp_path):
+def test_data_that_names_no_classes_takes_the_checkpoints(tiny_trained, tmp_path):
     names = list("abcdefghi")
-    ckpt = relabelled(trained["ckpt"], names, tmp_path / "named.ckpt")
+    ckpt = relabelled(tiny_trained["ckpt"], names, tmp_path / "named.ckpt")
     metrics = evaluate(compose_evaluate(f"ckpt={ckpt}", *SYNTHETIC, f"out={tmp_path / 'eval'}", "report=false"))
-    assert list(metrics["per_class_acc"]) == names and metrics["test_acc"] == trained["metrics"]["test_acc"]
+    assert list(metrics["per_class_acc"]) == names and metrics["test_acc"] == tiny_trained["metrics"]["test_acc"]
     assert read_predictions(tmp_path / "eval" / "test_predictions.csv")[0] == names
 
 
-def test_other_split(trained, tmp_path):
-    metrics = evaluate(compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, "split=val", f"out={tmp_path}", "report=false"))
+def test_other_split(tiny_trained, tmp_path):
+    metrics = evaluate(
+        compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, "split=val", f"out={tmp_path}", "report=false")
+    )
     assert metrics["evaluated_split"] == "val" and metrics["num_images"] == 36
 
 
@@ -130,11 +116,13 @@ def test_other_split(trained, tmp_path):
         (["data=synthetic", "out={tmp}/full/a.txt"], "out={tmp}/full/a.txt already exists and is a file"),
     ],
 )
-def test_data_and_settings_that_do_not_fit_are_refused(trained, tmp_path, overrides, message):
+def test_data_and_settings_that_do_not_fit_are_refused(tiny_trained, tmp_path, overrides, message):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "a.txt").write_text("someone else's file")
-    fill = {"ckpt": trained["ckpt"], "tmp": tmp_path}
-    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", f"paths.log_dir={tmp_path}/logs", *(o.format(**fill) for o in overrides))
+    fill = {"ckpt": tiny_trained["ckpt"], "tmp": tmp_path}
+    cfg = compose_evaluate(
+        f"ckpt={tiny_trained['ckpt']}", f"paths.log_dir={tmp_path}/logs", *(o.format(**fill) for o in overrides)
+    )
     with pytest.raises(UserError) as err:
         evaluate(cfg)
     assert message.format(**fill) in str(err.value) and "\n" not in str(err.value)
@@ -154,14 +142,14 @@ ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robus
 
 
 @pytest.fixture(scope="module")
-def robust(trained, tmp_path_factory) -> dict:
+def robust(tiny_trained, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("robust") / "eval"
-    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={out}", "device=cpu", "corruptions=pathology")
+    cfg = compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, f"out={out}", "device=cpu", "corruptions=pathology")
     metrics = evaluate(cfg)
     return {"out": out, "metrics": metrics, "record": json.loads((out / "robustness.json").read_text())}
 
 
-def test_corruption_benchmark_writes_its_table_and_figure(trained, robust):
+def test_corruption_benchmark_writes_its_table_and_figure(tiny_trained, robust):
     out, metrics, record = robust["out"], robust["metrics"], robust["record"]
     assert metrics == json.loads((out / "metrics.json").read_text())
     assert set(ROBUSTNESS_FILES) <= {p.name for p in out.iterdir()}
@@ -171,7 +159,7 @@ def test_corruption_benchmark_writes_its_table_and_figure(trained, robust):
     rows = record["rows"]
     assert [(r["corruption"], r["severity"]) for r in rows[:2]] == [("clean", 0), ("stain_shift", 1)] and len(rows) == 1 + 11 * 5
     # the clean row is the evaluation's (and the training run's) test accuracy, exactly
-    assert rows[0]["acc"] == metrics["test_acc"] == trained["metrics"]["test_acc"] and rows[0]["auc"] == metrics["test_auc"]
+    assert rows[0]["acc"] == metrics["test_acc"] == tiny_trained["metrics"]["test_acc"] and rows[0]["auc"] == metrics["test_auc"]
     summary = metrics["robustness"]
     assert summary == record["summary"] and summary["num_images"] == 36 and len(summary["corruptions"]) == 11
     assert summary["mean_corruption_acc"] == pytest.approx(np.mean([r["acc"] for r in rows[1:]]))
@@ -186,20 +174,20 @@ def test_corruption_benchmark_writes_its_table_and_figure(trained, robust):
     assert f"Clean accuracy {100 * metrics['test_acc']:.1f}%" in md
 
 
-def test_severity_zero_reproduces_the_clean_evaluation_exactly(trained):
-    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", "device=cpu")
+def test_severity_zero_reproduces_the_clean_evaluation_exactly(tiny_trained):
+    cfg = compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", "device=cpu")
     suite, batch = load_suite(cfg.corruptions), cfg.data.eval_batch_size
-    meta, split, predict = load_split(cfg, trained["ckpt"], torch.device("cpu"))
+    meta, split, predict = load_split(cfg, tiny_trained["ckpt"], torch.device("cpu"))
     clean = predict_split(predict, split.images, batch)
-    assert classification_results(clean, split.labels, meta.class_names)["test_acc"] == trained["metrics"]["test_acc"]
+    assert classification_results(clean, split.labels, meta.class_names)["test_acc"] == tiny_trained["metrics"]["test_acc"]
     for name in suite.names:
         assert torch.equal(predict_split(predict, suite.corrupt(split.images, name, 0), batch), clean), name
         assert not torch.equal(predict_split(predict, suite.corrupt(split.images, name, 5), batch), clean), name
 
 
-def test_unknown_corruption_exits_2_before_any_work(trained, tmp_path):
-    result = run_cli(
-        f"ckpt={trained['ckpt']}",
+def test_unknown_corruption_exits_2_before_any_work(tiny_trained, tmp_path):
+    result = run_command(
+        f"ckpt={tiny_trained['ckpt']}",
         *SYNTHETIC,
         "corruptions=pathology",
         "corruptions.names=[fog,jpeg_compression]",
@@ -207,7 +195,6 @@ def test_unknown_corruption_exits_2_before_any_work(trained, tmp_path):
         "device=cpu",
         cwd=tmp_path,
         module="sslpath.evaluate",
-        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "sslpath.evaluate: error: corruptions.names lists fog, not among the configured corruptions" in result.stderr
@@ -223,18 +210,18 @@ def test_unknown_corruption_exits_2_before_any_work(trained, tmp_path):
         ("+corruptions.params.fog=[1,2,3,4,5]", "corruptions.params names unknown corruptions: fog"),
     ],
 )
-def test_bad_corruption_settings_are_refused(trained, tmp_path, override, message):
-    cfg = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", override, f"out={tmp_path / 'e'}")
+def test_bad_corruption_settings_are_refused(tiny_trained, tmp_path, override, message):
+    cfg = compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, "corruptions=pathology", override, f"out={tmp_path / 'e'}")
     with pytest.raises(UserError, match=re.escape(message)):
         evaluate(cfg)
     assert not (tmp_path / "e").exists()
 
 
-def test_robustness_report_compares_models_on_the_same_corruptions(trained, robust, tmp_path):
+def test_robustness_report_compares_models_on_the_same_corruptions(tiny_trained, robust, tmp_path):
     probe = tmp_path / "probe"
     evaluate(
         compose_evaluate(
-            f"ckpt={trained['ckpt']}",
+            f"ckpt={tiny_trained['ckpt']}",
             *SYNTHETIC,
             f"out={probe}",
             "device=cpu",
@@ -252,7 +239,7 @@ def test_robustness_report_compares_models_on_the_same_corruptions(trained, robu
     subset = tmp_path / "subset"
     evaluate(
         compose_evaluate(
-            f"ckpt={trained['ckpt']}",
+            f"ckpt={tiny_trained['ckpt']}",
             *SYNTHETIC,
             f"out={subset}",
             "device=cpu",
@@ -266,18 +253,18 @@ def test_robustness_report_compares_models_on_the_same_corruptions(trained, robu
     assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
 
 
-def test_sweep_callback_benchmarks_each_jobs_best_checkpoint(trained, tmp_path):
+def test_sweep_callback_benchmarks_each_jobs_best_checkpoint(tiny_trained, tmp_path):
     """experiment=robustness's Hydra callback, on a sweep dir holding the tiny run as its job 0."""
     sweep = tmp_path / "sweep"
     job = sweep / "0_baseline"
     job.mkdir(parents=True)
     for name in ("metrics.json", "config.yaml"):
-        shutil.copy(trained["dir"] / name, job / name)
+        shutil.copy(tiny_trained["dir"] / name, job / name)
     suite = {"params": {"jpeg_compression": [50, 30, 15, 10, 7], "stain_shift": [0.05, 0.1, 0.15, 0.2, 0.25]}}
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "robustness": suite})
     SweepRobustness(device="cpu").on_multirun_end(config)
     assert sorted(p.name for p in (job / "robustness").iterdir()) == ROBUSTNESS_FILES
     record = json.loads((job / "robustness" / "robustness.json").read_text())
-    assert record["rows"][0]["acc"] == trained["metrics"]["test_acc"]
+    assert record["rows"][0]["acc"] == tiny_trained["metrics"]["test_acc"]
     assert record["summary"]["corruptions"] == list(suite["params"])
     assert "| baseline | " in (sweep / "robustness" / "robustness_comparison.md").read_text()

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_evaluate import SYNTHETIC, compose_evaluate
 
 from sslpath.checks.validate import validate
 from sslpath.core.errors import UserError
@@ -17,7 +16,7 @@ from sslpath.results import stats
 from sslpath.results.calibration import expected_calibration_error
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import SYNTHETIC, compose_cfg, compose_evaluate
 
 EVAL = ["eval.bootstrap_resamples=2000", "eval.ci_level=0.9", "eval.bootstrap_seed=3"]
 

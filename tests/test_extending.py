@@ -23,8 +23,7 @@ from sslpath.reporting.write import write_report
 from sslpath.training import chain
 from sslpath.training.fit import train
 
-from conftest import TINY_DATA, compose_cfg, read_metrics
-from test_report import table
+from factories import TINY_DATA, compose_cfg, read_metrics, table
 
 
 class Toy(SSLMethod):

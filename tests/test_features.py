@@ -18,7 +18,7 @@ from sslpath.models.checkpoint import load_ssl_backbone
 from sslpath.training.build import build_datamodule
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import compose_cfg
 
 
 def blobs(n: int, seed: int, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from test_download import closed_port
 from test_reliability import cli
 
 from sslpath.data.download import partial_path, size_text
 from sslpath.training import rundir as runs
 
-from conftest import TINY_TRAINER, cli_env, read_metrics, run_cli
-from test_data import write_npz
+from factories import TINY_TRAINER, cli_env, closed_port, read_metrics, run_cli, write_npz
 
 # The official 28 px file's format at a tiny size: 48 training tiles, a few seconds of SSL on 2 CPU cores.
 COUNTS = (48, 18, 18)

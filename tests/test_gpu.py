@@ -17,7 +17,7 @@ from sslpath.models.losses import nt_xent
 from sslpath.training.build import build_datamodule, build_model
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import compose_cfg
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import compose_cfg
 
 # AdamW for every model, SimCLR included: at batch 32 its paper preset (LARS, lr 0.3 × 32/256) moves the
 # backbone and the online probe too little in 36 steps to test learning (docs/methods.md).

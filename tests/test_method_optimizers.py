@@ -8,15 +8,13 @@ import lightning as L
 import pytest
 import torch
 from lightly.utils.scheduler import cosine_schedule
-from test_methods import build
-from test_methods_reference import fit
 from torch import nn
 
 from sslpath.checks.validate import validate
 from sslpath.models.optim import build_optimizer, parameter_groups, split_settings
 from sslpath.training.build import build_datamodule, build_model
 
-from conftest import compose_cfg
+from factories import build, compose_cfg, fit
 
 LARS = "lightly.utils.lars.LARS"
 # method -> (optimizer class, lr at batch 256, weight decay, extra settings): the table in docs/methods.md

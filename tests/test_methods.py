@@ -22,28 +22,13 @@ from sslpath.models.checkpoint import load_checkpoint, read_metadata
 from sslpath.models.losses import MoCoV3Loss, info_nce
 from sslpath.models.ssl import SSLMethod
 from sslpath.training import chain
-from sslpath.training.build import build_model
 from sslpath.training.fit import train
 
 import helpers
-from conftest import compose_cfg, read_metrics
+from factories import SMALL_HEADS, build, compose_cfg, read_metrics
 
-# Narrow heads for the tiny backbone; the configs' defaults are the papers' widths (docs/methods.md).
-SMALL_HEADS = {
-    "byol": ["projector_hidden_dim=32", "projector_dim=16", "predictor_hidden_dim=32"],
-    "mocov3": ["projector_hidden_dim=32", "projector_dim=16", "predictor_hidden_dim=32"],
-    "barlowtwins": ["projector_hidden_dim=32", "projector_dim=16"],
-    "vicreg": ["projector_hidden_dim=32", "projector_dim=16"],
-    "dino": ["head_hidden_dim=32", "head_bottleneck_dim=8", "head_dim=16"],
-}
 METHODS = list(SMALL_HEADS)
 MOMENTUM_METHODS = ["byol", "mocov3", "dino"]
-
-
-def build(tmp_path: Path, method: str, *overrides: str) -> SSLMethod:
-    """The model `model=<method>` instantiates (tiny backbone, narrow heads)."""
-    cfg = compose_cfg(tmp_path, [f"model={method}", *(f"model.{o}" for o in SMALL_HEADS[method]), *overrides])
-    return build_model(cfg, num_classes=9)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import lightning as L
 import pytest
 import torch
 from lightly.utils.scheduler import cosine_schedule
-from test_methods import SMALL_HEADS, build
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -19,27 +18,9 @@ from sslpath.models import momentum as ema
 from sslpath.models.checkpoint import load_checkpoint, load_ssl_backbone
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import SMALL_HEADS, build, compose_cfg, fit
 
 PER_VIEW = ["byol", "mocov3", "barlowtwins", "vicreg"]
-
-
-def fit(model: L.LightningModule, steps: int = 3, batch: int = 8, **trainer_args) -> L.Trainer:
-    gen = torch.Generator().manual_seed(11)
-    n = steps * batch
-    data = TensorDataset(torch.rand(n, 3, 16, 16, generator=gen), torch.rand(n, 3, 16, 16, generator=gen), torch.arange(n) % 9)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **trainer_args,
-    )
-    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=batch))
-    return trainer
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,57 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 from PIL import Image
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import spreadsheet_safe
 from sslpath.data.augment import BatchTransform
 from sslpath.data.preprocess import to_tiles
-from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.predict import predict
 from sslpath.models.checkpoint import load_inference_model
-from sslpath.training.fit import train
 
-from conftest import compose_cfg, run_cli
-
-
-def tiny_run(out: Path, epochs: int = 3) -> dict:
-    """A tiny baseline run that tells the synthetic classes apart, plus its data saved as a
-    MedMNIST-format npz (the tests of predict, evaluate and checkpoints share it)."""
-    cfg = compose_cfg(out, ["model=baseline", f"trainer.max_epochs={epochs}", "optimizer.lr=0.01"])
-    counts = {split: cfg.data[f"{split}_count"] for split in ("train", "val", "test")}
-    splits = synthetic_splits(cfg.data.size, cfg.data.num_classes, counts, cfg.seed)
-    metrics = train(cfg)
-    npz = out / "synthetic.npz"
-    np.savez(
-        npz,
-        **{f"{k}_images": s.images.permute(0, 2, 3, 1).numpy() for k, s in splits.items()},
-        **{f"{k}_labels": s.labels.numpy()[:, None] for k, s in splits.items()},
-    )
-    return {"dir": out, "ckpt": Path(metrics["ckpt_path"]), "npz": npz, "splits": splits, "metrics": metrics}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def compose_predict(*overrides: str) -> DictConfig:
-    """conf/predict.yaml with these overrides, as `python -m sslpath.predict` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module("sslpath.conf", version_base="1.3"):
-        return compose("predict", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    run = tiny_run(tmp_path_factory.mktemp("run"))
-    run["test_predictions"] = read_csv(run["dir"] / "test_predictions.csv")
-    assert len({row["pred"] for row in run["test_predictions"]}) > 3, "the tiny model must tell classes apart"
-    return run
+from factories import compose_predict, read_csv, run_command
 
 
 def expected_probs(ckpt: Path, tiles: torch.Tensor) -> np.ndarray:
@@ -74,24 +33,28 @@ def probs_of(rows: list[dict[str, str]], columns: list[str]) -> np.ndarray:
     return np.array([[float(row[c]) for c in columns] for row in rows])
 
 
-def test_npz_predictions_equal_the_runs_test_predictions(trained, tmp_path, capsys):
+def test_npz_predictions_equal_the_runs_test_predictions(tiny_trained, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "batch_size=10", "device=cpu"))
+    predict(
+        compose_predict(
+            f"ckpt={tiny_trained['ckpt']}", f"input={tiny_trained['npz']}", f"out={out}", "batch_size=10", "device=cpu"
+        )
+    )
     rows, names = read_csv(out), [f"class {i}" for i in range(9)]
     assert list(rows[0]) == ["file", "predicted", *names]
     assert [row["file"] for row in rows] == [f"synthetic.npz:test[{i}]" for i in range(36)]
-    run = trained["test_predictions"]
+    run = tiny_trained["test_predictions"]
     assert [row["predicted"] for row in rows] == [names[int(row["pred"])] for row in run]
     assert np.abs(probs_of(rows, names) - probs_of(run, [f"p_{n}" for n in names])).max() <= 2e-6
     assert "36 images" in capsys.readouterr().out
 
-    predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "split=val"))
+    predict(compose_predict(f"ckpt={tiny_trained['ckpt']}", f"input={tiny_trained['npz']}", f"out={out}", "split=val"))
     assert read_csv(out)[-1]["file"] == "synthetic.npz:val[35]"
 
 
-def test_image_folder_of_mixed_sizes_skips_corrupt_files_and_leaves_nothing_else(trained, tmp_path):
+def test_image_folder_of_mixed_sizes_skips_corrupt_files_and_leaves_nothing_else(tiny_trained, tmp_path):
     """One CLI run: Hydra must leave no outputs/, .hydra/ or log file, only the predictions."""
-    tiles = trained["splits"]["test"].images.permute(0, 2, 3, 1).numpy()
+    tiles = tiny_trained["splits"]["test"].images.permute(0, 2, 3, 1).numpy()
     folder = tmp_path / "tiles"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(tiles[0]).save(folder / "a_native.png")  # model size, lossless: as the npz
@@ -103,27 +66,25 @@ def test_image_folder_of_mixed_sizes_skips_corrupt_files_and_leaves_nothing_else
     (folder / "truncated.jpg").write_bytes((folder / "a_native.png").read_bytes()[:60])
     (folder / "notes.txt").write_text("not an image suffix: ignored")
 
-    result = run_cli(f"ckpt={trained['ckpt']}", "input=tiles", "device=cpu", cwd=tmp_path, module="sslpath.predict", timeout=300)
+    result = run_command(f"ckpt={tiny_trained['ckpt']}", "input=tiles", "device=cpu", cwd=tmp_path, module="sslpath.predict")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "tiles"]
     rows = read_csv(tmp_path / "predictions.csv")
     assert [row["file"] for row in rows] == ["a_native.png", "b_large.png", "d_gray.bmp", "sub/c_wide.tiff"]
     names = [f"class {i}" for i in range(9)]
-    expected = expected_probs(trained["ckpt"], torch.cat([to_tiles(tiles[:1], 16), to_tiles(large[None], 16)]))
+    expected = expected_probs(tiny_trained["ckpt"], torch.cat([to_tiles(tiles[:1], 16), to_tiles(large[None], 16)]))
     assert np.abs(probs_of(rows[:2], names) - expected).max() <= 2e-6  # the training resize, not PIL's
-    assert rows[0]["predicted"] == names[int(trained["test_predictions"][0]["pred"])]
+    assert rows[0]["predicted"] == names[int(tiny_trained["test_predictions"][0]["pred"])]
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 2 and "broken.png" in skipped[0] and "truncated.jpg" in skipped[1]
     assert "4 images" in result.stdout and "2 skipped" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_nothing_readable_exits_2_and_writes_nothing(trained, tmp_path):
+def test_nothing_readable_exits_2_and_writes_nothing(tiny_trained, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
-    result = run_cli(
-        f"ckpt={trained['ckpt']}", f"input={folder}", "out=p.csv", cwd=tmp_path, module="sslpath.predict", timeout=300
-    )
+    result = run_command(f"ckpt={tiny_trained['ckpt']}", f"input={folder}", "out=p.csv", cwd=tmp_path, module="sslpath.predict")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr
@@ -131,25 +92,25 @@ def test_nothing_readable_exits_2_and_writes_nothing(trained, tmp_path):
     assert error.startswith(f"sslpath.predict: error: no readable images in {folder}") and "nothing was written" in error
 
 
-def test_one_image_file(trained, tmp_path):
+def test_one_image_file(tiny_trained, tmp_path):
     image = tmp_path / "one.png"
-    Image.fromarray(trained["splits"]["test"].images[5].permute(1, 2, 0).numpy()).save(image)
-    out = predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={image}", f"out={tmp_path / 'o.csv'}"))
+    Image.fromarray(tiny_trained["splits"]["test"].images[5].permute(1, 2, 0).numpy()).save(image)
+    out = predict(compose_predict(f"ckpt={tiny_trained['ckpt']}", f"input={image}", f"out={tmp_path / 'o.csv'}"))
     rows = read_csv(out)
     assert [row["file"] for row in rows] == ["one.png"]
-    assert rows[0]["predicted"] == f"class {trained['test_predictions'][5]['pred']}"
+    assert rows[0]["predicted"] == f"class {tiny_trained['test_predictions'][5]['pred']}"
 
 
-def test_formula_cells_are_escaped(trained, tmp_path):
+def test_formula_cells_are_escaped(tiny_trained, tmp_path):
     """File names come from the user's disk and class names from the checkpoint: neither may become a formula."""
-    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt = torch.load(tiny_trained["ckpt"], map_location="cpu", weights_only=True)
     ckpt["sslpath"]["class_names"] = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", *[f"c{i}" for i in range(5)]]
     hostile = tmp_path / "hostile.ckpt"
     torch.save(ckpt, hostile)
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("=cmd.png", "+a.png", "-b.png", "@c.png", "plain.png"):
-        Image.fromarray(trained["splits"]["test"].images[0].permute(1, 2, 0).numpy()).save(folder / name)
+        Image.fromarray(tiny_trained["splits"]["test"].images[0].permute(1, 2, 0).numpy()).save(folder / name)
     out = predict(compose_predict(f"ckpt={hostile}", f"input={folder}", f"out={tmp_path / 'p.csv'}"))
     with out.open(newline="") as f:
         rows = list(csv.reader(f))
@@ -200,17 +161,17 @@ def test_bad_arguments_are_one_paragraph(overrides, message, tmp_path, monkeypat
     assert not (tmp_path / "predictions.csv").exists()
 
 
-def test_npz_is_read_through_header_checks(trained, tmp_path):
+def test_npz_is_read_through_header_checks(tiny_trained, tmp_path):
     """A forged header declaring a huge split is refused before any allocation; other splits are never read."""
     forged = tmp_path / "forged.npz"
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 16, 16, 3), np.uint8))
     header["shape"] = (10**9, 512, 512, 3)
-    with np.load(trained["npz"]) as data, zipfile.ZipFile(forged, "w") as zf:
+    with np.load(tiny_trained["npz"]) as data, zipfile.ZipFile(forged, "w") as zf:
         with zf.open("test_images.npy", "w") as f:
             np.lib.format.write_array_header_1_0(f, header)
         with zf.open("val_images.npy", "w") as f:
             np.lib.format.write_array(f, data["val_images"])
-    args = [f"ckpt={trained['ckpt']}", f"input={forged}", f"out={tmp_path / 'p.csv'}"]
+    args = [f"ckpt={tiny_trained['ckpt']}", f"input={forged}", f"out={tmp_path / 'p.csv'}"]
     with pytest.raises(UserError, match="declares arrays needing .* GiB"):
         predict(compose_predict(*args))
     assert len(read_csv(predict(compose_predict(*args, "split=val")))) == 36
@@ -219,6 +180,6 @@ def test_npz_is_read_through_header_checks(trained, tmp_path):
 
 
 def test_help_page_writes_nothing(tmp_path):
-    result = run_cli("--help", cwd=tmp_path, module="sslpath.predict", timeout=120)
+    result = run_command("--help", cwd=tmp_path, module="sslpath.predict")
     assert result.returncode == 0 and "ckpt=PATH input=FILE_OR_DIR" in result.stdout
     assert list(tmp_path.iterdir()) == []

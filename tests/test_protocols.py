@@ -9,7 +9,6 @@ import logging
 import pytest
 import safetensors.torch as st
 import torch
-from test_evaluate import compose_evaluate
 
 from sslpath.core.errors import UserError
 from sslpath.evaluation import encoders
@@ -18,7 +17,7 @@ from sslpath.evaluation.protocols import run as evaluate
 from sslpath.models.backbones import build
 from sslpath.training.fit import train
 
-from conftest import TINY_DATA, compose_cfg, run_cli
+from factories import TINY_DATA, compose_cfg, compose_evaluate, run_command
 
 SYNTHETIC = [o for o in TINY_DATA if not o.startswith(("data.size", "data.batch_size"))]
 SMALL = {  # a few seconds on two cores
@@ -136,7 +135,7 @@ def test_a_pickle_as_encoder_weights_is_refused_with_exit_2(weights, tmp_path):
     pth = tmp_path / "encoder.pth"
     torch.save(st.load_file(weights), pth)
     args = ["encoder=timm/test_resnet", f"encoder.weights={pth}", "protocol=knn", *SYNTHETIC, f"out={tmp_path / 'o'}"]
-    result = run_cli(*args, cwd=tmp_path, module="sslpath.evaluate", timeout=300)
+    result = run_command(*args, cwd=tmp_path, module="sslpath.evaluate")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "is a PyTorch zip archive (torch.save: .pt/.pth/.ckpt), holding a pickle" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()

@@ -21,8 +21,7 @@ from sslpath.training import checkpoint_writer as checkpoint_io
 from sslpath.training.fit import train
 from sslpath.training.rundir import LOCK
 
-from conftest import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, read_metrics, run_cli, run_main
-from test_data import data_files, write_npz
+from factories import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, data_files, read_metrics, run_cli, run_main, write_npz
 
 RESULT_GLOBS = ("*.ckpt", "metrics.json", "test_predictions.csv", "results.md", "*.tmp", "*.part")
 

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from scipy.stats import norm, t
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
 from sslpath.models import registry
@@ -26,91 +24,10 @@ from sslpath.reporting.runs import load_run
 from sslpath.reporting.style import kind_colour, short_class_names
 from sslpath.reporting.tables import group_runs
 from sslpath.reporting.write import MARKER, write_report
-from sslpath.results.metrics import classification_results
-from sslpath.results.record import RunRecord, write_record
 
-from conftest import run_cli, run_main
+from factories import PATHMNIST, fake_run, run_command, run_main, table
 
-PATHMNIST = [
-    "adipose",
-    "background",
-    "debris",
-    "lymphocytes",
-    "mucus",
-    "smooth muscle",
-    "normal colon mucosa",
-    "cancer-associated stroma",
-    "colorectal adenocarcinoma epithelium",
-]
 ABBREVIATIONS = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
-
-
-def fake_run(
-    run_dir: Path,
-    *,
-    model: str = "baseline",
-    run_name: str | None = None,
-    seed: int = 0,
-    fraction: float = 1.0,
-    right: int = 60,
-    n: int = 90,
-    classes: list[str] = PATHMNIST,
-    wall_seconds: float = 150.0,
-    epochs: int = 3,
-    **metrics: object,
-) -> Path:
-    """A finished run: n test images (labels cycling through the classes), the first `right` predicted right,
-    metrics.json agreeing with them (test AUC as sslpath computes it; written as runs write it), example images
-    and validation curves in tb/."""
-    labels = np.arange(n) % len(classes)
-    preds = np.where(np.arange(n) < right, labels, (labels + 1) % len(classes))
-    probs = np.eye(len(classes))[preds] * 0.8 + 0.2 / len(classes)
-    logits = torch.from_numpy(np.log(probs))
-    auc = classification_results(logits, torch.from_numpy(labels), list(classes))["test_auc"]
-    run_dir.mkdir(parents=True)
-    record = RunRecord(
-        model=model,
-        run_name=run_name or model,
-        seed=seed,
-        label_fraction=fraction,
-        test_loss=1.0 - right / n,
-        test_acc=right / n,
-        test_auc=auc,
-        best_val_acc=0.7,
-        per_class_acc=dict.fromkeys(classes, 0.5),
-        absent_classes=[],
-        epochs=epochs,
-        wall_seconds=wall_seconds,
-        ckpt_path=str(run_dir / "checkpoints" / "best.ckpt"),
-        **metrics,
-    )
-    write_record(run_dir, record)
-    rows = ["index,label,pred," + ",".join(f"p_{name}" for name in classes)]
-    rows += [f"{i},{y},{p}," + ",".join(f"{v:.6f}" for v in prob) for i, (y, p, prob) in enumerate(zip(labels, preds, probs))]
-    (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
-    rng = np.random.default_rng(seed)
-    np.savez(
-        run_dir / "test_examples.npz",
-        index=np.arange(12),
-        images=rng.integers(0, 256, (12, 28, 28, 3), dtype=np.uint8),
-        labels=labels[:12],
-        probs=probs[:12],
-    )
-    writer = SummaryWriter(str(run_dir / "tb"))
-    for epoch in range(epochs):
-        step = 10 * (epoch + 1)
-        writer.add_scalar("epoch", epoch, step)
-        writer.add_scalar("val/acc", 0.3 + 0.1 * epoch + 0.01 * seed, step)
-        writer.add_scalar("val/loss", 2.0 - 0.3 * epoch, step)
-    writer.close()
-    return run_dir
-
-
-def table(results_md: Path) -> list[dict[str, str]]:
-    """The first markdown table of a file, one {column: cell} per row."""
-    lines = [line for line in results_md.read_text().split("\n\n## ")[0].splitlines() if line.startswith("|")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return [dict(zip(rows[0], row)) for row in rows[2:]]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -447,7 +364,7 @@ def test_cli_regenerates_the_same_table(runs, report):
     expected = {name: (report.parent / name).read_text() for name in ("results.md", "results.csv")}
     names = ("0_baseline", "1_baseline", "2_ssl")
     # Run dirs named one by one: the default output is report/ under their common parent.
-    result = run_cli(
+    result = run_command(
         *(str(runs / name) for name in names),
         "--formats",
         "png,pdf",
@@ -455,7 +372,6 @@ def test_cli_regenerates_the_same_table(runs, report):
         "100",
         cwd=runs,
         module="sslpath.report",
-        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(runs / "report" / "results.md") in result.stdout

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from test_report_validation import edit_json
 from torch.utils.tensorboard import SummaryWriter
 
 from sslpath.core.errors import UserError
@@ -22,8 +21,7 @@ from sslpath.reporting.runs import load_run
 from sslpath.reporting.write import MARKER, write_report
 from sslpath.training.hydra_callbacks import SweepReport
 
-from conftest import run_cli, run_main
-from test_report import fake_run
+from factories import edit_json, fake_run, run_command, run_main
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -271,6 +269,6 @@ def test_cli_refusals_have_no_traceback(tmp_path):
     run = fake_run(tmp_path / "run")
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "notes.txt").write_text("precious")
-    result = run_cli(str(run), "--out", "v", "--no-tensorboard", cwd=tmp_path, module="sslpath.report", timeout=120)
+    result = run_command(str(run), "--out", "v", "--no-tensorboard", cwd=tmp_path, module="sslpath.report")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not an sslpath report" in result.stderr
     assert (tmp_path / "v" / "notes.txt").read_text() == "precious"

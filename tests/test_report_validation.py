@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -13,19 +12,7 @@ import pytest
 from sslpath.core.errors import UserError
 from sslpath.reporting.write import write_report
 
-from conftest import run_main
-from test_report import fake_run
-
-
-def edit_json(**changes: object) -> Callable[[Path], None]:
-    """Change (or, with value ..., delete) metrics.json keys."""
-
-    def edit(run: Path) -> None:
-        metrics = json.loads((run / "metrics.json").read_text())
-        metrics.update(changes)
-        (run / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if v is not ...}))
-
-    return edit
+from factories import edit_json, fake_run, run_main
 
 
 def write(name: str, content: str | bytes) -> Callable[[Path], None]:

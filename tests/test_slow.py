@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import read_metrics, run_cli
+from factories import read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 

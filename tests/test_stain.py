@@ -20,7 +20,7 @@ from sslpath.data.stain import RandomHEDJitter, RandomRotate90, density_to_rgb, 
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.training.fit import train
 
-from conftest import SAMPLE, compose_cfg
+from factories import compose_cfg, he_tiles
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -65,17 +65,6 @@ def test_jitter_is_tellez_alpha_s_plus_beta_in_scikit_images_hed():
         ]
     )
     torch.testing.assert_close(jitter_stains(x, alpha, beta).double(), expected, atol=TOL, rtol=0)
-
-
-def he_tiles(n: int = 199) -> torch.Tensor:
-    """uint8 N×3×28×28, skip-free: the sample's test tiles when SSLPATH_SAMPLE_NPZ names it, else fixed H&E-like
-    tiles (positive haematoxylin and eosin, a trace of DAB, varying per pixel), on which the results agree."""
-    if SAMPLE and Path(SAMPLE).is_file():
-        with np.load(SAMPLE) as npz:
-            return torch.from_numpy(npz["test_images"][:n]).permute(0, 3, 1, 2).contiguous()
-    gen = torch.Generator().manual_seed(0)
-    density = torch.rand(n, 3, 28, 28, generator=gen, dtype=torch.float64) * torch.tensor([0.6, 0.5, 0.05]).view(1, 3, 1, 1)
-    return (density_to_rgb(density + 0.02) * 255).round().to(torch.uint8)
 
 
 def reference_change(images: torch.Tensor, spread: float, repeats: int, seed: int = 0) -> float:

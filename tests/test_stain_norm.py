@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_evaluate import SYNTHETIC, compose_evaluate
-from test_predict import compose_predict, read_csv
-from test_stain import he_tiles
 
 from sslpath.core.errors import UserError
 from sslpath.data.augment import BatchTransform
@@ -24,7 +21,7 @@ from sslpath.evaluation.predict import predict
 from sslpath.models.checkpoint import load_inference_model, read_metadata
 from sslpath.training.fit import train
 
-from conftest import compose_cfg
+from factories import SYNTHETIC, compose_cfg, compose_evaluate, compose_predict, he_tiles, read_csv
 
 IO, ALPHA, BETA = 240.0, 1.0, 0.15
 

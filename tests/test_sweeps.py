@@ -25,8 +25,7 @@ from sslpath.reporting.runs import load_run
 from sslpath.reporting.tables import group_runs
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
-from conftest import TINY, compose_cfg, run_cli
-from test_report import fake_run
+from factories import TINY, compose_cfg, fake_run, run_command
 
 CLASSES = ["c0", "c1", "c2"]
 
@@ -198,7 +197,7 @@ def test_bad_protocol_settings_are_refused(tmp_path, overrides, message):
 
 def test_label_efficiency_pretrains_once_per_seed(tmp_path):
     """Two label fractions of one seed: one SSL stage, reused (and logged as such) by the second job."""
-    result = run_cli(
+    result = run_command(
         "experiment=label_efficiency",
         "model=finetune",
         "data.label_fraction=0.5,1.0",
@@ -207,7 +206,6 @@ def test_label_efficiency_pretrains_once_per_seed(tmp_path):
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (stage,) = (tmp_path / "sweep" / "pretrain").glob("*/metrics.json")  # the sweep's jobs share it
@@ -278,7 +276,7 @@ def test_main_returns_the_optimized_metric(tmp_path):
 def test_optuna_search_writes_best_params(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
     tiny = [o for o in TINY if not o.startswith("data.batch_size=")]  # batch size stays in the search space
-    result = run_cli(
+    result = run_command(
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
@@ -286,7 +284,6 @@ def test_optuna_search_writes_best_params(tmp_path):
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
@@ -304,7 +301,7 @@ def test_optuna_search_writes_best_params(tmp_path):
 
 def test_wrong_optimized_metric_fails_before_training(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
-    result = run_cli(
+    result = run_command(
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
@@ -314,7 +311,6 @@ def test_wrong_optimized_metric_fails_before_training(tmp_path):
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
-        timeout=120,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import TINY, read_metrics, run_cli
+from factories import TINY, read_metrics, run_command
 
 
 def hparams_summary(tb_dir: Path) -> tuple[dict, dict]:
@@ -35,7 +35,7 @@ def hparams_summary(tb_dir: Path) -> tuple[dict, dict]:
 
 
 def test_multirun_hparams_summaries_read_back(tmp_path):
-    result = run_cli(
+    result = run_command(
         "-m",
         "model=baseline",
         "optimizer.lr=0.001,0.002,0.004",
@@ -61,7 +61,7 @@ def test_multirun_hparams_summaries_read_back(tmp_path):
 
 
 def test_many_loggers(tmp_path):
-    result = run_cli(
+    result = run_command(
         *TINY, "logger=many_loggers", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,7 +78,9 @@ def test_many_loggers(tmp_path):
 
 @pytest.mark.parametrize("preset", ["fdr", "limit", "profiler"])
 def test_debug_presets_finish(tmp_path, preset):
-    result = run_cli(*TINY, f"debug={preset}", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    result = run_command(
+        *TINY, f"debug={preset}", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
     assert (metrics["ckpt_path"] is None) == (preset == "fdr")
@@ -90,7 +92,7 @@ NOISE = ("💡 Tip", "LeafSpec", "Directory watcher", "log_every_n_steps", "Trac
 
 
 def test_a_default_run_prints_no_third_party_noise_and_logs_each_epoch(tmp_path):
-    result = run_cli(
+    result = run_command(
         *TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ from sslpath.models.checkpoint import load_checkpoint, read_metadata
 from sslpath.training.fit import train
 
 import helpers
-from conftest import TINY, compose_cfg, read_metrics, run_cli
+from factories import TINY, compose_cfg, read_metrics, run_command
 
 METRIC_KEYS = {"test_loss", "test_acc", "test_auc", "per_class_acc", "absent_classes", "ckpt_path", "epochs", "wall_seconds"}
 
@@ -100,7 +100,7 @@ def test_finetune_from_given_checkpoint_and_linear_probe(tmp_path):
 
 
 def test_multirun_baseline_and_simclr(tmp_path):
-    result = run_cli("-m", "model=baseline,simclr", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    result = run_command("-m", "model=baseline,simclr", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
     assert runs == ["0_baseline", "1_simclr"]
@@ -109,7 +109,7 @@ def test_multirun_baseline_and_simclr(tmp_path):
 def test_a_chain_with_only_hydra_run_dir_writes_nothing_in_the_current_dir(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = run_cli("model=finetune", *TINY, f"hydra.run.dir={tmp_path}/elsewhere/run", cwd=cwd)
+    result = run_command("model=finetune", *TINY, f"hydra.run.dir={tmp_path}/elsewhere/run", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(cwd.iterdir()) == []
     assert read_metrics(tmp_path / "elsewhere" / "run")["pretrained_ckpt"].startswith(
@@ -118,14 +118,14 @@ def test_a_chain_with_only_hydra_run_dir_writes_nothing_in_the_current_dir(tmp_p
 
 
 def test_fast_dev_run_tests_the_weights_in_memory(tmp_path):
-    result = run_cli(*TINY, "+trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    result = run_command(*TINY, "+trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
     assert metrics["ckpt_path"] is None and len(metrics["per_class_acc"]) == 9
 
 
 def test_missing_pathmnist_fails_with_guidance(tmp_path):
-    result = run_cli("data=pathmnist", "data.download=false", f"paths.data_dir={tmp_path}/nodata", cwd=tmp_path, timeout=120)
+    result = run_command("data=pathmnist", "data.download=false", f"paths.data_dir={tmp_path}/nodata", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data.download=false forbids fetching it" in result.stderr and "data.download=auto" in result.stderr
     assert f"{tmp_path}/nodata/pathmnist.npz" in result.stderr and "https://zenodo.org" in result.stderr
@@ -141,7 +141,7 @@ def test_help_lists_groups_without_importing_the_training_stack(tmp_path):
         "try:\n    sslpath.train.main()\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'torchvision') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
     assert "HEAVY []" in out
     for text in ("Config groups", "model ", "experiment", "python -m sslpath.evaluate", "Examples"):
         assert text in out

@@ -14,7 +14,7 @@ import pytest
 
 from sslpath.core.errors import UserError
 
-from conftest import TINY, cli_env
+from factories import TINY, cli_env
 
 # Variables that would hide what sslpath itself does: markers MLflow reads as "testing, no telemetry", and
 # the settings this test process got when it imported sslpath.
@@ -245,7 +245,7 @@ def test_the_cache_follows_the_bytes_not_the_sizes_and_times(tmp_path, tiles):
 def stage_dir_for(tmp_path: Path, *overrides: str) -> Path:
     from sslpath.training import chain
 
-    from conftest import TINY_TRAINER, compose_cfg
+    from factories import TINY_TRAINER, compose_cfg
 
     cfg = compose_cfg(tmp_path, ["model=finetune", *TINY_TRAINER, *overrides], tiny=False)
     return chain.stage_dir(cfg)
@@ -287,7 +287,7 @@ def test_the_stage_key_changes_when_an_npz_is_rewritten_in_place(tmp_path):
 def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
     from sslpath.training.fit import train
 
-    from conftest import compose_cfg
+    from factories import compose_cfg
 
     cfg = compose_cfg(tmp_path, ["model=finetune", "debug=fdr"])
     with pytest.raises(UserError, match=r"debug=fdr \(trainer.fast_dev_run=True\) writes no checkpoint.*debug=limit"):
@@ -316,7 +316,7 @@ def bmp_tiles(root: Path, per_class: int, start: int = 0) -> None:
 def folder_run(tmp_path_factory) -> dict:
     from sslpath.training.fit import train
 
-    from conftest import TINY_TRAINER, compose_cfg
+    from factories import TINY_TRAINER, compose_cfg
 
     base = tmp_path_factory.mktemp("folder_run")
     bmp_tiles(base / "tiles", 10)

@@ -21,7 +21,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
 from PIL import EpsImagePlugin, Image
-from test_predict import compose_predict, read_csv
 
 from sslpath.core.errors import UserError
 from sslpath.core.files import csv_text
@@ -37,7 +36,7 @@ from sslpath.results.robustness import read_robustness_record, robustness_record
 from sslpath.training.fit import train
 from sslpath.training.hydra_callbacks import CheckOutputDir
 
-from conftest import TINY_TRAINER, compose_cfg, run_cli, run_main
+from factories import TINY_TRAINER, compose_cfg, compose_predict, read_csv, run_command, run_main
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
@@ -281,7 +280,7 @@ def test_a_swept_run_name_is_checked_before_the_sweep_starts(tmp_path, capsys):
 
 
 def test_run_name_escape_exits_2_from_the_cli_and_writes_nothing(tmp_path):
-    result = run_cli("data=synthetic", f"paths.log_dir={tmp_path}/logs", "run_name=../../../../escaped", cwd=tmp_path)
+    result = run_command("data=synthetic", f"paths.log_dir={tmp_path}/logs", "run_name=../../../../escaped", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("sslpath.train: error: run_name='../../../../escaped' cannot name a folder")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []

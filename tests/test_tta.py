@@ -8,8 +8,6 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from test_evaluate import SYNTHETIC, compose_evaluate
-from test_predict import compose_predict, read_csv, tiny_run
 
 from sslpath.core.errors import UserError
 from sslpath.data.augment import BatchTransform
@@ -18,6 +16,8 @@ from sslpath.evaluation.predict import predict
 from sslpath.evaluation.tta import TRANSFORMS, DihedralTTA, dihedral
 from sslpath.models.checkpoint import load_inference_model
 from sslpath.results.artifacts import class_logits
+
+from factories import SYNTHETIC, compose_evaluate, compose_predict, read_csv
 
 
 def test_the_eight_transforms_are_the_dihedral_group():
@@ -55,15 +55,10 @@ def test_confident_models_stay_finite():
     assert out.isfinite().all() and out[0, 1] == pytest.approx(0, abs=1e-6) and out[0, 0] == pytest.approx(-1e4)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    return tiny_run(tmp_path_factory.mktemp("run"))
-
-
-def test_evaluate_tta_records_it_beside_the_plain_result(trained, tmp_path):
-    common = [f"ckpt={trained['ckpt']}", *SYNTHETIC, "device=cpu", "report=false"]
+def test_evaluate_tta_records_it_beside_the_plain_result(tiny_trained, tmp_path):
+    common = [f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, "device=cpu", "report=false"]
     plain = evaluate(compose_evaluate(*common, f"out={tmp_path / 'plain'}"))
-    run = trained["metrics"]
+    run = tiny_trained["metrics"]
     assert plain["tta"] is False and "tta_plain" not in plain
     assert plain["test_acc"] == run["test_acc"] and plain["test_loss"] == pytest.approx(
         run["test_loss"], abs=1e-5
@@ -74,21 +69,23 @@ def test_evaluate_tta_records_it_beside_the_plain_result(trained, tmp_path):
     assert tta["tta"] is True
     assert tta["tta_plain"] == {k: pytest.approx(plain[k], abs=1e-6) for k in ("test_loss", "test_acc", "test_auc")}
 
-    model, meta = load_inference_model(trained["ckpt"])
-    images = trained["splits"]["test"].images
+    model, meta = load_inference_model(tiny_trained["ckpt"])
+    images = tiny_trained["splits"]["test"].images
     transform = BatchTransform(mean=meta.mean, std=meta.std)
     with torch.no_grad():
         expected = DihedralTTA(partial(class_logits, model, transform, device=torch.device("cpu")))(images).softmax(1)
-    labels = trained["splits"]["test"].labels
+    labels = tiny_trained["splits"]["test"].labels
     assert tta["test_acc"] == pytest.approx(float((expected.argmax(1) == labels).float().mean()), abs=1e-9)
     assert tta["test_loss"] != pytest.approx(plain["test_loss"], abs=1e-4)  # the averaged prediction differs
 
 
-def test_predict_tta_writes_the_mean_softmax(trained, tmp_path):
+def test_predict_tta_writes_the_mean_softmax(tiny_trained, tmp_path):
     out = tmp_path / "p.csv"
-    predict(compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={out}", "device=cpu", "tta=true"))
-    model, meta = load_inference_model(trained["ckpt"])
-    images = trained["splits"]["test"].images
+    predict(
+        compose_predict(f"ckpt={tiny_trained['ckpt']}", f"input={tiny_trained['npz']}", f"out={out}", "device=cpu", "tta=true")
+    )
+    model, meta = load_inference_model(tiny_trained["ckpt"])
+    images = tiny_trained["splits"]["test"].images
     transform = BatchTransform(mean=meta.mean, std=meta.std, channels_last=False)
     with torch.no_grad():
         expected = torch.stack([model(transform(dihedral(images, k))).softmax(1) for k in range(TRANSFORMS)]).mean(0)
@@ -97,12 +94,12 @@ def test_predict_tta_writes_the_mean_softmax(trained, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
-def test_tta_must_be_true_or_false(trained, tmp_path, command):
+def test_tta_must_be_true_or_false(tiny_trained, tmp_path, command):
     if command == "evaluate":
-        cfg, run = compose_evaluate(f"ckpt={trained['ckpt']}", *SYNTHETIC, f"out={tmp_path / 'e'}", "tta=d4"), evaluate
+        cfg, run = compose_evaluate(f"ckpt={tiny_trained['ckpt']}", *SYNTHETIC, f"out={tmp_path / 'e'}", "tta=d4"), evaluate
     else:
         cfg, run = (
-            compose_predict(f"ckpt={trained['ckpt']}", f"input={trained['npz']}", f"out={tmp_path / 'p.csv'}", "tta=8"),
+            compose_predict(f"ckpt={tiny_trained['ckpt']}", f"input={tiny_trained['npz']}", f"out={tmp_path / 'p.csv'}", "tta=8"),
             predict,
         )
     with pytest.raises(UserError, match=r"tta=(d4|8) is not true or false"):

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_evaluate import SYNTHETIC, compose_evaluate
-from test_predict import compose_predict, read_csv, tiny_run
 
 from sslpath.core.errors import UserError
 from sslpath.data.images import TooLargeImage, read_image
@@ -24,14 +22,14 @@ from sslpath.evaluation.evaluate import check_finite, evaluate
 from sslpath.evaluation.predict import predict, refuse_unknown_overrides
 from sslpath.models.checkpoint import load_inference_model
 
-from conftest import run_cli
+from factories import SYNTHETIC, compose_evaluate, compose_predict, read_csv, run_command
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_sample.py"
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory) -> dict:
-    run = tiny_run(tmp_path_factory.mktemp("run"), epochs=1)
+def real(tiny_trained) -> dict:
+    run = tiny_trained
     return {**run, "checkpoint": torch.load(run["ckpt"], map_location="cpu", weights_only=True)}
 
 
@@ -114,7 +112,7 @@ def test_rotted_checkpoint_exits_2_and_writes_nothing(real, tmp_path):
     rotted = rot(real["ckpt"], tmp_path / "rotted.ckpt")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = run_cli(f"ckpt={rotted}", f"input={real['npz']}", "device=cpu", cwd=cwd, module="sslpath.predict", timeout=300)
+    result = run_command(f"ckpt={rotted}", f"input={real['npz']}", "device=cpu", cwd=cwd, module="sslpath.predict")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "is corrupt" in result.stderr
     assert list(cwd.iterdir()) == []
 
@@ -234,7 +232,7 @@ def test_unknown_setting_is_the_tools_own_error(tmp_path):
         with pytest.raises(UserError, match="unknown setting"):
             refuse_unknown_overrides(argv)
     refuse_unknown_overrides(["ckpt=x", "+foo=1", "~out", "hydra.run.dir=.", "--cfg", "job", "-m", "batch_size=1,2"])
-    result = run_cli("foo=1", cwd=tmp_path, module="sslpath.predict", timeout=120)
+    result = run_command("foo=1", cwd=tmp_path, module="sslpath.predict")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("sslpath.predict: error: unknown setting(s) foo; predict takes ckpt=")

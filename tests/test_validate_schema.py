@@ -15,7 +15,6 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
-from test_data_folder import make_tiles
 
 from sslpath.checks.rules import TARGET_KEYS, FilePath, Seq, integer, num, opt
 from sslpath.checks.schema import PATHS, TARGETS
@@ -29,7 +28,7 @@ from sslpath.training import fit as train
 from sslpath.training.build import NOT_MODEL_ARGS
 from sslpath.training.callbacks import NonFiniteLoss
 
-from conftest import compose_cfg
+from factories import compose_cfg, make_tiles
 
 CONF = Path(__file__).parents[1] / "conf"
 NARROW = ["model.projector_dims=[16,8]"]  # a small SimCLR head for runs that train
