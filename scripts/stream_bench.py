@@ -123,7 +123,7 @@ def _pickled(i: int) -> dict:
 def litdata_pickle_probe(out: Path) -> str:
     """Rewrite a litdata index to name its pickle serializer and read an item: does litdata unpickle it?"""
     probe = out / "probe"
-    litdata.optimize(fn=_pickled, inputs=[0, 1], output_dir=str(probe), chunk_bytes="1MB", num_workers=1, mode="overwrite")  # fmt: skip
+    litdata.optimize(fn=_pickled, inputs=[0, 1], output_dir=str(probe), chunk_bytes="1MB", num_workers=1, mode="overwrite")
     index = json.loads((probe / "index.json").read_text())
     index["config"]["data_format"] = ["pickle"]
     (probe / "index.json").write_text(json.dumps(index))
@@ -159,7 +159,8 @@ def main() -> None:
         for workers in (int(w) for w in args.workers.split(",")):
             result = measure(readers[name], path, workers, args.batch, args.size)
             rows.append((name, workers, result, wrote, disk))
-            print(json.dumps({"reader": name, "workers": workers, **result, "write_s": round(wrote, 1), "disk_mib": round(disk, 1)}), flush=True)
+            line = {"reader": name, "workers": workers, **result, "write_s": round(wrote, 1), "disk_mib": round(disk, 1)}
+            print(json.dumps(line), flush=True)
     own, children = peak_mib()
     print(f"\npeak RSS: this process {own:.0f} MiB, largest worker {children:.0f} MiB (all readers together)")
     print("\n| reader | workers | tiles/s | epoch s | write s | disk MiB | mid-epoch resume |\n|---|---|---|---|---|---|---|")
