@@ -107,13 +107,24 @@ def peak_mib() -> tuple[float, float]:
 
 
 def measure(reader, path: Path, workers: int, batch: int, size: int) -> dict:
+    """One epoch: its tiles/s, the wait for the first batch (worker start) and the rate after it (steady state)."""
     loader = reader(path, workers, batch, size)
-    start, tiles = time.perf_counter(), 0
+    start, tiles, first = time.perf_counter(), 0, None
     for images, _ in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, size, size)
+        if first is None:
+            first, after = time.perf_counter() - start, -len(images)
         tiles += len(images)
+        after += len(images)
     seconds = time.perf_counter() - start
-    return {"tiles": tiles, "seconds": round(seconds, 2), "tiles_per_s": round(tiles / seconds)}
+    steady = after / max(seconds - first, 1e-9)
+    return {
+        "tiles": tiles,
+        "seconds": round(seconds, 2),
+        "tiles_per_s": round(tiles / seconds),
+        "first_batch_s": round(first, 2),
+        "steady_tiles_per_s": round(steady),
+    }
 
 
 def _pickled(i: int) -> dict:
@@ -163,9 +174,11 @@ def main() -> None:
             print(json.dumps(line), flush=True)
     own, children = peak_mib()
     print(f"\npeak RSS: this process {own:.0f} MiB, largest worker {children:.0f} MiB (all readers together)")
-    print("\n| reader | workers | tiles/s | epoch s | write s | disk MiB | mid-epoch resume |\n|---|---|---|---|---|---|---|")
+    print("\n| reader | workers | tiles/s (epoch) | first batch s | tiles/s after it | write s | disk MiB | mid-epoch resume |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, workers, r, wrote, disk in rows:
-        print(f"| {name} | {workers} | {r['tiles_per_s']:,} | {r['seconds']} | {wrote:.1f} | {disk:.1f} | {resume[name]} |")
+        rates = f"{r['tiles_per_s']:,} | {r['first_batch_s']} | {r['steady_tiles_per_s']:,}"
+        print(f"| {name} | {workers} | {rates} | {wrote:.1f} | {disk:.1f} | {resume[name]} |")
     if "litdata" in args.only:
         print("\n" + litdata_pickle_probe(args.out))
     print(f"\n(cpu count {os.cpu_count()}, {args.tiles} tiles of {args.size} px, batch {args.batch})")

@@ -237,3 +237,35 @@ class ShareRecorder(L.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"world_size": trainer.world_size, "tiles": tiles}
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class Recorder(L.LightningModule):
+    """A one-weight model that records the tiles of every training batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[bytes] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen += [bytes(t.numpy()) for t in batch[0].flatten(1)]
+        return (self.weight * batch[0].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_resumes_a_stream_mid_epoch_from_its_checkpoint(shards, tmp_path):
+    root, _ = shards
+    args = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    whole = Recorder()
+    L.Trainer(max_epochs=1, enable_checkpointing=False, **args).fit(whole, loader(root))
+    first = Recorder()
+    save = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    L.Trainer(max_steps=4, callbacks=[save], **args).fit(first, loader(root))
+    rest = Recorder()
+    L.Trainer(max_epochs=1, enable_checkpointing=False, **args).fit(
+        rest, loader(root), ckpt_path=save.best_model_path or save.last_model_path
+    )
+    assert len(whole.seen) == 110 and first.seen == whole.seen[:40]
+    assert rest.seen == whole.seen[40:]  # the remaining 7 batches, none again, none lost
