@@ -181,6 +181,15 @@ def test_workers_serve_the_same_batches_as_the_main_process(shards):
     assert served(loader(root, num_workers=2)) == served(loader(root))
 
 
+def test_a_shard_that_changes_under_a_worker_is_one_clear_error(shards):
+    root, _ = shards
+    stream = loader(root, num_workers=1)
+    (root / "train-00001.tiles").write_bytes(b"\0" * 10)  # after the index was checked
+    with pytest.raises(UserError, match="ended early") as err:
+        list(stream)
+    assert "Traceback" not in str(err.value)
+
+
 def test_a_mid_epoch_resume_serves_exactly_the_remaining_batches(shards):
     root, _ = shards
     whole = served(loader(root, epoch=lambda: 4))

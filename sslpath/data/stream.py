@@ -36,8 +36,11 @@ class ShardBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split.read(self.batches[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[str, str]:
+        try:
+            return self.split.read(self.batches[i])
+        except UserError as err:  # a worker's exception reaches the trainer wrapped in its traceback: pass the text
+            return ("error", str(err))
 
 
 class StreamLoader:
@@ -88,6 +91,8 @@ class StreamLoader:
             persistent_workers=False,
         )
         for batch in loader:
+            if isinstance(batch[0], str):
+                raise UserError(batch[1])
             self.served += 1
             yield batch
 
