@@ -22,7 +22,7 @@ GROUP_OPTIONS = [
 ] + [(f"augment@augment.{slot}", option) for slot in ("train", "ssl") for option in options("augment")]
 
 
-REQUIRED = {"data=folder": ["data.dir=/tiles"]}  # options with a mandatory key
+REQUIRED = {"data=folder": ["data.dir=/tiles"], "data=stream": ["data.dir=/shards"]}  # options with a mandatory key
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])

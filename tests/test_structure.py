@@ -16,7 +16,7 @@ PACKAGE = ROOT / "sslpath"
 # Lowest first: a layer imports only itself and the layers before it.
 LAYERS = ("core", "data", "models", "results", "checks", "reporting", "evaluation", "training")
 # The commands (`python -m sslpath.X`, the console scripts): argument parsing and error handling only.
-ENTRY_MODULES = {f"sslpath.{name}" for name in ("train", "evaluate", "predict", "report", "robustness_report")}
+ENTRY_MODULES = {f"sslpath.{name}" for name in ("train", "evaluate", "predict", "report", "robustness_report", "prepare")}
 MAX_LINES = 400
 
 

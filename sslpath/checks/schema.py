@@ -100,6 +100,15 @@ TARGETS: dict[str, Params] = {
             "max_pixels": COUNT,
         }
     ),
+    "sslpath.data.stream.StreamDataModule": Params(
+        {
+            "dir": PATH,
+            "size": SIZE,
+            "num_classes": opt(CLASSES),
+            "num_workers": integer(0, 256),
+            "prefetch_factor": integer(1, 64),
+        }
+    ),
     "sslpath.data.datamodule.SyntheticDataModule": Params(
         {"size": SIZE, "train_count": COUNT, "val_count": COUNT, "test_count": COUNT}, _synthetic_memory
     ),

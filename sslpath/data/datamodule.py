@@ -9,7 +9,7 @@ turns uint8 batches into normalised float batches, augmented views for training.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,16 @@ class ArrayDataModule(L.LightningDataModule):
         if self.splits is None:
             raise RuntimeError("setup() must run first")
         return float((self.splits["train"].labels >= 0).sum()) / self.num_classes
+
+    def labelled_tiles(self, split: str) -> Iterator[torch.Tensor]:
+        """A split's labelled tiles (label >= 0), in order, in chunks (one here; a streamed split reads several)."""
+        images, labels = self.splits[split].images, self.splits[split].labels
+        yield images[(labels >= 0).to(images.device)]
+
+    def labelled_labels(self, split: str) -> torch.Tensor:
+        """The labels of `labelled_tiles(split)`, on the CPU."""
+        labels = self.splits[split].labels
+        return labels[labels >= 0].cpu()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:

@@ -26,6 +26,25 @@ def training_batches(n: int, batch_size: int, world_size: int = 1) -> int:
     return per_rank // min(batch_size, per_rank) if per_rank else 0
 
 
+def rank_order(
+    n: int, per_rank: int, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's image indices and label positions, in order (sslpath.data.stream serves shards by them too).
+
+    Training: a disjoint share of one (seed, epoch) permutation of the n images. Evaluation: positions n, n+1, …
+    are padding that repeat the first images; their label positions point past the labels (label -1).
+    """
+    if shuffle:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        image_idx = torch.randperm(n, generator=gen)[: per_rank * world_size]
+        label_idx = image_idx
+    else:
+        pad = per_rank * world_size - n
+        image_idx = torch.cat([torch.arange(n), torch.arange(pad)])
+        label_idx = torch.arange(n + pad)
+    return image_idx[rank::world_size], label_idx[rank::world_size]
+
+
 class BatchLoader:
     """Under DDP each rank takes an equal, disjoint share of a shared permutation. Evaluation pads
     the shares to equal length like DistributedSampler, but marks the padding with label -1, so
@@ -60,18 +79,13 @@ class BatchLoader:
         return math.ceil(self.per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, labels = len(self.split), self.split.labels
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
-            image_idx = torch.randperm(n, generator=gen)[: self.per_rank * self.world_size]
-            label_idx = image_idx
-        else:  # positions n, n+1, … are padding: they repeat the first images, with label -1
-            pad = self.per_rank * self.world_size - n
-            image_idx = torch.cat([torch.arange(n), torch.arange(pad)])
-            label_idx = torch.arange(n + pad)
-            labels = torch.cat([labels, labels.new_full((pad,), PAD_LABEL)])
-        image_idx = image_idx[self.rank :: self.world_size].to(self.split.images.device)
-        label_idx = label_idx[self.rank :: self.world_size].to(labels.device)
+        labels = self.split.labels
+        image_idx, label_idx = rank_order(
+            len(self.split), self.per_rank, self.shuffle, self.seed, self.epoch(), self.rank, self.world_size
+        )
+        if not self.shuffle:
+            labels = torch.cat([labels, labels.new_full((len(label_idx) * self.world_size - len(labels),), PAD_LABEL)])
+        image_idx, label_idx = image_idx.to(self.split.images.device), label_idx.to(labels.device)
         for i in range(len(self)):
             batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
             images, batch_labels = self.split.images[image_idx[batch]], labels[label_idx[batch]]

@@ -184,6 +184,10 @@ def load_split(cfg: DictConfig, ckpt: Path, device: torch.device) -> tuple[Metad
     datamodule.setup("test")
     check_split(cfg, datamodule, meta, ckpt)
     split = datamodule.splits[cfg.split]
+    if len(split.images) != len(split):  # data=stream: the training tiles stay in their shards
+        raise UserError(
+            f"the {cfg.split} split of data.dir is streamed from shards, not held in memory; evaluate split=val or split=test."
+        )
     if len(split) == 0:
         raise UserError(f"the {cfg.split} split of this data is empty; choose another split= or data.")
     predict = partial(class_logits, model, datamodule.transform, device=device)

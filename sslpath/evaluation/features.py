@@ -63,10 +63,9 @@ def extract_splits(
     """Features and labels of the labelled images of train, val and test (unlabelled ones, -1, left out)."""
     feats, labels = {}, {}
     for name in ("train", "val", "test"):
-        split = datamodule.splits[name]
-        keep = split.labels >= 0
-        feats[name] = extract(backbone, split.images[keep.to(split.images.device)], datamodule.transform, batch_size)
-        labels[name] = split.labels[keep].cpu()
+        chunks = [extract(backbone, tiles, datamodule.transform, batch_size) for tiles in datamodule.labelled_tiles(name)]
+        feats[name] = torch.cat(chunks) if chunks else torch.empty(0)
+        labels[name] = datamodule.labelled_labels(name)
     return feats, labels
 
 
