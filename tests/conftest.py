@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread per test process (and the command processes it starts): the tests' models are tiny,
+# where a second thread costs more in synchronisation than it gives, and on a shared 2-core machine
+# threads that spin-wait for each other slow everything down. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from factories import SAMPLE, read_csv, tiny_run
 
 # No test reaches the internet: urllib and requests (here and in CLI subprocesses) go through a proxy

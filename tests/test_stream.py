@@ -219,7 +219,6 @@ def test_ssl_run_from_shards_writes_metrics(shards, tmp_path):
 
 
 @pytest.mark.cli
-@pytest.mark.slow
 def test_two_ddp_ranks_stream_disjoint_shares(shards, tmp_path):
     root, _ = shards
     result = run_cli(
