@@ -12,10 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sslpath.data.digest import file_digest
 from sslpath.data.splits import SPLITS, Split
 
 CHUNK_BYTES = 64 << 20  # float64 work per chunk: bounds the peak beyond the uint8 result
-FLOAT_ARRAYS = 4  # float64 arrays of chunk×3×size² alive at once (image, noise, their sum, the scaled copy)
+PARAM_BYTES = 16 * 8  # per tile: its label, angle, frequency, phase, hue, colour and their temporaries
+FLOAT_ARRAYS = 3  # float64 arrays of chunk×3×size² alive at once: image, noise, and the stripes' smaller ones
+
+
+def generator_digest() -> str:
+    """sha256 of this module's source: what a cache of generated tiles was made by."""
+    return file_digest(__file__)
 
 
 def chunk_tiles(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -28,7 +35,7 @@ def synthetic_bytes(size: int, counts: dict[str, int], chunk_bytes: int = CHUNK_
     n = sum(counts.values())
     per_tile = 3.0 * size * size
     work = FLOAT_ARRAYS * 8 * per_tile * min(max(counts.values(), default=0), chunk_tiles(size, chunk_bytes))
-    return n * (per_tile + 8 + 4 * 8) + work  # + labels and per-tile parameters
+    return n * (per_tile + PARAM_BYTES) + work
 
 
 def synthetic_splits(
@@ -55,6 +62,7 @@ def synthetic_splits(
             stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq[c, None, None] * proj + phase[c, None, None])
             img = colour[c, :, None, None] * (0.55 + 0.45 * stripes[:, None])
             img += rng.normal(0, 0.06, img.shape)
-            images[c] = np.clip(img * 255, 0, 255)
+            img *= 255  # in place, as the clip below: no third chunk-sized array
+            images[c] = np.clip(img, 0, 255, out=img)
         splits[split] = Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
     return splits
