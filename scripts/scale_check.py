@@ -32,11 +32,10 @@ import torch
 from sslpath.models.knn import WeightedKNN
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale_probe import peak_mib, reset_peak  # noqa: E402
+from scale_probe import peak_mib, reset_peak, rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PATHMNIST = (89996, 10004, 7180)
-KNN_WIDTHS = {"tiny": None, "resnet18": 512}  # None: the tiny backbone's width, as the run's bank had it
 
 
 def run_model(model: str, args: argparse.Namespace, work: Path) -> dict:
@@ -59,6 +58,7 @@ def run_model(model: str, args: argparse.Namespace, work: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"scale_check: {model} failed:\n{output[-4000:]}")
     record = json.loads(probe.read_text())
+    after_test = time.time() - record.pop("test_end_time")  # SSL runs' frozen-feature evaluation, writing outputs
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = run_dir / "test_predictions.csv"
     with predictions.open() as f:
@@ -67,6 +67,7 @@ def run_model(model: str, args: argparse.Namespace, work: Path) -> dict:
     return {
         "model": model,
         "wall_s": round(time.perf_counter() - start, 1),
+        "after_test_s": round(after_test, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),  # kB on Linux
         **record,
         "predictions": {"rows": rows, "mib": round(predictions.stat().st_size / 2**20, 2)},
@@ -81,7 +82,7 @@ def knn_alone(rows: int, queries: int, width: int, num_classes: int = 9) -> dict
     knn = WeightedKNN(num_classes=num_classes)
     knn.update(train_feats=torch.randn(rows, width, generator=gen), train_labels=torch.randint(0, num_classes, (rows,)))
     knn.update(test_feats=torch.randn(queries, width, generator=gen), test_labels=torch.randint(0, num_classes, (queries,)))
-    before = peak_mib()
+    before = rss_mib()
     reset_peak()
     start = time.perf_counter()
     knn.compute()
@@ -117,12 +118,15 @@ def table(results: list[dict], knn: list[dict], args: argparse.Namespace) -> str
         "",
         f"`python scripts/scale_check.py {' '.join(sys.argv[1:])}` on this {cpu}; torch {torch.__version__}. "
         f"Tiny backbone, data=synthetic, one epoch of {args.train_batches} training batches of {args.batch_size}, then the "
-        f"full validation and test splits (eval batches of {args.eval_batch_size}). Memory is resident memory (MiB).",
+        f"full validation and test splits (eval batches of {args.eval_batch_size}). Memory is resident memory (MiB); "
+        "*after test*: what runs after testing (SSL runs: the frozen-feature evaluation on every training image).",
         "",
         "| model | data MiB | peak RSS | after load | train peak | val peak | test peak | train s | val s | test s | "
-        "kNN bank (rows, MiB) | kNN s | projector output | predictions (rows, MiB) | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
+        "kNN bank (rows, MiB) | kNN s | projector output | predictions (rows, MiB) | after test s | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|",
     ]
+    if not results:  # --models '': the kNN timing alone
+        lines = lines[:4]
     for r in results:
         bank, proj = r.get("knn_bank"), r.get("projector_output")
         bank_text = f"{bank['rows']}×{bank['width']}, {bank['mib']}" if bank else "—"
@@ -131,7 +135,7 @@ def table(results: list[dict], knn: list[dict], args: argparse.Namespace) -> str
             f"| {r['model']} | {r['data_mib']} | {r['peak_rss_mib']} | {r['load_peak_mib']} | {r['train_peak_mib']} | "
             f"{r['val_peak_mib']} | {r['test_peak_mib']} | {r['train_s']} | {r['val_s']} | {r['test_s']} | "
             f"{bank_text} | {r.get('knn_s', '—')} | {proj_text} | {r['predictions']['rows']}, {r['predictions']['mib']} | "
-            f"{r['wall_s']} |"
+            f"{r['after_test_s']} | {r['wall_s']} |"
         )
     lines += [
         "",
@@ -152,11 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--counts", default=",".join(map(str, PATHMNIST)), help="train,val,test tiles")
-    parser.add_argument("--models", default="baseline,simclr")
+    parser.add_argument("--models", default="baseline,simclr", help="'' times the kNN monitor alone")
     parser.add_argument("--train-batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--eval-batch-size", type=int, default=1024)
     parser.add_argument("--knn-rows", type=int, default=PATHMNIST[0], help="bank rows of the kNN timing (0: skip it)")
+    parser.add_argument("--knn-widths", default="tiny,512", help="feature widths of the kNN timing; tiny: the run's")
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -168,10 +173,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [run_model(m, args, work) for m in args.models.split(",")]
+        results = [run_model(m, args, work) for m in filter(None, args.models.split(","))]
     tiny = next((r["knn_bank"]["width"] for r in results if "knn_bank" in r), 0)  # the backbone's feature width
-    widths = {name: w or tiny for name, w in KNN_WIDTHS.items()}
-    knn = [knn_alone(args.knn_rows, args.counts[1], w) for w in widths.values() if w and args.knn_rows]
+    widths = [tiny if w == "tiny" else int(w) for w in args.knn_widths.split(",")]
+    knn = [knn_alone(args.knn_rows, args.counts[1], w) for w in widths if w and args.knn_rows]
     text = table(results, knn, args)
     print(text)
     if args.json:

@@ -24,6 +24,14 @@ def peak_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
+def rss_mib() -> float:
+    """This process's resident memory now, MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
+
+
 def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
@@ -94,4 +102,5 @@ class ScaleProbe(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end("test")
+        self.record["test_end_time"] = time.time()  # what follows (SSL runs' frozen-feature evaluation) is timed by the caller
         self.out.write_text(json.dumps(self.record, indent=1))

@@ -239,4 +239,5 @@ def test_full_shape_check_runs_in_reduced_form(tmp_path):
     assert bank["rows"] == 2 * 48 and runs["simclr"]["knn_queries"] == 100  # the bank holds the trained batches only
     assert runs["simclr"]["projector_output"]["shape"][0] == 2 * 48  # SimCLR projects both views in one pass
     assert [k["rows"] for k in figures["knn"]] == [2000, 2000] and figures["knn"][1]["width"] == 512
+    assert runs["simclr"]["after_test_s"] > 0 and all(k["compute_peak_above_mib"] >= 0 for k in figures["knn"])
     assert "### Scale check" in result.stdout and "PathMNIST's full splits are" in result.stdout
