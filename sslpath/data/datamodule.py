@@ -75,7 +75,7 @@ class ArrayDataModule(L.LightningDataModule):
         stain_reference: str | None = None,
         stain_min_tissue: float = 0.1,
         node_cache: bool | str = "auto",
-        node_cache_dir: str = "~/.medmnist/node_cache",
+        node_cache_dir: str = "/tmp/sslpath-node-cache",
     ) -> None:
         super().__init__()
         if on_device not in (True, False, "auto"):
