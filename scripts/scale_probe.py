@@ -53,6 +53,8 @@ class ScaleProbe(L.Callback):
         self.record[f"{phase}_peak_mib"] = round(peak_mib())
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if "load_peak_mib" in self.record:  # trainer.test calls setup again: the load was measured at fit
+            return
         splits = trainer.datamodule.splits
         self.record["data_mib"] = round(sum(s.images.nbytes + s.labels.nbytes for s in splits.values()) / 2**20, 1)
         self.record["split_counts"] = {name: len(s) for name, s in splits.items()}
