@@ -37,8 +37,9 @@ def reset_peak() -> None:
 
 
 class ScaleProbe(L.Callback):
-    """Peak memory after the data load and in each phase; training, validation, kNN and test times;
-    the kNN bank's size; the projector's output shape."""
+    """Peak memory after the data load and in each phase; training, validation, kNN and test times
+    (the test loop alone, and with the on_test_end hooks: TensorBoard's embedding projector); the kNN
+    bank's size; the SSL projector head's output shape."""
 
     def __init__(self, out: str) -> None:
         self.out, self.record, self.start = Path(out), {}, {}
@@ -102,7 +103,12 @@ class ScaleProbe(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin("test")
 
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record["test_loop_s"] = round(time.perf_counter() - self.start["test"], 2)  # before the on_test_end hooks
+        self.record["test_loop_peak_mib"] = round(peak_mib())
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Runs after the other callbacks' on_test_end (it is added last): includes TensorBoard's embedding projector."""
         self._end("test")
         self.record["test_end_time"] = time.time()  # what follows (SSL runs' frozen-feature evaluation) is timed by the caller
         self.out.write_text(json.dumps(self.record, indent=1))
