@@ -142,12 +142,13 @@ def other_key(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [corrupt_magic, truncate, forge_count, other_key])
-def test_a_cache_failing_its_checks_is_rebuilt_not_mapped(tmp_path, damage):
+def test_a_cache_failing_its_checks_is_rebuilt_not_mapped(tmp_path, damage, caplog):
     load = Loader()
     node_splits(tmp_path, {"data": 1}, load)
     damage(cache_path(tmp_path, cache_key({"data": 1})))
     assert_same(node_splits(tmp_path, {"data": 1}, load), splits_of())
     assert load.calls == 2
+    assert "fails its checks" in caplog.text
 
 
 def test_other_data_gets_its_own_cache_and_the_stale_one_is_removed(tmp_path):

@@ -57,6 +57,8 @@ def node_splits(directory: str | Path, source: dict[str, Any], load: Callable[[]
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):
             if _layout(path, key) is None:
+                if path.exists():
+                    log.warning("the node's data cache %s fails its checks (header, key or size): writing it again", path)
                 _write(path, key, load())
                 _prune(path)
     except OSError as err:
