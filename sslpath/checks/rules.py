@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sslpath.core.errors import UserError
 from sslpath.data.npz import memory_budget
+from sslpath.data.synthetic import synthetic_bytes
 
 INT, FLOAT = "an integer", "a number"
 # POSIX limits of Linux and macOS file systems: a longer name or path fails in the OS (ENAMETOOLONG).
@@ -248,13 +249,13 @@ def _nesterov(node: DictConfig, path: str) -> None:
 
 
 def _synthetic_memory(node: DictConfig, path: str) -> None:
-    """Synthetic tiles are drawn in float64 (about 9 arrays of N×size² values per split): refused before
-    a count too large for this machine ends in a MemoryError."""
+    """Synthetic tiles (uint8, drawn in bounded float64 chunks: sslpath.data.synthetic): refused before a
+    count too large for this machine ends in a MemoryError."""
     counts = {k: node.get(k) for k in ("train_count", "val_count", "test_count")}
     size = node.get("size")
     if not all(is_number(v) for v in (*counts.values(), size)):
         return
-    need = (9 * 8 * max(counts.values()) + 3 * sum(counts.values())) * float(size) ** 2
+    need = synthetic_bytes(int(size), {k: int(v) for k, v in counts.items()})
     if need > memory_budget():
         shown = ", ".join(f"{path}.{k}={v}" for k, v in counts.items())
         raise UserError(

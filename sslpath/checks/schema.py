@@ -65,6 +65,8 @@ DATA = {
     "stain_norm": OneOf(STAIN_METHODS),
     "stain_reference": opt(PATH),
     "stain_min_tissue": PROB,
+    "node_cache": Either((BOOL, OneOf(("auto",)))),
+    "node_cache_dir": PATH,
 }
 SSL_VIEWS = {"input.views": integer(2, 2)}  # the two views of the paper's loss
 HEAD = {"projector_hidden_dim": WIDTH, "projector_dim": WIDTH}

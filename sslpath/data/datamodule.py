@@ -31,10 +31,11 @@ from sslpath.data.download import (
 )
 from sslpath.data.folder import MAX_PIXELS, TileFolder
 from sslpath.data.loader import Batch, BatchLoader, training_batches
+from sslpath.data.node_cache import node_splits
 from sslpath.data.npz import read_npz
 from sslpath.data.splits import Split, stratified_subset
 from sslpath.data.stain_norm import StainNormalizer, fit_reference
-from sslpath.data.synthetic import synthetic_splits
+from sslpath.data.synthetic import generator_digest, synthetic_splits
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,13 @@ class ArrayDataModule(L.LightningDataModule):
         stain_norm: str = "none",
         stain_reference: str | None = None,
         stain_min_tissue: float = 0.1,
+        node_cache: bool | str = "auto",
+        node_cache_dir: str = "/tmp/sslpath-node-cache",
     ) -> None:
         super().__init__()
         if on_device not in (True, False, "auto"):
             raise UserError(f"data.on_device={on_device!r}; use auto, true or false.")
+        self.node_cache, self.node_cache_dir = node_cache, node_cache_dir
         self.num_classes, self.batch_size, self.eval_batch_size = num_classes, batch_size, eval_batch_size
         self.label_fraction, self.on_device, self.seed = label_fraction, on_device, seed
         self.val_label_fraction = val_label_fraction
@@ -107,6 +111,10 @@ class ArrayDataModule(L.LightningDataModule):
         """sha256 of the data's bytes, for keys of what was trained on it (None: the settings make the data)."""
         raise NotImplementedError
 
+    def cache_source(self) -> dict[str, Any]:
+        """What the splits are made from (the data's digest and the load settings): the node cache's key."""
+        raise NotImplementedError
+
     def split_record(self) -> dict[str, Any] | None:
         """Which files each split holds, for checkpoints (None: the split is fixed by the data file itself)."""
         return None
@@ -131,7 +139,7 @@ class ArrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        splits = self.load_splits()
+        splits = self._load()
         train, val = splits["train"], splits["val"]
         if self.stain_norm != "none" and self.transform.stain is None:  # fitted to every labelled training tile
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -150,9 +158,18 @@ class ArrayDataModule(L.LightningDataModule):
             labels = torch.full_like(train.labels, -1)
             labels[keep] = train.labels[keep]
             splits["train"] = Split(train.images, labels)
-        else:
+        elif len(keep) < len(train):  # every label kept: no copy of the images (nor of a mapped node cache)
             splits["train"] = Split(train.images[keep], train.labels[keep])
         self.splits = self._place(splits)
+
+    def _load(self) -> dict[str, Split]:
+        """The splits, mapped from one cache file per node (sslpath.data.node_cache) when data.node_cache says so
+        (auto: when this node runs more than one process), else loaded by this process alone."""
+        trainer = self.trainer
+        local = trainer.world_size // max(1, trainer.num_nodes) if trainer is not None else 1
+        if self.node_cache is False or (self.node_cache == "auto" and local < 2):
+            return self.load_splits()
+        return node_splits(self.node_cache_dir, self.cache_source(), self.load_splits)
 
     def _place(self, splits: dict[str, Split]) -> dict[str, Split]:
         """Move every split to the training device when it fits; else pin host memory."""
@@ -281,6 +298,9 @@ class MedMNISTDataModule(ArrayDataModule):
         self.prepare_data()  # a download, when one is due, comes first
         return file_digest(self.file)
 
+    def cache_source(self) -> dict[str, Any]:
+        return {"data": "npz", "digest": self.data_digest(), "size": self.size, "num_classes": self.num_classes}
+
 
 class SyntheticDataModule(ArrayDataModule):
     """Deterministic offline data for tests and dry runs; never used in place of missing real data."""
@@ -295,6 +315,10 @@ class SyntheticDataModule(ArrayDataModule):
 
     def data_digest(self) -> None:
         return None  # generated from size, counts and seed
+
+    def cache_source(self) -> dict[str, Any]:
+        settings = {"size": self.size, "counts": self.counts, "seed": self.seed, "num_classes": self.num_classes}
+        return {"data": "synthetic", "generator": generator_digest(), **settings}
 
 
 class FolderDataModule(ArrayDataModule):
@@ -338,6 +362,9 @@ class FolderDataModule(ArrayDataModule):
 
     def data_digest(self) -> str:
         return self.tiles.digest
+
+    def cache_source(self) -> dict[str, Any]:
+        return {"data": "folder", "digest": self.tiles.digest, "size": self.size, "unlabelled": self.keep_unlabelled}
 
     def split_record(self) -> dict[str, Any]:
         """The split's settings (None for given train/ val/ test/ folders) and each split's file digest."""
