@@ -10,21 +10,28 @@ import re
 
 import numpy as np
 import pytest
+import safetensors.torch as st
 import torch
+from test_evaluate import compose_evaluate
 
 from sslpath.core.errors import UserError
 from sslpath.data.corruptions import Suite
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.benchmark import benchmark
+from sslpath.evaluation.protocols import run as run_evaluate
+from sslpath.models.backbones import build
 from sslpath.reporting.robustness import comparison_markdown, record_markdown, records_csv
 from sslpath.results.intervals import wilson_interval
 from sslpath.results.robustness import read_robustness_record, robustness_record
 from sslpath.results.stats import Bootstrap, bootstrap_intervals, score_intervals
 
+from conftest import TINY_DATA, run_main
+
 SUITE = Suite(
     params={"brightness_down": (0.9, 0.7, 0.5, 0.3, 0.1), "gaussian_noise": (0.05, 0.1, 0.2, 0.3, 0.4)}, severities=(1, 3)
 )
 BOOT = Bootstrap(resamples=1000, seed=3, level=0.9)
+SYNTHETIC = [o for o in TINY_DATA if not o.startswith(("data.size", "data.batch_size"))]
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +115,48 @@ def test_a_bad_stored_interval_is_refused(run, tmp_path):
     (tmp_path / "robustness.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"summary.mean_corruption_acc_ci.*\[lo, hi\]"):
         read_robustness_record(tmp_path / "robustness.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# The robustness benchmark of a public encoder (evaluate encoder=timm/<name> protocol=linear corruptions=…)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """timm's tiny test ResNet with its own random weights, saved as safetensors."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "encoder.safetensors"
+    st.save_file(build("timm/test_resnet", stem="imagenet").state_dict(), path)
+    return path
+
+
+LINEAR = ["protocol=linear", "protocol.label_fractions=[1.0]", "protocol.seeds=2", "protocol.l2=[1e-2]", "protocol.max_iter=50"]
+CORRUPT = ["corruptions=pathology", "corruptions.names=[brightness_down,gaussian_noise]", "corruptions.severities=[1,5]"]
+
+
+@pytest.mark.slow
+def test_a_public_encoder_is_benchmarked_under_corruptions_and_compared(weights, tmp_path):
+    """encoder=timm/… with safetensors weights: its full-label probe is tested on the same corrupted tiles as any
+    model, the record reads back and robustness_report compares it."""
+    source = ["encoder.name=timm/test_resnet", f"encoder.weights={weights}", "encoder.image_size=32"]
+    out = tmp_path / "enc"
+    cfg = compose_evaluate(*source, *SYNTHETIC, *LINEAR, *CORRUPT, f"out={out}", "device=cpu", "features.cache_dir=null")
+    results = run_evaluate(cfg)
+    record = read_robustness_record(out / "robustness.json")
+    assert record["model"] == "timm/test_resnet" and str(weights) in record["ckpt_path"]
+    assert results["robustness"] == record["summary"]
+    assert record["summary"]["corruptions"] == ["brightness_down", "gaussian_noise"] and record["summary"]["severities"] == [1, 5]
+    assert record["summary"]["num_images"] == 36 and record["summary"]["mean_corruption_acc_ci"] is not None
+    # the clean row is the probe's accuracy on the clean test tiles: the linear protocol's all-labels point
+    full = next(r for r in results["records"] if r["x"] == 1.0)  # the all-labels fit, the probe benchmarked
+    assert record["summary"]["clean_acc"] == pytest.approx(full["acc"])
+    run_main("sslpath.robustness_report", str(out), "--out", str(tmp_path / "cmp"))
+    assert "timm/test_resnet" in (tmp_path / "cmp" / "robustness_comparison.md").read_text()
+
+
+def test_corruptions_with_another_protocol_are_refused(weights, tmp_path):
+    source = ["encoder.name=timm/test_resnet", f"encoder.weights={weights}", "encoder.image_size=32"]
+    cfg = compose_evaluate(*source, *SYNTHETIC, "protocol=knn", *CORRUPT, f"out={tmp_path / 'o'}", "device=cpu")
+    with pytest.raises(UserError, match=r"corruptions=pathology cannot be combined with protocol=knn.*protocol=linear tests"):
+        run_evaluate(cfg)
+    assert not (tmp_path / "o").exists()
