@@ -86,8 +86,9 @@ def test_tables_show_every_accuracy_with_its_interval(run, tmp_path):
     assert read_robustness_record(tmp_path / "robustness.json") == record  # the stored intervals pass the checks
     one = record_markdown(record)
     lo, hi = record["summary"]["mean_corruption_acc_ci"]
-    assert f"{100 * record['summary']['mean_corruption_acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in one
-    assert len(_cells(one)) == 2 + 2 * 3 + 3  # clean and mCA in the text; 2 corruptions × (2 + mean); the mean row
+    mca = 100 * record["summary"]["mean_corruption_acc"]
+    assert f"(mCA, over 2 corruptions × 2 severities) {mca:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" in one
+    assert len(_cells(one)) == 2 * 3 + 3  # 2 corruptions × (2 severities + mean); the mean row
     assert "90 % percentile-bootstrap interval over the 40 test tiles" in one
     many = comparison_markdown([record, record], ("png",))
     # summary: clean and mCA; per corruption: 2; per severity: clean + 2, each for two models

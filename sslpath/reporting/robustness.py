@@ -95,6 +95,11 @@ def _cell(value: float | None, ci: Interval | None) -> str:
     return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
+def _prose(value: float, ci: Interval | None) -> str:
+    """An accuracy in running text: `49.7% [44.7, 54.3]`."""
+    return f"{_fmt(value)}%" + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+
+
 def _acc_cis(record: dict[str, Any]) -> dict[str, dict[int, Interval | None]]:
     """corruption -> severity -> accuracy interval, as _table gives the accuracies."""
     table: dict[str, dict[int, Interval | None]] = {}
@@ -174,9 +179,9 @@ def record_markdown(record: dict[str, Any], formats: Sequence[str] = ("png",)) -
         [
             f"# Robustness: {record['run_name']}\n",
             f"{record['model']} model `{record['ckpt_path']}` on {s['num_images']} test images. Clean accuracy "
-            f"{_cell(s['clean_acc'], _row_ci(record, record['rows'][0]))}% (AUC {_fmt(s['clean_auc'], 1, 3)}); mean "
+            f"{_prose(s['clean_acc'], _row_ci(record, record['rows'][0]))} (AUC {_fmt(s['clean_auc'], 1, 3)}); mean "
             f"corruption accuracy (mCA, over {len(s['corruptions'])} corruptions × {len(severities)} severities) "
-            f"{_cell(s['mean_corruption_acc'], _mean_cis(record)[0])}% (AUC {_fmt(s['mean_corruption_auc'], 1, 3)}); "
+            f"{_prose(s['mean_corruption_acc'], _mean_cis(record)[0])} (AUC {_fmt(s['mean_corruption_auc'], 1, 3)}); "
             f"relative drop from clean {_fmt(s['relative_drop'])}%.\n",
             "## Accuracy (%) per corruption and severity\n",
             _grid(record, "acc", 100, 1),
