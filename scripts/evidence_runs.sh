@@ -9,7 +9,8 @@
 #
 # Settings (environment): NPZ (required), OUT (default outputs/evidence, must not exist), SEEDS, EPOCHS (each
 # supervised run), SSL_EPOCHS, BACKBONE (tiny | resnet18), DOCS (where the tables are copied; default
-# docs/evidence), PYTHON (default python). Extra Hydra overrides for every training: TRAIN_ARGS.
+# docs/evidence), PYTHON (default python), SSL_RUN (a finished model=simclr run dir to reuse instead of pretraining).
+# Extra Hydra overrides for every training: TRAIN_ARGS.
 set -euo pipefail
 
 : "${NPZ:?set NPZ=path/to/labelled.npz}"
@@ -40,7 +41,11 @@ ckpt_of() { # RUN_DIR: the checkpoint its metrics.json tested
 }
 
 start=$(date +%s)
-ssl_run=$(train "$OUT/ssl" model=simclr trainer.max_epochs="$SSL_EPOCHS" seed=0)
+if [ -n "${SSL_RUN:-}" ]; then # reuse a finished SimCLR run dir
+    ssl_run=$SSL_RUN
+else
+    ssl_run=$(train "$OUT/ssl" model=simclr trainer.max_epochs="$SSL_EPOCHS" seed=0)
+fi
 ssl_ckpt=$(ckpt_of "$ssl_run")
 for seed in $SEEDS; do
     train "$OUT/supervised" model=baseline trainer.max_epochs="$EPOCHS" seed="$seed" >/dev/null
@@ -50,7 +55,7 @@ done
 # Random-init features: one step at lr 1e-12 leaves the weights at their seeded initialisation (to 1e-11) and gives
 # a checkpoint evaluate can read; BatchNorm's running statistics come from that one batch.
 random_run=$(train "$OUT/random" model=baseline run_name=random-init optimizer.lr=1e-12 trainer.max_epochs=1 \
-    trainer.limit_train_batches=1 seed=0)
+    ++trainer.limit_train_batches=1 seed=0)
 baseline_run=$(ls -td "$OUT"/supervised/runs/*_baseline/ | tail -1) # the first seed's
 
 "$PYTHON" -m sslpath.report "$OUT/supervised" --out "$OUT/report" --no-tensorboard
