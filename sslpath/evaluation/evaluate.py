@@ -241,7 +241,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     robustness = None
     if suite is not None:
         robustness = benchmark(
-            suite, split.images, split.labels, meta.class_names, predict, logits, cfg.data.eval_batch_size, device
+            suite,
+            split.images,
+            split.labels,
+            meta.class_names,
+            predict,
+            logits,
+            cfg.data.eval_batch_size,
+            device,
+            bootstrap_settings(cfg.eval),
         )
         record = dataclasses.replace(record, robustness=robustness.summary())
     record = dataclasses.replace(record, wall_seconds=round(time.perf_counter() - start, 2))
@@ -304,12 +312,14 @@ def benchmark_run(run_dir: Path, suite: Suite, device: str = "auto") -> Path | N
     if not record.ckpt_path:
         print(f"sslpath: {run_dir} tested no checkpoint (a fast_dev_run): left out of the robustness comparison", file=sys.stderr)
         return None
-    cfg = OmegaConf.create({"data": OmegaConf.load(run_dir / "config.yaml").data, "split": "test"})
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.create({"data": run_cfg.data, "split": "test"})
     torch_device = resolve_device(device)
     meta, split, predict = load_split(cfg, Path(record.ckpt_path), torch_device)
     batch = cfg.data.eval_batch_size
     logits = predict_split(predict, split.images, batch)
-    robustness = benchmark(suite, split.images, split.labels, meta.class_names, predict, logits, batch, torch_device)
+    bootstrap = bootstrap_settings(run_cfg.eval)  # the run's own interval settings, as its metrics.json
+    robustness = benchmark(suite, split.images, split.labels, meta.class_names, predict, logits, batch, torch_device, bootstrap)
     out = run_dir / STEM
     out.mkdir(exist_ok=True)
     write_robustness(out, robustness, record.run_name, meta.kind, record.ckpt_path)

@@ -34,6 +34,7 @@ from sslpath.core.devices import resolve_device
 from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_json, atomic_write_text
 from sslpath.data.corruptions import load_suite
+from sslpath.evaluation.encoder_robustness import probe_robustness
 from sslpath.evaluation.encoders import features_of, from_checkpoint, from_timm
 from sslpath.evaluation.evaluate import check_evaluate_settings, check_finite, evaluate
 from sslpath.evaluation.feature_cache import Features
@@ -98,7 +99,10 @@ def check(cfg: DictConfig) -> None:
     refusals = {
         "split": (cfg.split != "test", "fits on train, chooses on val and reports test"),
         "calibrate": (cfg.calibrate, "fits its own heads (calibration applies to a checkpoint's classifier)"),
-        "corruptions": (load_suite(cfg.get("corruptions")) is not None, "tests clean tiles only"),
+        "corruptions": (
+            name != "linear" and load_suite(cfg.get("corruptions")) is not None,
+            "tests clean tiles only (protocol=linear tests its full-label probe under corruptions)",
+        ),
         "data.label_fraction": (cfg.data.get("label_fraction", 1) != 1, "draws its own label subsets"),
     }
     for key, (refused, why) in refusals.items():
@@ -258,8 +262,10 @@ def run_protocol(cfg: DictConfig) -> dict[str, Any]:
     features, hit = features_of(cfg, encoder, device)
     extracted = time.perf_counter()
     records = run_heads(cfg, features, num_classes)
-    done = time.perf_counter()
     run_name = str(cfg.run_name or encoder.kind)
+    suite = load_suite(cfg.get("corruptions"))
+    robustness = None if suite is None else probe_robustness(cfg, encoder, features, suite, device, out, run_name)
+    done = time.perf_counter()
     results = {
         "protocol": name,
         "run_name": run_name,
@@ -275,6 +281,7 @@ def run_protocol(cfg: DictConfig) -> dict[str, Any]:
         if cfg.features.cache_dir is None
         else {"file": str(encoder.key.file(Path(str(cfg.features.cache_dir)).expanduser())), "hit": hit},
         "records": records,
+        "robustness": None if robustness is None else robustness["summary"],
         "seconds": {
             "load": round(loaded - start, 2),
             "features": round(extracted - loaded, 2),
@@ -289,6 +296,8 @@ def run_protocol(cfg: DictConfig) -> dict[str, Any]:
         fig = labels_figure({run_name: records}, f"{run_name}: frozen features, protocol={name}")
         fig.savefig(out / f"{name}.png", dpi=120)
         written.append(out / f"{name}.png")
+    if robustness is not None:
+        written += [out / f"robustness.{ext}" for ext in ("json", "md", "csv", "png")]
     written.insert(0, atomic_write_json(out / f"{name}.json", results))
     announce(results, written, device)
     return results

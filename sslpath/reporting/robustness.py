@@ -23,10 +23,13 @@ from sslpath.core.paths import check_writable, find_results
 from sslpath.reporting.figures import embed, new_figure, save_figure
 from sslpath.reporting.options import check_figure_options
 from sslpath.reporting.style import kind_colour, line_styles
+from sslpath.results.intervals import wilson_interval
 from sslpath.results.robustness import JSON, ROW_KEYS, STEM, Benchmarked, read_robustness_record, robustness_record
+from sslpath.results.stats import Interval
 
 COMPARISON = "robustness_comparison"  # several: <out>/robustness_comparison.{csv,md,png}
-CSV_FIELDS = ("model", "run_name", *ROW_KEYS)
+CSV_FIELDS = ("model", "run_name", *ROW_KEYS, "acc_ci_lo", "acc_ci_hi")
+DEFAULT_LEVEL = 0.95  # of a record written before it stored its bootstrap settings
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,6 +76,69 @@ def _fmt(value: float | None, scale: float = 100, digits: int = 1) -> str:
     return "—" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _level(record: dict[str, Any]) -> float:
+    return float(record["summary"].get("bootstrap", {}).get("level", DEFAULT_LEVEL))
+
+
+def _row_ci(record: dict[str, Any], row: dict[str, Any]) -> Interval | None:
+    """A row's accuracy interval: the stored bootstrap one, or, in a record written before intervals were
+    stored, the Wilson interval of that proportion of the test tiles."""
+    if row.get("acc_ci") is not None:
+        return tuple(row["acc_ci"])
+    return wilson_interval(row["acc"], record["summary"]["num_images"], _level(record))
+
+
+def _cell(value: float | None, ci: Interval | None) -> str:
+    """An accuracy in % with its interval: `49.7 [44.7, 54.3]` (no interval stored: the value alone)."""
+    if value is None or ci is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _prose(value: float, ci: Interval | None) -> str:
+    """An accuracy in running text: `49.7% [44.7, 54.3]`."""
+    return f"{_fmt(value)}%" + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+
+
+def _acc_cis(record: dict[str, Any]) -> dict[str, dict[int, Interval | None]]:
+    """corruption -> severity -> accuracy interval, as _table gives the accuracies."""
+    table: dict[str, dict[int, Interval | None]] = {}
+    for row in record["rows"]:
+        table.setdefault(row["corruption"], {})[row["severity"]] = _row_ci(record, row)
+    return table
+
+
+def _mean_cis(record: dict[str, Any]) -> tuple[Interval | None, dict[str, Interval | None], list[Interval | None]]:
+    """The stored intervals of the mCA, of each corruption's mean over severities and of each severity's mean
+    over corruptions (None each in a record written before they were stored)."""
+    s = record["summary"]
+    by_corruption = s.get("corruption_acc_ci") or {}
+    by_severity = s.get("severity_acc_ci") or [None] * len(s["severities"])
+    tup = lambda ci: None if ci is None else tuple(ci)  # noqa: E731
+    return (
+        tup(s.get("mean_corruption_acc_ci")),
+        {n: tup(by_corruption.get(n)) for n in s["corruptions"]},
+        [tup(ci) for ci in by_severity],
+    )
+
+
+def interval_note(records: Sequence[dict[str, Any]]) -> str:
+    """What the brackets are, said once under the tables."""
+    level = round(100 * _level(records[0]))
+    num = records[0]["summary"]["num_images"]
+    stored = all("mean_corruption_acc_ci" in r["summary"] for r in records)
+    text = (
+        f"Brackets: {level} % percentile-bootstrap interval over the {num} test tiles (stratified by class, one run "
+        "each; a mean over corruptions or severities is resampled by tile, so a tile's difficulty is shared)."
+    )
+    if not stored:
+        text += (
+            " A record written before intervals were stored shows Wilson intervals for single accuracies and none for "
+            "means: re-run its benchmark for bootstrap intervals."
+        )
+    return text + " AUCs are point estimates."
+
+
 def severity_means(record: dict[str, Any], key: str = "acc") -> list[float | None]:
     """Mean over corruptions at each severity, after the clean value at severity 0."""
     table = _table(record, key)
@@ -81,18 +147,27 @@ def severity_means(record: dict[str, Any], key: str = "acc") -> list[float | Non
 
 
 def _grid(record: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    """Corruption × severity; accuracies (key "acc") with their intervals."""
     severities = _severities(record)
     table = _table(record, key)
+    acc = key == "acc"
+    cis, (mca_ci, corruption_cis, severity_cis) = _acc_cis(record), _mean_cis(record)
+
+    def cell(value: float | None, ci: Interval | None) -> str:
+        return _cell(value, ci) if acc else _fmt(value, scale, digits)
+
     lines = [
         "| corruption | " + " | ".join(map(str, severities)) + " | mean |",
         "| --- |" + " ---: |" * (len(severities) + 1),
     ]
     for name, by in table.items():
         if name != "clean":
-            cells = [by[s] for s in severities]
-            lines.append(f"| {name} | " + " | ".join(_fmt(v, scale, digits) for v in [*cells, _mean(cells)]) + " |")
+            cells = [cell(by[s], cis[name][s]) for s in severities]
+            mean = cell(_mean([by[s] for s in severities]), corruption_cis[name])
+            lines.append(f"| {name} | " + " | ".join([*cells, mean]) + " |")
     means = severity_means(record, key)[1:]
-    lines.append("| **mean** | " + " | ".join(_fmt(v, scale, digits) for v in [*means, _mean(means)]) + " |")
+    cells = [cell(v, ci) for v, ci in zip(means, severity_cis, strict=True)]
+    lines.append("| **mean** | " + " | ".join([*cells, cell(_mean(means), mca_ci)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,11 +179,13 @@ def record_markdown(record: dict[str, Any], formats: Sequence[str] = ("png",)) -
         [
             f"# Robustness: {record['run_name']}\n",
             f"{record['model']} model `{record['ckpt_path']}` on {s['num_images']} test images. Clean accuracy "
-            f"{_fmt(s['clean_acc'])}% (AUC {_fmt(s['clean_auc'], 1, 3)}); mean corruption accuracy (mCA, over "
-            f"{len(s['corruptions'])} corruptions × {len(severities)} severities) {_fmt(s['mean_corruption_acc'])}% "
-            f"(AUC {_fmt(s['mean_corruption_auc'], 1, 3)}); relative drop from clean {_fmt(s['relative_drop'])}%.\n",
+            f"{_prose(s['clean_acc'], _row_ci(record, record['rows'][0]))} (AUC {_fmt(s['clean_auc'], 1, 3)}); mean "
+            f"corruption accuracy (mCA, over {len(s['corruptions'])} corruptions × {len(severities)} severities) "
+            f"{_prose(s['mean_corruption_acc'], _mean_cis(record)[0])} (AUC {_fmt(s['mean_corruption_auc'], 1, 3)}); "
+            f"relative drop from clean {_fmt(s['relative_drop'])}%.\n",
             "## Accuracy (%) per corruption and severity\n",
             _grid(record, "acc", 100, 1),
+            interval_note([record]) + "\n",
             "## AUC per corruption and severity\n",
             _grid(record, "auc", 1, 3),
             embed(STEM, formats) + "\n",
@@ -128,6 +205,8 @@ def records_csv(records: Sequence[dict[str, Any]]) -> str:
         for row in record["rows"]:
             cells = {**row, "model": record["model"], "run_name": record["run_name"]}
             cells["param"] = "" if row["param"] is None else json.dumps(row["param"])
+            ci = _row_ci(record, row)
+            cells["acc_ci_lo"], cells["acc_ci_hi"] = ("", "") if ci is None else ci
             table.append([cells[field] for field in CSV_FIELDS])
     return csv_text(table)
 
@@ -205,25 +284,34 @@ def comparison_markdown(records: Sequence[dict[str, Any]], formats: Sequence[str
     labels = [label.replace("|", "\\|") for label in _labels(records)]  # a | would end the table cell
     head = "| corruption | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels)
     summary = [
-        "| model | clean acc (%) | mCA (%) | relative drop (%) | clean AUC | mean corruption AUC |",
+        "| model | clean acc (%) [interval] | mCA (%) [interval] | relative drop (%) | clean AUC | mean corruption AUC |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, r in zip(labels, records, strict=True):
         s = r["summary"]
         summary.append(
-            f"| {label} | {_fmt(s['clean_acc'])} | {_fmt(s['mean_corruption_acc'])} | {_fmt(s['relative_drop'])} | "
+            f"| {label} | {_cell(s['clean_acc'], _row_ci(r, r['rows'][0]))} | "
+            f"{_cell(s['mean_corruption_acc'], _mean_cis(r)[0])} | {_fmt(s['relative_drop'])} | "
             f"{_fmt(s['clean_auc'], 1, 3)} | {_fmt(s['mean_corruption_auc'], 1, 3)} |"
         )
     tables = [_table(r, "acc") for r in records]
+    mean_cis = [_mean_cis(r) for r in records]
     severities = _severities(records[0])
     per_corruption = [
-        f"| {name} | " + " | ".join(_fmt(_mean([t[name][s] for s in severities])) for t in tables) + " |"
+        f"| {name} | "
+        + " | ".join(_cell(_mean([t[name][s] for s in severities]), m[1][name]) for t, m in zip(tables, mean_cis, strict=True))
+        + " |"
         for name in tables[0]
         if name != "clean"
     ]
     means = [severity_means(r) for r in records]
+    clean_cis = [_row_ci(r, r["rows"][0]) for r in records]
     per_severity = [
-        f"| {sev if sev else '0 (clean)'} | " + " | ".join(_fmt(m[i]) for m in means) + " |"
+        f"| {sev if sev else '0 (clean)'} | "
+        + " | ".join(
+            _cell(m[i], clean if i == 0 else c[2][i - 1]) for m, c, clean in zip(means, mean_cis, clean_cis, strict=True)
+        )
+        + " |"
         for i, sev in enumerate([0, *severities])
     ]
     s = records[0]["summary"]
@@ -233,7 +321,7 @@ def comparison_markdown(records: Sequence[dict[str, Any]], formats: Sequence[str
             "\n".join(summary) + "\n",
             f"mCA: mean test accuracy over {len(s['corruptions'])} corruptions × {len(s['severities'])} severities, "
             f"on the same {s['num_images']} test images corrupted the same way (seed {s['seed']}) for every model. "
-            "Relative drop: (clean − mCA) / clean.\n",
+            "Relative drop: (clean − mCA) / clean. " + interval_note(records) + "\n",
             "## Accuracy (%) per corruption, mean over severities\n",
             head + "\n" + "\n".join(per_corruption) + "\n",
             "## Accuracy (%) per severity, mean over corruptions\n",

@@ -93,6 +93,7 @@ def _is_text(value: Any) -> bool:
 
 RATE, RATE_OR_NULL = "a number from 0 to 1", "a number from 0 to 1, or null"
 TEXT = f"a non-empty text of at most {MAX_NAME_CHARS} characters"
+INTERVAL = "[lo, hi] (two numbers from 0 to 1, lo <= hi), or null"
 
 
 def record_problems(record: dict[str, Any]) -> list[str]:
@@ -154,7 +155,32 @@ def _summary_problems(record: dict[str, Any]) -> list[str]:
             check.problems.append(f"`summary.{key}` is missing")
         else:
             check(f"summary.{key}", summary[key], ok, what)
+    if check.problems:
+        return check.problems
+    corruptions, count = summary["corruptions"], len(summary["severities"])
+    for key, ok, what in (  # optional: records written before intervals were stored have none
+        ("clean_acc_ci", or_null(is_interval), INTERVAL),
+        ("mean_corruption_acc_ci", or_null(is_interval), INTERVAL),
+        (
+            "corruption_acc_ci",
+            lambda v: isinstance(v, dict) and list(v) == corruptions and all(map(or_null(is_interval), v.values())),
+            f"an object of one {INTERVAL} per corruption",
+        ),
+        (
+            "severity_acc_ci",
+            lambda v: isinstance(v, list) and len(v) == count and all(map(or_null(is_interval), v)),
+            f"a list of one {INTERVAL} per severity",
+        ),
+        ("bootstrap", lambda v: isinstance(v, dict) and is_rate(v.get("level")), "an object with a `level` from 0 to 1"),
+    ):
+        if key in summary:
+            check(f"summary.{key}", summary[key], ok, what)
     return check.problems
+
+
+def is_interval(value: Any) -> bool:
+    """[lo, hi], two rates with lo <= hi."""
+    return isinstance(value, list) and len(value) == 2 and all(map(is_rate, value)) and value[0] <= value[1]
 
 
 def _params_problems(record: dict[str, Any]) -> list[str]:
@@ -188,6 +214,8 @@ def _rows_problems(record: dict[str, Any]) -> list[str]:
         check(f"{where}.param", row["param"], lambda v, p=param: v == p, f"{reprlib.repr(param)}, as in params")
         check(f"{where}.auc", row["auc"], or_null(is_rate), RATE_OR_NULL)
         check(f"{where}.loss", row["loss"], or_null(lambda v: is_number(v) and v >= 0), "a number >= 0, or null")
+        if "acc_ci" in row:
+            check(f"{where}.acc_ci", row["acc_ci"], or_null(is_interval), INTERVAL)
         if check(f"{where}.acc", row["acc"], is_rate, RATE):
             drop = relative_drop(clean_acc, row["acc"])
             check(

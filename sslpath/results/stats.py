@@ -169,6 +169,21 @@ def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, bootstrap: Bootst
     return {key: percentile_interval(np.concatenate(v), bootstrap.level) if v else None for key, v in draws.items()}
 
 
+def score_intervals(labels: np.ndarray, scores: dict[str, np.ndarray], bootstrap: Bootstrap) -> dict[str, Interval]:
+    """Percentile intervals of several mean per-tile scores from the same stratified resamples: a score is
+    a tile's correctness (0 or 1) or its mean correctness over conditions (e.g. corruptions × severities),
+    so the interval of a mean accuracy over conditions keeps each tile's difficulty shared across them."""
+    labels = _check(labels)
+    for key, values in scores.items():
+        if np.shape(values) != labels.shape:
+            raise ValueError(f"score {key!r} must have one entry per label")
+    draws: dict[str, list[np.ndarray]] = {key: [] for key in scores}
+    for weights in resample_weights(labels, bootstrap.resamples, bootstrap.seed):
+        for key, values in scores.items():
+            draws[key].append(_accuracy(weights, np.asarray(values, dtype=float)))
+    return {key: percentile_interval(np.concatenate(v), bootstrap.level) for key, v in draws.items()}
+
+
 # ------------------------------------------------------------------------------------------------
 # Two models on the same tiles
 
