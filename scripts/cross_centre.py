@@ -34,6 +34,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from matplotlib.figure import Figure
 
 from sslpath.data.stain import jitter_stains
 from sslpath.results.intervals import wilson_interval
@@ -56,6 +57,20 @@ def simulate_centre(sample: Path, out: Path, alpha: float, beta: float, seed: in
     np.savez_compressed(out, **arrays)
     moved = np.abs(arrays["test_images"].astype(float) - np.load(sample)["test_images"]).mean()
     return {"scale": scale.tolist(), "shift": shift.tolist(), "mean_abs_grey_change": [float(moved)]}
+
+
+def centre_figure(sample: Path, centre: Path, out: Path, count: int = 8) -> None:
+    """The first `count` test tiles of the sample (top) and of the simulated centre (bottom)."""
+    with np.load(sample, allow_pickle=False) as a, np.load(centre, allow_pickle=False) as b:
+        rows = [a["test_images"][:count], b["test_images"][:count]]
+    fig = Figure(figsize=(count * 1.1, 2.5))
+    axes = fig.subplots(2, count)
+    for r, (tiles, title) in enumerate(zip(rows, ("sample test tiles", "simulated centre (HED shift)"))):
+        for c, tile in enumerate(tiles):
+            axes[r, c].imshow(tile)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(title, fontsize=8, loc="left")
+    fig.savefig(out, dpi=120, bbox_inches="tight")
 
 
 def run(*args: str) -> float:
@@ -143,6 +158,7 @@ def main() -> None:
     if "centre" in args.steps:
         shift = simulate_centre(sample, centre, args.alpha, args.beta, args.seed)
         (out / "other_centre.json").write_text(json.dumps(shift, indent=1))
+        centre_figure(sample, centre, out / "other_centre.png")
         print("simulated centre:", shift, flush=True)
     if "train" in args.steps:
         seconds = run(
@@ -159,10 +175,11 @@ def main() -> None:
             record = json.loads((job / "metrics.json").read_text())
             for tta in ("false", "true"):
                 dest = out / "evaluations" / f"{job.name}_other_centre{'_tta' if tta == 'true' else ''}"
-                run(
-                    "-m", "sslpath.evaluate", f"ckpt={record['ckpt_path']}", f"data.path={centre}", f"out={dest}",
-                    f"tta={tta}", f"run_name={record['run_name']}", "report=false",
-                )  # fmt: skip
+                if not (dest / "metrics.json").is_file():  # a rerun keeps finished evaluations
+                    run(
+                        "-m", "sslpath.evaluate", f"ckpt={record['ckpt_path']}", f"data.path={centre}", f"out={dest}",
+                        f"tta={tta}", f"run_name={record['run_name']}", "report=false",
+                    )  # fmt: skip
                 timings.setdefault(record["run_name"], {})[f"evaluate_tta_{tta}_seconds"] = json.loads(
                     (dest / "metrics.json").read_text()
                 )["wall_seconds"]
