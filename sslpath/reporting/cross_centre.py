@@ -157,13 +157,21 @@ def cross_centre_markdown(rows: Sequence[Row], level: float) -> str:
         cells = [row.model, f"{row.fraction:g}", row.tested_on, str(row.accuracy.n), _cell(row.accuracy), _cell(row.drop)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     methods = sorted({row.drop.method for row in rows if row.drop is not None and row.drop.method})
+    stains = any(row.tested_on.startswith(STAIN) for row in rows)
     return "\n".join(lines) + (
         "\n\nEach model's first line is its in-domain result (its training run's own test split, or the result "
         "given first); a drop is in-domain minus that line's accuracy, in percentage points (positive: worse "
-        "than in-domain). Accuracy brackets as in the results table. Drop brackets: "
+        "than in-domain). Accuracy brackets as in the results table (for one run without a stored interval, "
+        "Wilson over its tiles). Drop brackets: "
         + "; ".join(f"{method}: {DROP_TEXT[method]}" for method in methods)
-        + ". stain_shift lines: the in-domain tiles under the robustness benchmark's synthetic HED stain shift "
-        "(its clean accuracy is the reference there).\n"
+        + "."
+        + (
+            " stain_shift lines: the in-domain tiles under the robustness benchmark's synthetic HED stain shift "
+            "(its clean accuracy is the reference there)."
+            if stains
+            else ""
+        )
+        + "\n"
     )
 
 
