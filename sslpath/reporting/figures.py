@@ -133,7 +133,7 @@ def label_efficiency_figure(groups: Sequence[Group], level: float = LEVEL) -> Fi
     training-set size / classes) when every plotted run has it. Evaluations (sslpath.evaluate) do not record
     it; with one among them x is the label fraction and the axis is labelled "label fraction".
     """
-    lines = {name: [g for g in groups if g.name == name] for name in dict.fromkeys(g.name for g in groups)}
+    lines = {name: [g for g in groups if g.shown_name == name] for name in dict.fromkeys(g.shown_name for g in groups)}
     lines = {name: line for name, line in lines.items() if len(line) > 1}
     if not lines:
         return None

@@ -27,6 +27,7 @@ from sslpath.core.paths import find_results
 from sslpath.reporting.style import percent
 from sslpath.results.metrics import classification_results
 from sslpath.results.record import MAX_EPOCHS, RERUN, RunRecord, read_record
+from sslpath.results.sources import DataSource, data_source
 
 RUN_FILES = ("metrics.json", "test_predictions.csv", "test_examples.npz")
 GRID = 3  # the qualitative figure shows GRID × GRID test images
@@ -75,9 +76,15 @@ class Run:
         return float(self.record.label_fraction)
 
     @property
+    def source(self) -> DataSource:
+        """Where its test tiles came from: its own test split, or the data an evaluation named."""
+        return data_source(self.record)
+
+    @property
     def title(self) -> str:
-        """What a reader needs (model, labels, seed), not dir names or hashes."""
-        return f"{self.name} · {percent(self.fraction)} labels · seed {self.record.seed}"
+        """What a reader needs (model, data unless its own test split, labels, seed), not dir names or hashes."""
+        data = "" if self.source.own else f" · {self.source.label}"
+        return f"{self.name}{data} · {percent(self.fraction)} labels · seed {self.record.seed}"
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:

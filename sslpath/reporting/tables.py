@@ -17,6 +17,7 @@ from sslpath.core.names import path_name
 from sslpath.reporting.runs import Run
 from sslpath.reporting.style import percent
 from sslpath.results.intervals import METHOD_TEXT, Estimate, estimate
+from sslpath.results.sources import OWN_SOURCE, DataSource
 from sslpath.results.stats import Bootstrap
 
 SELECTION_TEXT = {  # the record's `selection` (sslpath.training.protocol) -> how the tested checkpoint was chosen
@@ -33,6 +34,7 @@ class Group:
     name: str
     fraction: float
     runs: list[Run]
+    source: DataSource = OWN_SOURCE  # where the runs' test tiles came from (sslpath.results.sources)
 
     @property
     def kind(self) -> str:
@@ -50,10 +52,15 @@ class Group:
     def title(self) -> str:
         seeds = sorted({run.record.seed for run in self.runs})
         pooled = f"seed {seeds[0]}" if len(self.runs) == 1 else f"seeds {', '.join(map(str, seeds))} (pooled)"
-        return f"{self.name} · {percent(self.fraction)} labels · {pooled}"
+        return f"{self.shown_name} · {percent(self.fraction)} labels · {pooled}"
+
+    @property
+    def shown_name(self) -> str:
+        """The run name, and the data its runs were tested on unless that is their own test split."""
+        return self.name if self.source.own else f"{self.name} · {self.source.label}"
 
     def label(self, with_fraction: bool) -> str:
-        return f"{self.name}, {percent(self.fraction)} labels" if with_fraction else self.name
+        return f"{self.shown_name}, {percent(self.fraction)} labels" if with_fraction else self.shown_name
 
     def values(self, key: str) -> list[float]:
         """The runs' values of a record field; runs without it (null) are left out."""
@@ -61,17 +68,24 @@ class Group:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """One group per (run name, label fraction): names in first-seen order, fractions ascending within a name.
+    """One group per (run name, label fraction, data source): names in first-seen order, fractions ascending
+    within a name, sources (a training run's own test split, or each data set an evaluation named) in
+    first-seen order within a fraction, so one checkpoint evaluated on two centres gives two rows.
 
     A group's runs are its seeds, so n is the number of distinct seeds: a seed that appears twice (a copied
     run dir, a rerun with the same seed, or runs that differ in something other than the seed under one run
     name) is refused rather than counted twice, which would inflate n and shrink the ±. A run dir named
     twice is one run already (find_run_dirs)."""
-    by_key: dict[tuple[str, float], list[Run]] = {}
+    by_key: dict[tuple[str, float, str], list[Run]] = {}
+    sources: dict[str, DataSource] = {}
     for run in runs:
-        by_key.setdefault((run.name, run.fraction), []).append(run)
-    names = dict.fromkeys(name for name, _ in by_key)
-    groups = [Group(name, f, by_key[name, f]) for name in names for n, f in sorted(by_key) if n == name]
+        source = sources.setdefault(run.source.key, run.source)
+        by_key.setdefault((run.name, run.fraction, source.key), []).append(run)
+    order = {key: i for i, key in enumerate(by_key)}
+    names = dict.fromkeys(name for name, _, _ in by_key)
+    rank = {name: i for i, name in enumerate(names)}
+    keys = sorted(by_key, key=lambda k: (rank[k[0]], k[1], order[k]))
+    groups = [Group(name, f, by_key[name, f, key], sources[key]) for name, f, key in keys]
     for group in groups:
         for what, attribute in (("classes", "class_names"), ("model kinds", "kind")):
             if any(getattr(run, attribute) != getattr(group.runs[0], attribute) for run in group.runs):
@@ -192,7 +206,7 @@ def markdown_table(groups: Sequence[Group], columns: Sequence[Column], level: fl
     header = ["Model", "Label fraction", "n", *(column.header for column in columns)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for group in groups:
-        cells = [group.name.replace("|", "\\|"), f"{group.fraction:g}", str(len(group.runs))]
+        cells = [group.shown_name.replace("|", "\\|"), f"{group.fraction:g}", str(len(group.runs))]
         lines.append("| " + " | ".join(cells + [column.cell(group, level) for column in columns]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,8 @@ from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_write_text
 from sslpath.core.staging import staged_dirs
 from sslpath.models import registry
+from sslpath.reporting.cross_centre import STEM_OUT as CROSS_CENTRE
+from sslpath.reporting.cross_centre import Row, cross_centre_csv, cross_centre_markdown, cross_centre_rows
 from sslpath.reporting.evidence_figures import FROZEN_FIGURE, frozen_features_figure, reliability_of
 from sslpath.reporting.figures import (
     VAL_PLOTS,
@@ -155,6 +157,7 @@ def _render_report(
     dpi: int,
     comparisons: PairedComparisons | None = None,
     level: float = LEVEL,
+    cross_centre: Sequence[Row] = (),
 ) -> None:
     atomic_write_text(out / MARKER, "Written by sslpath.report, which replaces this dir whole when run again.\n")
     for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
@@ -178,6 +181,11 @@ def _render_report(
         atomic_write_text(out / "comparisons.md", comparisons.markdown())
         markdown += "\n## Paired comparisons\n\n" + "\n".join(f"- {c.a} vs {c.b}: {c.verdict}" for c in comparisons.rows)
         markdown += "\n\nIntervals and McNemar's test: [comparisons.md](comparisons.md).\n"
+    if cross_centre:  # issue 19: one checkpoint on its own data and on another centre's (sslpath.reporting.cross_centre)
+        table = cross_centre_markdown(cross_centre, level)
+        atomic_write_text(out / f"{CROSS_CENTRE}.csv", cross_centre_csv(cross_centre))
+        atomic_write_text(out / f"{CROSS_CENTRE}.md", f"# In-domain and out-of-domain accuracy\n\n{table}")
+        markdown += f"\n## In-domain and out-of-domain accuracy\n\n{table}"
     atomic_write_text(out / "results.md", markdown)
 
 
@@ -207,12 +215,13 @@ def write_report(
     groups = group_runs([load_run(d) for d in found])
     bootstrap = bootstrap or Bootstrap()
     comparisons = paired_comparisons([run for group in groups for run in group.runs], compare, bootstrap)
+    cross_centre = cross_centre_rows(groups, bootstrap)
     within = None if tensorboard_within is None else Path(tensorboard_within).resolve()
     with staged_dirs() as staged:
         fix = "Pass a writable --out DIR."
         tmp = staged.stage(out_dir, fix, report_problem)
         try:
-            _render_report(groups, tmp, formats, dpi, comparisons, bootstrap.level)
+            _render_report(groups, tmp, formats, dpi, comparisons, bootstrap.level, cross_centre)
         except OSError as err:
             raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
         if tensorboard:

@@ -6,6 +6,7 @@ probe, whose per-tile predictions are not kept), the Wilson score interval over 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,18 @@ def wilson_interval(rate: float, tiles: int, level: float) -> Interval:
     """Wilson score interval of an accuracy measured on `tiles` test tiles (scipy's binomtest)."""
     ci = binomtest(round(rate * tiles), tiles).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def difference_interval(rate_a: float, tiles_a: int, rate_b: float, tiles_b: int, level: float) -> Interval:
+    """Interval of rate_a − rate_b for two accuracies whose per-tile results are not kept (a robustness
+    benchmark's rows): Newcombe's hybrid score interval (1998, method 10) from the two Wilson intervals. It
+    treats the two as independent samples; for two conditions of the same tiles it is conservative (wider)."""
+    (low_a, high_a), (low_b, high_b) = wilson_interval(rate_a, tiles_a, level), wilson_interval(rate_b, tiles_b, level)
+    difference = rate_a - rate_b
+    return (
+        difference - math.hypot(rate_a - low_a, high_b - rate_b),
+        difference + math.hypot(high_a - rate_a, rate_b - low_b),
+    )
 
 
 def estimate(values: Sequence[float], level: float, *, stored_ci: Interval | None = None, tiles: int | None = None) -> Estimate:

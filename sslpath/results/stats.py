@@ -59,7 +59,7 @@ def _check(labels: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
     return labels
 
 
-def resample_weights(labels: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+def resample_weights(labels: np.ndarray, resamples: int, seed: int | np.random.SeedSequence) -> Iterator[np.ndarray]:
     """Stratified bootstrap resamples as count vectors: chunks of N × B arrays, column b's entry i saying
     how often tile i was drawn in resample b. Within each class, n_c tiles are drawn with replacement from
     its n_c. Tiles are rows, so gathering tiles copies contiguous rows."""
@@ -185,7 +185,7 @@ def score_intervals(labels: np.ndarray, scores: dict[str, np.ndarray], bootstrap
 
 
 # ------------------------------------------------------------------------------------------------
-# Two models on the same tiles
+# Two models on the same tiles; one model on two sets of tiles
 
 
 def paired_accuracy_difference(
@@ -199,6 +199,23 @@ def paired_accuracy_difference(
         raise ValueError("correct_a and correct_b must have one entry per label")
     draws = [_accuracy(w, diff) for w in resample_weights(labels, bootstrap.resamples, bootstrap.seed)]
     return float(diff.mean()), percentile_interval(np.concatenate(draws), bootstrap.level)
+
+
+def unpaired_accuracy_difference(
+    labels_a: np.ndarray, correct_a: np.ndarray, labels_b: np.ndarray, correct_b: np.ndarray, bootstrap: Bootstrap
+) -> tuple[float, Interval]:
+    """Accuracy on tiles A minus accuracy on other tiles B (one model on two centres) and its percentile
+    interval: each tile set is resampled on its own (stratified), from two independent streams of the one
+    seed, so the interval holds both sets' sampling error and no pairing that the tiles do not have."""
+    streams = np.random.SeedSequence(bootstrap.seed).spawn(2)
+    draws, accuracies = [], []
+    for labels, correct, stream in ((labels_a, correct_a, streams[0]), (labels_b, correct_b, streams[1])):
+        labels, correct = _check(labels), np.asarray(correct, dtype=float)
+        if correct.shape != labels.shape:
+            raise ValueError("each correct array must have one entry per label")
+        accuracies.append(float(correct.mean()))
+        draws.append(np.concatenate([_accuracy(w, correct) for w in resample_weights(labels, bootstrap.resamples, stream)]))
+    return accuracies[0] - accuracies[1], percentile_interval(draws[0] - draws[1], bootstrap.level)
 
 
 @dataclass(frozen=True)
