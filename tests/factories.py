@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
+from sslpath.data.datamodule import FolderDataModule
 from sslpath.data.splits import SPLITS
 from sslpath.data.stain import density_to_rgb
 from sslpath.data.synthetic import synthetic_splits
@@ -142,6 +143,21 @@ def run_command(*args: str, cwd: Path, module: str = "sslpath.train") -> subproc
         root.handlers[:], root.level = handlers, level
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def train_cli(tmp_path: Path, *overrides: str, data: list[str] = TINY_DATA, run_dir: str | None = "run") -> tuple[int, str]:
+    """`python -m sslpath.train` of a tiny run in this process from tmp_path: (exit code, stderr). run_dir=None
+    keeps the configured run dir (under paths.log_dir)."""
+    run = [f"hydra.run.dir={tmp_path}/{run_dir}"] if run_dir else []
+    result = run_command(*data, *TINY_TRAINER, f"paths.log_dir={tmp_path}/logs", *run, *overrides, cwd=tmp_path)
+    return result.returncode, result.stderr
+
+
+def datamodule(root: Path, cache: Path, **kwargs) -> FolderDataModule:
+    settings = dict(
+        dir=str(root), cache_dir=str(cache), size=16, val_fraction=0.2, test_fraction=0.2, batch_size=4, eval_batch_size=4
+    )
+    return FolderDataModule(**{**settings, **kwargs})
 
 
 def tiny_run(out: Path, epochs: int = 3) -> dict:

@@ -23,7 +23,7 @@ from sslpath.results.robustness import relative_drop
 from sslpath.results.sources import OWN, data_source
 from sslpath.results.stats import Bootstrap, unpaired_accuracy_difference
 
-from test_report import fake_run
+from factories import fake_run
 
 OTHER = {"_target_": "sslpath.data.datamodule.FolderDataModule", "dir": "/data/other_centre/", "size": 28}
 

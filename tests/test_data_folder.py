@@ -16,20 +16,13 @@ from sslpath.data.datamodule import FolderDataModule
 from sslpath.data.images import read_image
 from sslpath.data.splits import SPLITS
 
-from factories import COLOURS, compose_cfg, make_tiles
+from factories import COLOURS, compose_cfg, datamodule, make_tiles
 
 
 def corrupt(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(np.random.default_rng(seed).integers(0, 256, 300, dtype=np.uint8).tobytes())
     return path
-
-
-def datamodule(root: Path, cache: Path, **kwargs) -> FolderDataModule:
-    settings = dict(
-        dir=str(root), cache_dir=str(cache), size=16, val_fraction=0.2, test_fraction=0.2, batch_size=4, eval_batch_size=4
-    )
-    return FolderDataModule(**{**settings, **kwargs})
 
 
 def colour_labels(images: torch.Tensor) -> list[int]:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import safetensors.torch as st
 import torch
-from test_evaluate import compose_evaluate
 
 from sslpath.core.errors import UserError
 from sslpath.data.corruptions import Suite
@@ -25,7 +24,7 @@ from sslpath.results.intervals import wilson_interval
 from sslpath.results.robustness import read_robustness_record, robustness_record
 from sslpath.results.stats import Bootstrap, bootstrap_intervals, score_intervals
 
-from conftest import TINY_DATA, run_main
+from factories import TINY_DATA, compose_evaluate, run_main
 
 SUITE = Suite(
     params={"brightness_down": (0.9, 0.7, 0.5, 0.3, 0.1), "gaussian_noise": (0.05, 0.1, 0.2, 0.3, 0.4)}, severities=(1, 3)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from test_reliability import cli
 
 from sslpath.data.download import partial_path, size_text
 from sslpath.training import rundir as runs
 
-from factories import TINY_TRAINER, cli_env, closed_port, read_metrics, run_cli, write_npz
+from factories import TINY_TRAINER, cli_env, closed_port, read_metrics, run_cli, train_cli, write_npz
 
 # The official 28 px file's format at a tiny size: 48 training tiles, a few seconds of SSL on 2 CPU cores.
 COUNTS = (48, 18, 18)
@@ -25,41 +24,41 @@ def offline(tmp_path: Path) -> list[str]:
     return ["data=pathmnist", f"paths.data_dir={tmp_path}/data", f"data.url=http://127.0.0.1:{closed_port()}/pathmnist.npz"]
 
 
-def test_a_run_that_stops_before_training_leaves_no_run_dir(tmp_path, capsys):
-    code, err = cli(tmp_path, *offline(tmp_path), capsys=capsys, data=[], run_dir=None)
+def test_a_run_that_stops_before_training_leaves_no_run_dir(tmp_path):
+    code, err = train_cli(tmp_path, *offline(tmp_path), data=[], run_dir=None)
     assert code == 2 and "sslpath tried to download it from" in err and "Connection refused" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "logs").exists()  # the run dir, and logs/runs/ made for it, are gone
     assert (tmp_path / "data").is_dir()  # where the file will go: kept for the next try
 
 
-def test_a_new_run_dir_given_by_hand_is_removed_but_not_the_folders_that_were_there(tmp_path, capsys):
+def test_a_new_run_dir_given_by_hand_is_removed_but_not_the_folders_that_were_there(tmp_path):
     (tmp_path / "mine").mkdir()
-    code, _ = cli(tmp_path, *offline(tmp_path), capsys=capsys, data=[], run_dir="mine/new/run")
+    code, _ = train_cli(tmp_path, *offline(tmp_path), data=[], run_dir="mine/new/run")
     assert code == 2 and not (tmp_path / "mine" / "new").exists() and (tmp_path / "mine").is_dir()
 
 
-def test_a_run_dir_that_existed_before_is_never_removed(tmp_path, capsys):
+def test_a_run_dir_that_existed_before_is_never_removed(tmp_path):
     (tmp_path / "run").mkdir()
-    code, _ = cli(tmp_path, *offline(tmp_path), capsys=capsys, data=[], run_dir="run")
+    code, _ = train_cli(tmp_path, *offline(tmp_path), data=[], run_dir="run")
     assert code == 2 and (tmp_path / "run" / "config.yaml").is_file()
 
 
-def test_a_resumed_run_dir_is_never_removed(tmp_path, capsys):
+def test_a_resumed_run_dir_is_never_removed(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.yaml").write_text("seed: 42\n")
-    code, err = cli(tmp_path, f"resume={tmp_path}/old", capsys=capsys, run_dir=None)
+    code, err = train_cli(tmp_path, f"resume={tmp_path}/old", run_dir=None)
     assert code == 2 and "cannot resume" in err and (tmp_path / "old" / "config.yaml").read_text() == "seed: 42\n"
 
 
-def test_a_run_that_trained_keeps_its_run_dir(tmp_path, capsys):
-    code, err = cli(tmp_path, "optimizer.lr=1e30", "trainer.max_epochs=2", capsys=capsys, run_dir="run")
+def test_a_run_that_trained_keeps_its_run_dir(tmp_path):
+    code, err = train_cli(tmp_path, "optimizer.lr=1e30", "trainer.max_epochs=2", run_dir="run")
     assert code == 2 and "loss became nan" in err
     assert not {p.name for p in (tmp_path / "run").iterdir()} <= runs.START_UP_FILES
 
 
-def test_a_chained_fine_tune_that_stops_before_training_leaves_no_stage_dir(tmp_path, capsys):
-    code, _ = cli(tmp_path, "model=finetune", *offline(tmp_path), capsys=capsys, data=[], run_dir=None)
+def test_a_chained_fine_tune_that_stops_before_training_leaves_no_stage_dir(tmp_path):
+    code, _ = train_cli(tmp_path, "model=finetune", *offline(tmp_path), data=[], run_dir=None)
     assert code == 2 and not list((tmp_path / "logs").rglob("config.yaml"))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 from sslpath.core.errors import UserError
 from sslpath.models.checkpoint import load_checkpoint
@@ -21,32 +19,22 @@ from sslpath.training import checkpoint_writer as checkpoint_io
 from sslpath.training.fit import train
 from sslpath.training.rundir import LOCK
 
-from factories import TINY, TINY_DATA, TINY_TRAINER, compose_cfg, data_files, read_metrics, run_cli, run_main, write_npz
+from factories import (
+    TINY,
+    TINY_DATA,
+    compose_cfg,
+    data_files,
+    read_metrics,
+    run_cli,
+    train_cli,
+    write_npz,
+)
 
 RESULT_GLOBS = ("*.ckpt", "metrics.json", "test_predictions.csv", "results.md", "*.tmp", "*.part")
 
 
 def leftovers(root: Path) -> list[Path]:
     return [p for pattern in RESULT_GLOBS for p in root.rglob(pattern)]
-
-
-def cli(tmp_path: Path, *overrides: str, capsys, data: list[str] = TINY_DATA, run_dir: str | None = "run") -> tuple[int, str]:
-    """Run `python -m sslpath.train` in-process; return (exit code, stderr). run_dir=None keeps the
-    configured run dir (under paths.log_dir)."""
-    run = [f"hydra.run.dir={tmp_path}/{run_dir}"] if run_dir else []
-    args = [*data, *TINY_TRAINER, f"paths.log_dir={tmp_path}/logs", *run, *overrides]
-    root = logging.getLogger()
-    old_handlers = list(root.handlers)
-    try:
-        run_main("sslpath.train", *args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        # Hydra points the root logger at this test's captured stderr; later tests must not log to it.
-        root.handlers[:] = old_handlers
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,10 +88,10 @@ def test_sigkill_mid_epoch_then_resume_of_a_moved_dir_equals_uninterrupted(tmp_p
     assert len(steps) == 3 and len(set(steps)) == 3
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, capsys):
-    code, _ = cli(tmp_path, capsys=capsys)
+def test_resume_with_other_settings_is_refused(tmp_path):
+    code, _ = train_cli(tmp_path)
     assert code == 0
-    code, err = cli(tmp_path, f"resume={tmp_path}/run", "optimizer.lr=0.5", capsys=capsys)
+    code, err = train_cli(tmp_path, f"resume={tmp_path}/run", "optimizer.lr=0.5")
     assert code == 2 and "cannot resume" in err and "optimizer.lr" in err
 
 
@@ -126,70 +114,70 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 3 and not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def test_a_busy_run_dir_is_refused_naming_the_owner(tmp_path, capsys):
+def test_a_busy_run_dir_is_refused_naming_the_owner(tmp_path):
     from filelock import FileLock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / f"{LOCK}.pid").write_text("4242\n")
     with FileLock(run_dir / LOCK):
-        code, err = cli(tmp_path, capsys=capsys)
+        code, err = train_cli(tmp_path)
     assert code == 2 and "in use by another sslpath process (pid 4242)" in err
     assert leftovers(run_dir) == []
-    code, _ = cli(tmp_path, capsys=capsys)  # free again: the run proceeds
+    code, _ = train_cli(tmp_path)  # free again: the run proceeds
     assert code == 0
 
 
-def test_resume_of_a_missing_dir_creates_nothing(tmp_path, capsys):
-    code, err = cli(tmp_path, f"resume={tmp_path}/typo", capsys=capsys, run_dir=None)
+def test_resume_of_a_missing_dir_creates_nothing(tmp_path):
+    code, err = train_cli(tmp_path, f"resume={tmp_path}/typo", run_dir=None)
     assert code == 2 and "not a run dir" in err
     assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize("damage", ["seed: [unclosed", "- 1\n- 2\n", "seed: ${oc.env:HOME}\n"])
-def test_resume_with_a_damaged_config_is_a_clear_error(tmp_path, capsys, damage):
-    code, _ = cli(tmp_path, capsys=capsys)
+def test_resume_with_a_damaged_config_is_a_clear_error(tmp_path, damage):
+    code, _ = train_cli(tmp_path)
     assert code == 0
     (tmp_path / "run" / "config.yaml").write_text(damage)
-    code, err = cli(tmp_path, f"resume={tmp_path}/run", capsys=capsys, run_dir=None)
+    code, err = train_cli(tmp_path, f"resume={tmp_path}/run", run_dir=None)
     assert code == 2 and "cannot resume" in err and "Traceback" not in err
     assert os.environ.get("HOME", "/nonexistent") not in err.replace(str(tmp_path), "")  # never resolved
 
 
-def test_a_damaged_ssl_stage_record_is_a_clear_error(tmp_path, capsys):
+def test_a_damaged_ssl_stage_record_is_a_clear_error(tmp_path):
     shared = f"paths.pretrain_dir={tmp_path}/shared"
-    code, _ = cli(tmp_path, "model=finetune", shared, capsys=capsys, run_dir="a")
+    code, _ = train_cli(tmp_path, "model=finetune", shared, run_dir="a")
     assert code == 0
     (record,) = (tmp_path / "shared").glob("*/metrics.json")
     record.write_text("[1]")
-    code, err = cli(tmp_path, "model=finetune", shared, capsys=capsys, run_dir="b")
+    code, err = train_cli(tmp_path, "model=finetune", shared, run_dir="b")
     assert code == 2 and "metrics.json holds an array, not an object" in err and "to pretrain again" in err
     assert "Traceback" not in err
 
 
-def test_a_checkpoint_from_another_run_never_ends_in_a_traceback(tmp_path, capsys):
-    code, _ = cli(tmp_path, capsys=capsys, run_dir="a")
+def test_a_checkpoint_from_another_run_never_ends_in_a_traceback(tmp_path):
+    code, _ = train_cli(tmp_path, run_dir="a")
     assert code == 0
-    code, err = cli(tmp_path, f"ckpt_path={tmp_path}/a/checkpoints/last.ckpt", capsys=capsys, run_dir="b")
+    code, err = train_cli(tmp_path, f"ckpt_path={tmp_path}/a/checkpoints/last.ckpt", run_dir="b")
     assert code == 2 and "nothing left to train" in err and "Traceback" not in err
 
 
-def test_resume_from_a_truncated_last_checkpoint_is_a_clear_error(tmp_path, capsys):
-    code, _ = cli(tmp_path, capsys=capsys)
+def test_resume_from_a_truncated_last_checkpoint_is_a_clear_error(tmp_path):
+    code, _ = train_cli(tmp_path)
     assert code == 0
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
-    code, err = cli(tmp_path, f"resume={tmp_path}/run", capsys=capsys, run_dir=None)
+    code, err = train_cli(tmp_path, f"resume={tmp_path}/run", run_dir=None)
     assert code == 2 and "not a readable PyTorch checkpoint" in err and "truncated" in err
     assert "Traceback" not in err
 
 
-def test_chained_resume_does_not_pretrain_again(tmp_path, capsys):
-    code, _ = cli(tmp_path, "model=finetune", capsys=capsys)
+def test_chained_resume_does_not_pretrain_again(tmp_path):
+    code, _ = train_cli(tmp_path, "model=finetune")
     assert code == 0
     pre = list((tmp_path / "run" / "pretrain").glob("*/metrics.json"))
     stamp = pre[0].stat().st_mtime_ns
-    code, err = cli(tmp_path, "model=finetune", f"resume={tmp_path}/run", capsys=capsys)
+    code, err = train_cli(tmp_path, "model=finetune", f"resume={tmp_path}/run")
     assert code == 0, err
     assert pre[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "run" / "pretrain").glob("*/metrics.json"))) == 1
 
@@ -206,13 +194,13 @@ class Exploit:
         return (Path.touch, (self.marker,))
 
 
-def test_malicious_checkpoint_is_refused_without_executing(tmp_path, capsys):
+def test_malicious_checkpoint_is_refused_without_executing(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "sslpath": {"kind": "simclr"}, "payload": Exploit(marker)}, evil)
     with pytest.raises(UserError, match="refused to load"):
         load_checkpoint(evil)
-    code, err = cli(tmp_path, "model=finetune", f"model.pretrained_ckpt={evil}", capsys=capsys)
+    code, err = train_cli(tmp_path, "model=finetune", f"model.pretrained_ckpt={evil}")
     assert code == 2 and "refused to load" in err
     assert not marker.exists()
     # the same file really does run code when unpickled without weights_only
@@ -346,18 +334,18 @@ def _cases() -> list[str]:
 
 
 @pytest.mark.parametrize("case", _cases())
-def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path, capsys, case):
+def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path, case):
     data, overrides, message = bad_files(tmp_path)[case]
     run_dir = None if case == "output dir not writable" else "run"  # the default, interpolated run dir
-    code, err = cli(tmp_path, *overrides, capsys=capsys, data=data, run_dir=run_dir)
+    code, err = train_cli(tmp_path, *overrides, data=data, run_dir=run_dir)
     assert code == 2, err[-2000:]
     assert message in err
     assert "Traceback" not in err and err.count("\n") <= 2
     assert leftovers(tmp_path / "run") == [] and leftovers(tmp_path / "logs") == []
 
 
-def test_baseline_checkpoint_passed_as_ssl(tmp_path, capsys, baseline_ckpt):
-    code, err = cli(tmp_path, "model=finetune", f"model.pretrained_ckpt={baseline_ckpt}", capsys=capsys)
+def test_baseline_checkpoint_passed_as_ssl(tmp_path, baseline_ckpt):
+    code, err = train_cli(tmp_path, "model=finetune", f"model.pretrained_ckpt={baseline_ckpt}")
     assert code == 2 and "is a baseline checkpoint, not an SSL one" in err
     assert leftovers(tmp_path / "run") == []
 
@@ -368,48 +356,47 @@ def served_npz(file_server):
     return source, file_server.url("pathmnist.npz")
 
 
-def test_md5_mismatch_on_download(tmp_path, capsys, served_npz):
+def test_md5_mismatch_on_download(tmp_path, served_npz):
     source, url = served_npz
     overrides = [*FILE_DATA[1:], f"paths.data_dir={tmp_path}/data", "data.download=true", f"data.url={url}"]
-    code, err = cli(tmp_path, *overrides, "data.md5=" + "0" * 32, capsys=capsys, data=[])
+    code, err = train_cli(tmp_path, *overrides, "data.md5=" + "0" * 32, data=[])
     assert code == 2 and "MD5" in err and data_files(tmp_path / "data") == []
     assert leftovers(tmp_path / "run") == []
     md5 = hashlib.md5(source.read_bytes()).hexdigest()
-    code, err = cli(tmp_path, *overrides, f"data.md5={md5}", capsys=capsys, data=[])
+    code, err = train_cli(tmp_path, *overrides, f"data.md5={md5}", data=[])
     assert code == 0, err
     assert (tmp_path / "data" / "pathmnist.npz").read_bytes() == source.read_bytes()
 
 
-def test_disk_full_while_saving_keeps_nothing_torn(tmp_path, capsys, monkeypatch):
+def test_disk_full_while_saving_keeps_nothing_torn(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpoint_io.torch, "save", full)
-    code, err = cli(tmp_path, capsys=capsys)
+    code, err = train_cli(tmp_path)
     assert code == 2 and "no space left" in err and "ckpt_path=last" in err
     assert leftovers(tmp_path / "run") == []
 
 
-def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, capsys):
-    code, _ = cli(tmp_path, "model=simclr", capsys=capsys, run_dir="ssl")
+def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path):
+    code, _ = train_cli(tmp_path, "model=simclr", run_dir="ssl")
     assert code == 0
-    code, err = cli(
+    code, err = train_cli(
         tmp_path,
         "model=baseline",
         "trainer.max_epochs=3",
         f"ckpt_path={tmp_path}/ssl/checkpoints/last.ckpt",
-        capsys=capsys,
         run_dir="b",
     )
     assert code == 2 and "holds another model (kind: 'simclr' in the checkpoint, 'baseline' here)" in err
     assert "Traceback" not in err and leftovers(tmp_path / "b") == []
 
 
-def test_a_new_run_never_lands_on_a_finished_one(tmp_path, capsys):
-    code, _ = cli(tmp_path, capsys=capsys)
+def test_a_new_run_never_lands_on_a_finished_one(tmp_path):
+    code, _ = train_cli(tmp_path)
     assert code == 0
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    code, err = cli(tmp_path, capsys=capsys)  # same hydra.run.dir, no resume=
+    code, err = train_cli(tmp_path)  # same hydra.run.dir, no resume=
     assert code == 2 and "already holds a run (metrics.json, checkpoints)" in err and "resume=" in err
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and LOCK not in p.name}
     assert all(before[p] == t for p, t in after.items())  # not even Hydra's .hydra/ files were rewritten

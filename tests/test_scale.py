@@ -20,7 +20,7 @@ from sslpath.data.node_cache import cache_key, cache_path, node_splits
 from sslpath.data.splits import SPLITS, Split
 from sslpath.data.synthetic import synthetic_bytes, synthetic_splits
 
-from conftest import TINY, cli_env, run_cli
+from factories import TINY, cli_env, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 23, "val": 11, "test": 7}

@@ -19,7 +19,7 @@ from sslpath.data.shards import INDEX, ShardSet
 from sslpath.data.stream import StreamDataModule, StreamLoader
 from sslpath.training.fit import train
 
-from conftest import TINY_TRAINER, compose_cfg, read_metrics, run_cli, run_main
+from factories import TINY_TRAINER, compose_cfg, read_metrics, run_cli, run_main
 
 SIZE = 8
 COUNTS = {"train": 100, "val": 20, "test": 20}

@@ -157,3 +157,13 @@ def test_the_checks_see_a_violation(tmp_path):
         ("sslpath.models.registry", 1, False),
         ("sslpath.train", 3, True),
     ]
+
+
+def test_test_modules_share_helpers_through_factories_only():
+    """Shared test helpers live in tests/factories.py (fixtures in conftest.py): a test module importing
+    another test module runs that module's module-scoped fixtures twice and ties their edits together."""
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(("test_", "conftest"))], f"{path.name} imports {names}"

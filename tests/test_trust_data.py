@@ -14,7 +14,7 @@ import pytest
 
 from sslpath.core.errors import UserError
 
-from factories import TINY, cli_env
+from factories import COLOURS, TINY, cli_env, compose_evaluate, datamodule, make_tiles
 
 # Variables that would hide what sslpath itself does: markers MLflow reads as "testing, no telemetry", and
 # the settings this test process got when it imported sslpath.
@@ -127,14 +127,12 @@ def test_two_runs_creating_one_mlflow_store_at_once_both_work(tmp_path):
 
 
 def folder_module(root: Path, cache: Path, **kwargs):
-    from test_data_folder import datamodule
 
     return datamodule(root, cache, **kwargs)
 
 
 @pytest.fixture
 def tiles(tmp_path) -> Path:
-    from test_data_folder import make_tiles
 
     root = tmp_path / "tiles"
     make_tiles(root, {"adipose": 6, "mucus": 5, "tumour": 5})
@@ -152,7 +150,6 @@ def test_unlabeled_dir_equal_to_data_dir_is_refused(tmp_path, tiles):
 
 def test_labelled_tiles_under_unlabeled_dir_are_left_out_and_counted(tmp_path, tiles, caplog):
     """data.unlabeled_dir holding a link to a labelled tile and a copy of one: only the extra tiles stay."""
-    from test_data_folder import make_tiles
 
     pool = tmp_path / "pool"
     make_tiles(pool / "extra", {"mucus": 4}, start=100)
@@ -302,7 +299,6 @@ def test_a_fast_dev_run_chain_is_refused_before_any_stage(tmp_path):
 def bmp_tiles(root: Path, per_class: int, start: int = 0) -> None:
     """Uncompressed tiles (a pixel can change in place), every file's bytes distinct."""
     from PIL import Image
-    from test_data_folder import COLOURS
 
     for name, colour in COLOURS.items():
         (root / name).mkdir(parents=True)
@@ -326,7 +322,6 @@ def folder_run(tmp_path_factory) -> dict:
 
 
 def evaluate_folder(run: dict, out: Path, *overrides: str) -> dict:
-    from test_evaluate import compose_evaluate
 
     from sslpath.evaluation.evaluate import evaluate
 
@@ -408,7 +403,6 @@ def test_two_runs_on_one_folder_convert_it_once(tmp_path, tiles, monkeypatch):
 
 
 def test_the_left_out_tiles_are_counted_per_given_split(tmp_path, caplog):
-    from test_data_folder import make_tiles
 
     root = tmp_path / "tiles"
     for split, start in (("train", 0), ("val", 10), ("test", 20)):
