@@ -318,7 +318,7 @@ def class_folder(root: Path, name: bytes, value: int, count: int = 3) -> None:
         Image.new("RGB", (8, 8), (value,) * 3).save(os.fsdecode(os.path.join(folder, b"%d.png" % i)))
 
 
-def test_class_folders_of_any_bytes_become_printable_class_names_with_originals_kept(tmp_path):
+def test_class_folders_of_any_bytes_become_printable_class_names_with_originals_kept(tmp_path, caplog):
     root = tmp_path / "tiles"
     for i, name in enumerate((b"caf\xe9", b"new\nline", b"=cmd")):
         class_folder(root, name, 60 * i)
@@ -328,6 +328,9 @@ def test_class_folders_of_any_bytes_become_printable_class_names_with_originals_
     sidecar = json.loads(tiles.sidecar.read_text())
     assert sidecar["class_names"] == tiles.class_names
     assert [os.fsencode(n) for n in sidecar["class_folders"]] == [b"=cmd", b"caf\xe9", b"new\nline"]
+    # the warning naming files (here: identical tiles across splits) prints them escaped: one line, encodable
+    (warning,) = [r.getMessage() for r in caplog.records if "same bytes" in r.getMessage()]
+    assert "\n" not in warning and "new\\nline" in warning and warning.encode("utf-8")
 
 
 def test_a_folder_with_undecodable_and_newline_class_names_trains_records_and_predicts(tmp_path, capsys):

@@ -312,7 +312,7 @@ class TileFolder:
 
     def _warn_leaked(self, leaked: list[dict[str, str]]) -> None:
         if leaked:
-            shown = "; ".join(f"{d['file']} = {d['same_as']}" for d in leaked[: tile_files.SHOWN_SKIPS])
+            shown = "; ".join(text_name(f"{d['file']} = {d['same_as']}") for d in leaked[: tile_files.SHOWN_SKIPS])
             log.warning(
                 "%d validation/test tile(s) of %s have the same bytes as a training tile (all listed in %s): %s. Their "
                 "scores count them as unseen; remove the copies from data.dir.",
