@@ -24,10 +24,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The console script and `python -m`: `encoder=timm/<name>` is shorthand for encoder.name=timm/<name>."""
-    from sslpath.evaluation.encoders import encoder_shorthand
-
-    sys.argv = encoder_shorthand(sys.argv)
+    """The console script and `python -m`. `encoder=timm/<name>` names a timm architecture, not a config
+    file: it is shorthand for encoder.name=timm/<name>, so encoder.weights=… can sit beside it."""
+    sys.argv = [f"encoder.name={a.split('=', 1)[1]}" if a.startswith("encoder=") else a for a in sys.argv]
     _main()
 
 

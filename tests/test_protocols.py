@@ -12,7 +12,6 @@ import torch
 
 from sslpath.core.errors import UserError
 from sslpath.evaluation import encoders
-from sslpath.evaluation.encoders import encoder_shorthand
 from sslpath.evaluation.protocols import run as evaluate
 from sslpath.models.backbones import build
 from sslpath.training.fit import train
@@ -155,8 +154,13 @@ def test_pickle_wrong_architecture_and_uncached_weights_are_named(weights, tmp_p
         run(tmp_path, ["encoder.name=timm/test_resnet", "encoder.image_size=32"], "knn")
 
 
-def test_encoder_shorthand():
-    assert encoder_shorthand(["x", "encoder=timm/a", "encoder.weights=w"]) == ["x", "encoder.name=timm/a", "encoder.weights=w"]
+def test_encoder_shorthand_sets_the_encoders_name(tmp_path):
+    result = run_command(
+        "encoder=timm/resnet10t", "encoder.weights=w.safetensors", "--cfg", "job", cwd=tmp_path, module="sslpath.evaluate"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    encoder = result.stdout.split("\nencoder:\n", 1)[1]
+    assert "  name: timm/resnet10t\n" in encoder and "  weights: w.safetensors\n" in encoder
 
 
 @pytest.mark.parametrize(

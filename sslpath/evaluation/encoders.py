@@ -29,12 +29,6 @@ from sslpath.models.encoder_weights import load_encoder
 SERVING = ("batch_size", "eval_batch_size", "on_device", "channels_last", "download", "cache_dir")
 
 
-def encoder_shorthand(args: list[str]) -> list[str]:
-    """`encoder=timm/<name>` names a timm architecture, not a config file: it sets encoder.name, so
-    encoder.weights=… can sit beside it."""
-    return [f"encoder.name={a.split('=', 1)[1]}" if a.startswith("encoder=") else a for a in args]
-
-
 @dataclass
 class Encoder:
     """The network whose features are tested, the data prepared for it, and what identifies both."""
