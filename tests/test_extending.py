@@ -87,11 +87,13 @@ def test_a_toy_method_goes_through_train_chain_evaluate_and_report(tmp_path, toy
     evaluated = evaluate(compose_evaluate(f"ckpt={metrics['ckpt_path']}", out, "run_name=finetune-eval", "report=false"))
     assert evaluated["test_acc"] == metrics["test_acc"] and evaluated["pretrain_method"] == "toy"
 
-    # The evaluation has its run's seed and label fraction: under its own run_name, not a second replicate.
+    # The evaluation has its run's seed and label fraction: under its own run_name and its data source, not a
+    # second replicate of the training run.
     results = write_report([stage, tmp_path / "ft", tmp_path / "eval"], tmp_path / "report", tensorboard=False)
     rows = {row["Model"]: row for row in table(results)}
-    assert [rows[name]["n"] for name in ("ssl-pretrain-toy", "finetune", "finetune-eval")] == ["1", "1", "1"]
-    assert rows["finetune-eval"]["Test accuracy (%)"] == rows["finetune"]["Test accuracy (%)"]
+    evaluation = "finetune-eval · synthetic, test split"
+    assert [rows[name]["n"] for name in ("ssl-pretrain-toy", "finetune", evaluation)] == ["1", "1", "1"]
+    assert rows[evaluation]["Test accuracy (%)"] == rows["finetune"]["Test accuracy (%)"]
     assert "An SSL model's validation accuracy is that of its online linear probe" in results.read_text()
 
 
@@ -105,7 +107,9 @@ def test_an_evaluated_one_percent_checkpoint_is_reported_under_one_percent(tmp_p
     )
     assert (evaluated["label_fraction"], evaluated["seed"], evaluated["test_acc"]) == (0.01, 3, metrics["test_acc"])
     results = write_report([tmp_path / "eval"], tmp_path / "report", tensorboard=False)
-    assert [(row["Model"], row["Label fraction"], row["n"]) for row in table(results)] == [("baseline", "0.01", "1")]
+    assert [(row["Model"], row["Label fraction"], row["n"]) for row in table(results)] == [
+        ("baseline · synthetic, test split", "0.01", "1")
+    ]
     assert "1% labels · seed 3" in results.read_text()
 
 

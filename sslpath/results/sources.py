@@ -36,7 +36,10 @@ def _data_name(data: dict[str, Any]) -> str:
         value = data.get(key)
         if isinstance(value, str) and value.strip():
             return value
-    return "data"
+    # a source without a file (data=synthetic): the data module's kind, from its class name
+    target = data.get("_target_")
+    kind = target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() if isinstance(target, str) else ""
+    return kind or "data"
 
 
 def data_source(record: Any) -> DataSource:
