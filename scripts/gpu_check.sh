@@ -7,7 +7,7 @@
 # Steps, most important first; each runs under `timeout`, and a step is cut short or skipped once
 # the whole budget (GPU_CHECK_BUDGET_S, default 540 s) is spent, so one hang cannot eat the lease:
 #   1. card      nvidia-smi, torch.cuda.get_device_name, torch/CUDA versions          (~5 s)
-#   2. tests     python -m pytest -m gpu tests/test_gpu.py                           (~60-90 s)
+#   2. tests     python -m pytest -m gpu -n 0 tests/test_gpu.py                        (~60-90 s)
 #   3. bf16      benchmark: resnet18 stems cifar,reference, baseline+simclr, modes a,b,c, bf16-mixed (~70-100 s)
 #   4. epoch     one epoch of experiment=reference (model=baseline; GPU_CHECK_EXPERIMENT_MODELS=baseline,finetune
 #                adds the SimCLR -> fine-tune chain, ~2 min more) on synthetic data of PathMNIST's full shape (~50-70 s)
@@ -150,7 +150,7 @@ main() {
     docs_lines=$(wc -l <"$DOCS")
 
     step card 60 card
-    step tests 200 "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
+    step tests 200 "$PY" -m pytest -m gpu -n 0 tests/test_gpu.py -q -p no:cacheprovider
     step bf16 150 bench --precision bf16-mixed --stems cifar,reference
     step epoch 180 epoch
     step fp32 150 bench --precision 32-true --stems cifar,reference

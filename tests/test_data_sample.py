@@ -105,6 +105,7 @@ def test_bad_requests_are_one_line_errors(tmp_path, source, make_sample, capsys,
     assert not (tmp_path / "out.npz").exists()
 
 
+@pytest.mark.cli
 def test_cli_exits_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path / "absent.npz"), str(tmp_path / "out.npz"), "--counts", "1,1,1"],

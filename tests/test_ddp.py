@@ -102,6 +102,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.cli
 def test_nt_xent_and_gradients_under_ddp_match_one_process(ranks):
     h1, h2, projector = global_batch()
     z = projector(torch.cat([h1, h2]))
@@ -123,11 +124,13 @@ def test_nt_xent_and_gradients_under_ddp_match_one_process(ranks):
     assert loss.item() > 0 and projector.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.cli
 def test_gather_of_the_global_batch_warns_nothing(ranks):
     # torch 2.14 deprecates torch.distributed.nn.functional.all_gather with a FutureWarning on every call
     assert [r["gather_warnings"] for r in ranks] == [[]] * WORLD
 
 
+@pytest.mark.cli
 def test_knn_accuracy_is_pooled_over_ranks(ranks):
     bank, bank_labels, feats, labels = knn_data()
     one = WeightedKNN(k=5, temperature=0.1, num_classes=4)
@@ -138,6 +141,7 @@ def test_knn_accuracy_is_pooled_over_ranks(ranks):
         assert got["knn"].item() == pytest.approx(expected.item())
 
 
+@pytest.mark.cli
 def test_evaluation_counts_every_image_once(ranks):
     seen = torch.cat([got["seen"] for got in ranks])
     assert (seen == PAD_LABEL).sum() == WORLD * 18 - EVAL_N  # one padded position, marked
@@ -174,6 +178,7 @@ class RankRecorder(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.cli
 def test_simclr_trains_on_the_global_batch_with_trainer_ddp(tmp_path):
     result = run_cli(
         "model=simclr",

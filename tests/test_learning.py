@@ -36,6 +36,7 @@ def epoch_curve(tb_dir: Path, tag: str) -> list[float]:
         ("finetune", {"train/loss": 0.8}),
     ],
 )
+@pytest.mark.cli
 def test_loss_falls_and_accuracy_beats_chance(tmp_path, model, losses):
     metrics = train(compose_cfg(tmp_path, [f"model={model}", *LEARN]))
     for tag, factor in losses.items():  # last epoch's loss below factor × the first epoch's
@@ -50,6 +51,7 @@ def fingerprint(metrics: dict) -> tuple:
     return tuple(metrics[k] for k in ("test_loss", "test_acc", "best_val_acc")) + tuple(metrics["per_class_acc"].values())
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("model", ["baseline", "simclr"])
 def test_same_seed_same_run_other_seed_other_run(tmp_path, model):
     runs = {

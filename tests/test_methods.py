@@ -325,6 +325,7 @@ def _rank(rank: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.cli
 def test_gathering_losses_under_ddp_match_one_process(tmp_path):
     mp.spawn(_rank, args=(str(tmp_path),), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]

@@ -48,6 +48,7 @@ def tiny_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return run_cli(*TINY, f"paths.log_dir={tmp_path}/logs", *overrides, cwd=tmp_path)
 
 
+@pytest.mark.cli
 def test_sigkill_mid_epoch_then_resume_of_a_moved_dir_equals_uninterrupted(tmp_path):
     killed = tmp_path / "killed"
     # the run kills itself after batch 1 of epoch 1: deterministic, no sleeps
@@ -95,6 +96,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert code == 2 and "cannot resume" in err and "optimizer.lr" in err
 
 
+@pytest.mark.cli
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     term = [
@@ -144,6 +146,7 @@ def test_resume_with_a_damaged_config_is_a_clear_error(tmp_path, damage):
     assert os.environ.get("HOME", "/nonexistent") not in err.replace(str(tmp_path), "")  # never resolved
 
 
+@pytest.mark.cli
 def test_a_damaged_ssl_stage_record_is_a_clear_error(tmp_path):
     shared = f"paths.pretrain_dir={tmp_path}/shared"
     code, _ = train_cli(tmp_path, "model=finetune", shared, run_dir="a")
@@ -172,6 +175,7 @@ def test_resume_from_a_truncated_last_checkpoint_is_a_clear_error(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.cli
 def test_chained_resume_does_not_pretrain_again(tmp_path):
     code, _ = train_cli(tmp_path, "model=finetune")
     assert code == 0
@@ -402,6 +406,7 @@ def test_a_new_run_never_lands_on_a_finished_one(tmp_path):
     assert all(before[p] == t for p, t in after.items())  # not even Hydra's .hydra/ files were rewritten
 
 
+@pytest.mark.cli
 def test_a_sweep_never_lands_on_an_earlier_sweep(tmp_path):
     args = ("-m", "model=baseline", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", f"paths.log_dir={tmp_path}/logs")
     assert run_cli(*args, cwd=tmp_path).returncode == 0

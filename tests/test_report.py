@@ -360,6 +360,7 @@ def test_other_dataset_gets_index_names_and_a_legend(tmp_path):
     assert "0 = tissue type one" in ax.figure.get_supxlabel().replace("\u00a0", " ")
 
 
+@pytest.mark.cli
 def test_cli_regenerates_the_same_table(runs, report):
     expected = {name: (report.parent / name).read_text() for name in ("results.md", "results.csv")}
     names = ("0_baseline", "1_baseline", "2_ssl")

@@ -61,6 +61,7 @@ def markdown_rows(path: Path) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.cli
 def test_sweep_results_mean_std_per_model_and_label_fraction(tmp_path):
     sweep = tmp_path / "sweep"
     numbers = fake_sweep(sweep, (0.01, 0.1, 1.0))
@@ -195,6 +196,7 @@ def test_bad_protocol_settings_are_refused(tmp_path, overrides, message):
         train(compose_cfg(tmp_path, overrides))
 
 
+@pytest.mark.cli
 def test_label_efficiency_pretrains_once_per_seed(tmp_path):
     """Two label fractions of one seed: one SSL stage, reused (and logged as such) by the second job."""
     result = run_command(
@@ -273,6 +275,7 @@ def test_main_returns_the_optimized_metric(tmp_path):
     assert metrics["optimized_metric"] == "val/loss" and metrics["best_val_acc"] == pytest.approx(max(val_acc))
 
 
+@pytest.mark.cli
 def test_optuna_search_writes_best_params(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweeps]'")
     tiny = [o for o in TINY if not o.startswith("data.batch_size=")]  # batch size stays in the search space

@@ -34,6 +34,7 @@ def hparams_summary(tb_dir: Path) -> tuple[dict, dict]:
     return settings, scalars
 
 
+@pytest.mark.cli
 def test_multirun_hparams_summaries_read_back(tmp_path):
     result = run_command(
         "-m",
@@ -60,6 +61,7 @@ def test_multirun_hparams_summaries_read_back(tmp_path):
     assert sorted(seen_lr) == pytest.approx([0.001, 0.002, 0.004])
 
 
+@pytest.mark.cli
 def test_many_loggers(tmp_path):
     result = run_command(
         *TINY, "logger=many_loggers", f"hydra.run.dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path

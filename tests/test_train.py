@@ -54,6 +54,7 @@ def test_model_end_to_end(tmp_path, model):
     assert len(metadata.read_text().splitlines()) == 36 and (metadata.parent / "sprite.png").is_file()
 
 
+@pytest.mark.cli
 def test_finetune_chains_from_the_ssl_stage(tmp_path):
     helpers.RECORDED.clear()
     cfg = compose_cfg(tmp_path, ["model=finetune", "+callbacks.record._target_=helpers.RecordBackbone"])
@@ -73,6 +74,7 @@ def test_finetune_chains_from_the_ssl_stage(tmp_path):
     assert (tmp_path / "report" / "results.md").is_file()
 
 
+@pytest.mark.cli
 def test_finetunes_share_one_pretraining_per_ssl_settings(tmp_path):
     shared = f"paths.pretrain_dir={tmp_path}/shared"
     first = train(compose_cfg(tmp_path / "a", ["model=finetune", shared, "data.label_fraction=0.5"]))
@@ -99,6 +101,7 @@ def test_finetune_from_given_checkpoint_and_linear_probe(tmp_path):
         assert torch.equal(value, final[f"backbone.{key}"]), f"frozen backbone changed: {key}"
 
 
+@pytest.mark.cli
 def test_multirun_baseline_and_simclr(tmp_path):
     result = run_command("-m", "model=baseline,simclr", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -106,6 +109,7 @@ def test_multirun_baseline_and_simclr(tmp_path):
     assert runs == ["0_baseline", "1_simclr"]
 
 
+@pytest.mark.cli
 def test_a_chain_with_only_hydra_run_dir_writes_nothing_in_the_current_dir(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -133,6 +137,7 @@ def test_missing_pathmnist_fails_with_guidance(tmp_path):
     assert not list((tmp_path / "outputs").rglob("*.ckpt")) and not list((tmp_path / "outputs").rglob("metrics.json"))
 
 
+@pytest.mark.cli
 def test_help_lists_groups_without_importing_the_training_stack(tmp_path):
     """--help must answer at once: the entrypoint imports torch and Lightning only to train."""
     code = (
