@@ -10,11 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch as st
+import torch
 
 # One intra-op thread per test process (and the command processes it starts): the tests' models are tiny,
 # where a second thread costs more in synchronisation than it gives, and on a shared 2-core machine
 # threads that spin-wait for each other slow everything down. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from sslpath.models.backbones import build
 
 from factories import SAMPLE, read_csv, tiny_run
 
@@ -31,6 +35,15 @@ def tiny_trained(tmp_path_factory) -> dict:
     run["test_predictions"] = read_csv(run["dir"] / "test_predictions.csv")
     assert len({row["pred"] for row in run["test_predictions"]}) > 3, "the tiny model must tell classes apart"
     return run
+
+
+@pytest.fixture(scope="session")
+def timm_weights(tmp_path_factory) -> Path:
+    """timm's tiny test ResNet with its own random weights, saved as safetensors: a public encoder's file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "encoder.safetensors"
+    st.save_file(build("timm/test_resnet", stem="imagenet").state_dict(), path)
+    return path
 
 
 @pytest.fixture

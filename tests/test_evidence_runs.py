@@ -10,7 +10,6 @@ import re
 
 import numpy as np
 import pytest
-import safetensors.torch as st
 import torch
 
 from sslpath.core.errors import UserError
@@ -18,7 +17,6 @@ from sslpath.data.corruptions import Suite
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.benchmark import benchmark
 from sslpath.evaluation.protocols import run as run_evaluate
-from sslpath.models.backbones import build
 from sslpath.reporting.robustness import comparison_markdown, record_markdown, records_csv
 from sslpath.results.intervals import wilson_interval
 from sslpath.results.robustness import read_robustness_record, robustness_record
@@ -121,29 +119,20 @@ def test_a_bad_stored_interval_is_refused(run, tmp_path):
 # The robustness benchmark of a public encoder (evaluate encoder=timm/<name> protocol=linear corruptions=…)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """timm's tiny test ResNet with its own random weights, saved as safetensors."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "encoder.safetensors"
-    st.save_file(build("timm/test_resnet", stem="imagenet").state_dict(), path)
-    return path
-
-
 LINEAR = ["protocol=linear", "protocol.label_fractions=[1.0]", "protocol.seeds=2", "protocol.l2=[1e-2]", "protocol.max_iter=50"]
 CORRUPT = ["corruptions=pathology", "corruptions.names=[brightness_down,gaussian_noise]", "corruptions.severities=[1,5]"]
 
 
 @pytest.mark.slow
-def test_a_public_encoder_is_benchmarked_under_corruptions_and_compared(weights, tmp_path):
+def test_a_public_encoder_is_benchmarked_under_corruptions_and_compared(timm_weights, tmp_path):
     """encoder=timm/… with safetensors weights: its full-label probe is tested on the same corrupted tiles as any
     model, the record reads back and robustness_report compares it."""
-    source = ["encoder.name=timm/test_resnet", f"encoder.weights={weights}", "encoder.image_size=32"]
+    source = ["encoder.name=timm/test_resnet", f"encoder.weights={timm_weights}", "encoder.image_size=32"]
     out = tmp_path / "enc"
     cfg = compose_evaluate(*source, *SYNTHETIC, *LINEAR, *CORRUPT, f"out={out}", "device=cpu", "features.cache_dir=null")
     results = run_evaluate(cfg)
     record = read_robustness_record(out / "robustness.json")
-    assert record["model"] == "timm/test_resnet" and str(weights) in record["ckpt_path"]
+    assert record["model"] == "timm/test_resnet" and str(timm_weights) in record["ckpt_path"]
     assert results["robustness"] == record["summary"]
     assert record["summary"]["corruptions"] == ["brightness_down", "gaussian_noise"] and record["summary"]["severities"] == [1, 5]
     assert record["summary"]["num_images"] == 36 and record["summary"]["mean_corruption_acc_ci"] is not None
@@ -154,8 +143,8 @@ def test_a_public_encoder_is_benchmarked_under_corruptions_and_compared(weights,
     assert "timm/test_resnet" in (tmp_path / "cmp" / "robustness_comparison.md").read_text()
 
 
-def test_corruptions_with_another_protocol_are_refused(weights, tmp_path):
-    source = ["encoder.name=timm/test_resnet", f"encoder.weights={weights}", "encoder.image_size=32"]
+def test_corruptions_with_another_protocol_are_refused(timm_weights, tmp_path):
+    source = ["encoder.name=timm/test_resnet", f"encoder.weights={timm_weights}", "encoder.image_size=32"]
     cfg = compose_evaluate(*source, *SYNTHETIC, "protocol=knn", *CORRUPT, f"out={tmp_path / 'o'}", "device=cpu")
     with pytest.raises(UserError, match=r"corruptions=pathology cannot be combined with protocol=knn.*protocol=linear tests"):
         run_evaluate(cfg)

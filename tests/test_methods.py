@@ -14,7 +14,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from sslpath.checks.validate import check_optimized_metric, validate
 from sslpath.models import registry
@@ -25,7 +24,7 @@ from sslpath.training import chain
 from sslpath.training.fit import train
 
 import helpers
-from factories import SMALL_HEADS, build, compose_cfg, read_metrics
+from factories import SMALL_HEADS, build, compose_cfg, fit, read_metrics
 
 METHODS = list(SMALL_HEADS)
 MOMENTUM_METHODS = ["byol", "mocov3", "dino"]
@@ -202,20 +201,8 @@ def test_momentum_copies_follow_the_schedule_after_each_step(tmp_path, method):
     for name, twin in pairs.items():  # the copy starts as the online network and is frozen
         assert torch.equal(params[name], params[twin]) and not params[name].requires_grad
 
-    gen = torch.Generator().manual_seed(5)
-    data = TensorDataset(torch.rand(24, 3, 16, 16, generator=gen), torch.rand(24, 3, 16, 16, generator=gen), torch.arange(24) % 9)
     record = RecordSteps()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[record],
-    )
-    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=8))
+    trainer = fit(model, steps=3, batch=8, callbacks=[record])
 
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not optimised & {id(params[n]) for n in pairs}  # not in the optimiser's param groups

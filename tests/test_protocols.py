@@ -13,7 +13,6 @@ import torch
 from sslpath.core.errors import UserError
 from sslpath.evaluation import encoders
 from sslpath.evaluation.protocols import run as evaluate
-from sslpath.models.backbones import build
 from sslpath.training.fit import train
 
 from factories import TINY_DATA, compose_cfg, compose_evaluate, run_command
@@ -30,15 +29,6 @@ SMALL = {  # a few seconds on two cores
 def ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     return train(compose_cfg(out, ["model=baseline", "report=false"]))["ckpt_path"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """timm's tiny test ResNet with its own random weights, saved as safetensors."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "encoder.safetensors"
-    st.save_file(build("timm/test_resnet", stem="imagenet").state_dict(), path)
-    return path
 
 
 def run(tmp_path, source, protocol, *overrides, out="out"):
@@ -123,16 +113,18 @@ def test_knn_and_linear_records_carry_intervals(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("protocol", ["knn", "linear", "fewshot"])
-def test_a_public_encoder_from_safetensors_runs_every_protocol(weights, tmp_path, protocol):
-    result = run(tmp_path, ["encoder.name=timm/test_resnet", f"encoder.weights={weights}", "encoder.image_size=32"], protocol)
+def test_a_public_encoder_from_safetensors_runs_every_protocol(timm_weights, tmp_path, protocol):
+    result = run(
+        tmp_path, ["encoder.name=timm/test_resnet", f"encoder.weights={timm_weights}", "encoder.image_size=32"], protocol
+    )
     assert result["model"] == "timm/test_resnet" and result["preprocessing"]["image_size"] == 32
     assert result["encoder"]["sha256"] and result["records"] and all(0 <= r["acc"] <= 1 for r in result["records"])
 
 
 @pytest.mark.slow  # a CLI process (the exit status and the encoder= shorthand are the point)
-def test_a_pickle_as_encoder_weights_is_refused_with_exit_2(weights, tmp_path):
+def test_a_pickle_as_encoder_weights_is_refused_with_exit_2(timm_weights, tmp_path):
     pth = tmp_path / "encoder.pth"
-    torch.save(st.load_file(weights), pth)
+    torch.save(st.load_file(timm_weights), pth)
     args = ["encoder=timm/test_resnet", f"encoder.weights={pth}", "protocol=knn", *SYNTHETIC, f"out={tmp_path / 'o'}"]
     result = run_command(*args, cwd=tmp_path, module="sslpath.evaluate")
     assert result.returncode == 2, result.stderr[-2000:]
@@ -140,13 +132,13 @@ def test_a_pickle_as_encoder_weights_is_refused_with_exit_2(weights, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
-def test_pickle_wrong_architecture_and_uncached_weights_are_named(weights, tmp_path, monkeypatch):
+def test_pickle_wrong_architecture_and_uncached_weights_are_named(timm_weights, tmp_path, monkeypatch):
     pth = tmp_path / "encoder.pth"
-    torch.save(st.load_file(weights), pth)
+    torch.save(st.load_file(timm_weights), pth)
     with pytest.raises(UserError, match=r"encoder.pth is a PyTorch zip archive .* holding a pickle, which loading could"):
         run(tmp_path, ["encoder.name=timm/test_resnet", f"encoder.weights={pth}", "encoder.image_size=32"], "knn")
     with pytest.raises(UserError, match=r"does not fit timm/resnet10t: .*unexpected keys: .*shape mismatches"):
-        run(tmp_path, ["encoder.name=timm/resnet10t", f"encoder.weights={weights}", "encoder.image_size=32"], "knn")
+        run(tmp_path, ["encoder.name=timm/resnet10t", f"encoder.weights={timm_weights}", "encoder.image_size=32"], "knn")
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
