@@ -80,7 +80,8 @@ def plain_leaves(node: DictConfig, prefix: str = ""):
 def test_every_shipped_setting_has_a_schema_row_and_passes_it(tmp_path):
     missing = set()
     for combo in shipped_configs():
-        cfg = compose_cfg(tmp_path, [*combo, *(["data.dir=tiles"] if "data=folder" in combo else [])], tiny=False)
+        needs_dir = {"data=folder", "data=stream"} & set(combo)  # their data.dir is mandatory
+        cfg = compose_cfg(tmp_path, [*combo, *(["data.dir=tiles"] if needs_dir else [])], tiny=False)
         for path, node in target_nodes(cfg, ""):
             rows = rows_of_node(node, path)
             missing |= {f"{node._target_}: {leaf}" for leaf in leaves(node) if leaf not in rows}
