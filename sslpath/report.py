@@ -31,6 +31,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--formats", default="png", help=f"comma-separated figure formats of {formats}; default png")
     parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150; 300 for print)")
     parser.add_argument(
+        "--no-figures",
+        dest="figures",
+        action="store_false",
+        help="tables only (results.md/.csv, comparisons): no figures and no TensorBoard images; seconds for big sweeps",
+    )
+    parser.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write images to each run's tb/report/"
     )
     parser.add_argument(
@@ -55,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = args.out or default_out_dir(run_dirs)
         results = write_report(
             run_dirs, out, formats=args.formats, dpi=args.dpi, tensorboard=args.tensorboard, compare=args.compare,
-            bootstrap=bootstrap,
+            bootstrap=bootstrap, figures=args.figures,
         )  # fmt: skip
     print(f"{PROG}: {len(run_dirs)} run(s) -> {results}")
 

@@ -79,7 +79,7 @@ def test_pairs_match_label_fraction_and_seed(runs):
 
 
 def test_report_writes_comparisons_and_over_seed_summary(runs, tmp_path):
-    results = write_report([runs], tmp_path / "report", tensorboard=False)
+    results = write_report([runs], tmp_path / "report", figures=False)
     text = (tmp_path / "report" / "comparisons.md").read_text()
     assert "| ssl (seed 0, 100% labels) | baseline (seed 0, 100% labels) | 90 | 50.0 | 66.7 | -16.7 |" in text
     assert "| ssl vs baseline, 100% labels | 2 | -9.4 |" in text  # mean of -16.7 and -2.2
@@ -92,7 +92,7 @@ def test_report_writes_comparisons_and_over_seed_summary(runs, tmp_path):
 
 def test_report_cli_compare_option(runs, tmp_path, capsys):
     out = tmp_path / "cli"
-    run_main("sslpath.report", str(runs), "--out", str(out), "--no-tensorboard", "--compare", "baseline,ssl", "--ci-level", "0.9")
+    run_main("sslpath.report", str(runs), "--out", str(out), "--no-figures", "--compare", "baseline,ssl", "--ci-level", "0.9")
     rows = list(csv.DictReader((out / "comparisons.csv").open()))
     assert [r["a"][:8] for r in rows] == ["baseline", "baseline"] and {r["level"] for r in rows} == {"0.9"}
     for argv, message in (
@@ -101,7 +101,7 @@ def test_report_cli_compare_option(runs, tmp_path, capsys):
         (["--bootstrap-resamples", "10"], "--bootstrap-resamples 10 is not valid: it must be from 1000 to 100000"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            run_main("sslpath.report", str(runs), "--out", str(tmp_path / "bad"), "--no-tensorboard", *argv)
+            run_main("sslpath.report", str(runs), "--out", str(tmp_path / "bad"), "--no-figures", *argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
 
@@ -111,13 +111,13 @@ def test_over_seeds_only_with_independent_pairs(runs, tmp_path):
     fake_run(tmp_path / "runs" / "b0", seed=0, right=60)
     fake_run(tmp_path / "runs" / "b1", seed=1, right=72)
     fake_run(tmp_path / "runs" / "s0", model="ssl", seed=0, right=45)
-    write_report([tmp_path / "runs"], tmp_path / "report", tensorboard=False, compare=["baseline,ssl"])
+    write_report([tmp_path / "runs"], tmp_path / "report", figures=False, compare=["baseline,ssl"])
     text = (tmp_path / "report" / "comparisons.md").read_text()
     assert text.count("\n| baseline (seed ") == 2 and "## Over seeds" not in text
 
 
 def test_no_baseline_no_comparisons(tmp_path):
     fake_run(tmp_path / "runs" / "s0", model="ssl", right=45)
-    write_report([tmp_path / "runs"], tmp_path / "report", tensorboard=False)
+    write_report([tmp_path / "runs"], tmp_path / "report", figures=False)
     assert not (tmp_path / "report" / "comparisons.md").exists()
     assert np.isin(["results.md", "results.csv"], [p.name for p in (tmp_path / "report").iterdir()]).all()

@@ -106,7 +106,7 @@ def test_an_evaluated_one_percent_checkpoint_is_reported_under_one_percent(tmp_p
         compose_evaluate(f"ckpt={metrics['ckpt_path']}", f"out={tmp_path / 'eval'}", "seed=3", data[0], "report=false")
     )
     assert (evaluated["label_fraction"], evaluated["seed"], evaluated["test_acc"]) == (0.01, 3, metrics["test_acc"])
-    results = write_report([tmp_path / "eval"], tmp_path / "report", tensorboard=False)
+    results = write_report([tmp_path / "eval"], tmp_path / "report", figures=False)
     assert [(row["Model"], row["Label fraction"], row["n"]) for row in table(results)] == [
         ("baseline · synthetic, test split", "0.01", "1")
     ]

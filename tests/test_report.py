@@ -23,7 +23,7 @@ from sslpath.reporting.figures import confusion_figure, curves_figure, examples_
 from sslpath.reporting.runs import load_run
 from sslpath.reporting.style import kind_colour, short_class_names
 from sslpath.reporting.tables import group_runs
-from sslpath.reporting.write import MARKER, write_report
+from sslpath.reporting.write import MARKER, write_report, write_sweep_results
 
 from factories import PATHMNIST, fake_run, run_command, run_main, table
 
@@ -104,7 +104,7 @@ def test_rows_per_model_and_label_fraction(tmp_path):
             for seed in (0, 1):
                 fake_run(tmp_path / "sweep" / f"{job}_{model}", model=model, seed=seed, fraction=fraction, right=right + seed)
                 job += 1
-    results = write_report([tmp_path / "sweep"], tmp_path / "out", tensorboard=False)
+    results = write_report([tmp_path / "sweep"], tmp_path / "out", figures=False)
 
     expected = [(m, f) for m in ("baseline", "finetune") for f in ("0.01", "0.1", "1")]
     assert [(r["Model"], r["Label fraction"]) for r in table(results)] == expected
@@ -114,12 +114,14 @@ def test_rows_per_model_and_label_fraction(tmp_path):
         (m, f) for m in ("baseline", "finetune") for f in (0.01, 0.1, 1.0)
     ]
     assert float(cells[1]["test_acc_mean"]) == pytest.approx(np.mean([40 / 90, 41 / 90]), abs=1e-12)
-    for model in ("baseline", "finetune"):
-        for pct in ("1pct", "10pct", "100pct"):
-            assert (tmp_path / "out" / f"confusion_{model}_{pct}.png").is_file()
+
+    # With figures: one section and confusion matrix per model and fraction, and the label-efficiency figure.
+    results = write_report([tmp_path / "sweep" / f"{job}_finetune" for job in (6, 8)], tmp_path / "drawn", tensorboard=False)
+    for pct in ("1pct", "10pct"):
+        assert (tmp_path / "drawn" / f"confusion_finetune_{pct}.png").is_file()
     text = results.read_text()
-    assert "## baseline, 10% labels\n" in text and "![label_efficiency](label_efficiency.png)" in text
-    nonblank_png(tmp_path / "out" / "label_efficiency.png")
+    assert "## finetune, 10% labels\n" in text and "![label_efficiency](label_efficiency.png)" in text
+    nonblank_png(tmp_path / "drawn" / "label_efficiency.png")
 
 
 def test_confusion_matrix_shows_counts_rates_and_accuracy(runs):
@@ -240,10 +242,10 @@ def test_tensorboard_images_are_replaced_not_duplicated(runs, report, tmp_path):
 
 def test_existing_report_dir_is_replaced_whole(runs, tmp_path):
     out = tmp_path / "report"
-    write_report([runs / "2_ssl"], out, tensorboard=False)
+    write_report([runs / "2_ssl"], out, figures=False)
     (out / "confusion_old_model.png").write_bytes(b"stale")
-    write_report([runs / "2_ssl"], out, tensorboard=False)
-    assert not (out / "confusion_old_model.png").exists() and (out / "confusion_ssl.png").is_file()
+    write_report([runs / "2_ssl"], out, figures=False)
+    assert not (out / "confusion_old_model.png").exists() and (out / "results.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
@@ -322,12 +324,12 @@ def test_n_counts_distinct_seeds(tmp_path, capsys):
     the same seed under the same name, is refused: n is the number of distinct seeds, never a repeated one."""
     run = fake_run(tmp_path / "runs" / "a", seed=3)
     (tmp_path / "link").symlink_to(run)
-    results = write_report([run, run, tmp_path / "link", tmp_path / "runs"], tmp_path / "r1", tensorboard=False)
+    results = write_report([run, run, tmp_path / "link", tmp_path / "runs"], tmp_path / "r1", figures=False)
     assert [(r["n"], r["Test accuracy (%)"]) for r in table(results)] == [("1", "66.67")]
 
     shutil.copytree(run, tmp_path / "copy")
     with pytest.raises(UserError, match=r"are both seed 3 of 'baseline' with 100% labels: the same seed twice is not two"):
-        write_report([run, tmp_path / "copy"], tmp_path / "r2", tensorboard=False)
+        write_report([run, tmp_path / "copy"], tmp_path / "r2", figures=False)
     fake_run(tmp_path / "runs" / "rerun", seed=3, right=70)  # same seed, other result: not a replicate either
     with pytest.raises(UserError, match="are both seed 3"):
         group_runs([load_run(run), load_run(tmp_path / "runs" / "rerun")])
@@ -337,7 +339,7 @@ def test_n_counts_distinct_seeds(tmp_path, capsys):
     groups = group_runs([load_run(run), load_run(tmp_path / "runs" / "seed4")])
     assert [len(g.runs) for g in groups] == [2]
     with pytest.raises(SystemExit) as exit_:
-        run_main("sslpath.report", str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r3"), "--no-tensorboard")
+        run_main("sslpath.report", str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r3"), "--no-figures")
     assert exit_.value.code == 2 and "are both seed 3" in capsys.readouterr().err
 
 
@@ -345,9 +347,9 @@ def test_report_says_how_each_checkpoint_was_chosen(tmp_path):
     """The sentence under the table follows the runs' `selection` (runs from before it: the best validation accuracy)."""
     fake_run(tmp_path / "runs" / "old")
     fake_run(tmp_path / "runs" / "last", run_name="probe-last", selection="last")
-    only_old = write_report([tmp_path / "runs" / "old"], tmp_path / "r1", tensorboard=False).read_text()
+    only_old = write_report([tmp_path / "runs" / "old"], tmp_path / "r1", figures=False).read_text()
     assert "checkpoint chosen by the best validation accuracy on the whole validation split." in only_old
-    both = write_report([tmp_path / "runs"], tmp_path / "r2", tensorboard=False).read_text()
+    both = write_report([tmp_path / "runs"], tmp_path / "r2", figures=False).read_text()
     assert "the best validation accuracy on the whole validation split / the last epoch, without validation labels" in both
     assert "(runs differ; each metrics.json names its `selection`)" in both
 
@@ -383,8 +385,8 @@ def test_cli_regenerates_the_same_table(runs, report):
 def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
     chain = tmp_path / "chain"  # a chained fine-tune stopped after its SSL stage: only pretrain/ is done
     shutil.copytree(runs / "2_ssl", chain / "pretrain")
-    results = write_report([chain], tmp_path / "out")
-    assert [r["Model"] for r in table(results)] == ["ssl"] and (tmp_path / "out" / "confusion_ssl.png").is_file()
+    results = write_report([chain], tmp_path / "out", figures=False)
+    assert [r["Model"] for r in table(results)] == ["ssl"]
 
     empty = tmp_path / "unfinished"
     (empty / "checkpoints").mkdir(parents=True)
@@ -396,3 +398,20 @@ def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("sslpath.report: error:") and str(empty) in stderr and "Traceback" not in stderr
+
+
+def test_tables_only_report_draws_no_figure_anywhere(tmp_path):
+    """--no-figures / report_figures=false: the same tables, no image files, no TensorBoard images; a sweep's
+    label-efficiency figure is left out too, and results.md says how to get the figures."""
+    for i, (fraction, right) in enumerate(((0.1, 40), (1.0, 70))):
+        fake_run(tmp_path / "runs" / f"{i}", fraction=fraction, right=right)
+    drawn = write_report([tmp_path / "runs"], tmp_path / "drawn", tensorboard=False)
+    tables = write_report([tmp_path / "runs"], tmp_path / "tables", figures=False)
+    assert read_csv(tables.with_suffix(".csv")) == read_csv(drawn.with_suffix(".csv"))
+    assert sorted(p.name for p in tables.parent.iterdir()) == [MARKER, "results.csv", "results.md"]
+    assert "Figures were not drawn" in tables.read_text() and "![" not in tables.read_text()
+    assert not any((tmp_path / "runs" / str(i) / "tb" / "report").exists() for i in range(2))
+    write_sweep_results([load_run(tmp_path / "runs" / str(i)) for i in range(2)], tmp_path, tmp_path / "sweep", figures=False)
+    assert "Label efficiency" not in (tmp_path / "sweep_results.md").read_text() and not (tmp_path / "sweep").exists()
+    run_main("sslpath.report", str(tmp_path / "runs"), "--out", str(tmp_path / "cli"), "--no-figures")
+    assert not list((tmp_path / "cli").glob("*.png")) and (tmp_path / "cli" / "results.csv").is_file()

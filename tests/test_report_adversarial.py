@@ -69,7 +69,7 @@ def test_relative_out_resolves_against_the_current_dir(tmp_path, monkeypatch, ca
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     for _ in range(2):  # the second time, replaced: it is a report now
-        run_main("sslpath.report", str(run), "--out", "sub/../report", "--no-tensorboard")
+        run_main("sslpath.report", str(run), "--out", "sub/../report", "--no-figures")
         assert (tmp_path / "here" / "report" / "results.md").is_file() and (tmp_path / "here" / "report" / MARKER).is_file()
     for out in (".", "report/.."):  # replacing the current dir would leave the shell in a deleted one
         assert "is or holds the current dir" in refused_by_cli(capsys, str(run), "--out", out)
@@ -78,13 +78,13 @@ def test_relative_out_resolves_against_the_current_dir(tmp_path, monkeypatch, ca
 
 def test_reports_are_replaced_on_rerun_but_not_a_dir_without_the_marker(tmp_path):
     run = fake_run(tmp_path / "run")
-    write_report([run], run / "report")
+    write_report([run], run / "report", figures=False)
     (run / "report" / "confusion_gone.png").write_bytes(b"stale")
-    write_report([run], run / "report")  # the automatic <run>/report, again: replaced whole
+    write_report([run], run / "report", figures=False)  # the automatic <run>/report, again: replaced whole
     assert not (run / "report" / "confusion_gone.png").exists() and (run / "report" / MARKER).is_file()
     (run / "report" / MARKER).unlink()  # report files without the marker: no longer known to be a report
     with pytest.raises(UserError, match="is not an sslpath report"):
-        write_report([run], run / "report")
+        write_report([run], run / "report", figures=False)
     assert (run / "report" / "results.md").is_file()
 
 
@@ -212,14 +212,15 @@ def test_nan_epoch_in_tensorboard_is_skipped(tmp_path):
         writer.add_scalar("val/acc", 0.9, step)
     writer.close()
     assert load_run(run).curves["val/acc"] == pytest.approx({1: 0.3, 2: 0.4, 3: 0.5})
-    assert write_report([run], tmp_path / "out").is_file()
+    assert write_report([run], tmp_path / "out", tensorboard=False).is_file()  # the curves drawn
 
 
 def test_formulas_in_names_are_escaped_in_csv(tmp_path):
     sweep = tmp_path / "sweep"
     for i, name in enumerate(('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "plain")):
         fake_run(sweep / f"{i}_job", run_name=name, model="@kind" if i == 0 else "baseline")
-    SweepReport().on_multirun_end(OmegaConf.create({"report": True, "hydra": {"sweep": {"dir": str(sweep)}}}))
+    config = {"report": True, "report_figures": False, "hydra": {"sweep": {"dir": str(sweep)}}}
+    SweepReport().on_multirun_end(OmegaConf.create(config))
     for path in (sweep / "report" / "results.csv", sweep / "sweep_results.csv"):
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))

@@ -203,13 +203,13 @@ def test_edited_accuracy_is_refused(tmp_path):
     assert message.startswith(f"run 'finetune-frozen' ({run}): metrics.json says test_acc = 0.950000")
     assert "60 of 90 predictions right (0.666667)" in message and not (tmp_path / "out").exists()
     edit_json(test_acc=60 / 90 + 5e-7)(run)  # float32 rounding of the real accuracy passes
-    write_report([run], tmp_path / "out")
+    write_report([run], tmp_path / "out", figures=False)
 
 
 def test_optional_fields_may_be_absent_but_a_record_without_its_schema_version_is_refused(tmp_path):
     run = fake_run(tmp_path / "run")
     edit_json(val_knn_acc=..., best_val_acc=..., ckpt_path=None)(run)  # an SSL stage, a fast_dev_run
-    assert (write_report([run], tmp_path / "out")).is_file()
+    assert (write_report([run], tmp_path / "out", figures=False)).is_file()
     edit_json(schema_version=...)(run)  # as metrics.json was before it had a schema: not read as if it had one
     with pytest.raises(UserError, match="`schema_version` is missing"):
         write_report([run], tmp_path / "out2")
@@ -255,7 +255,7 @@ def test_unwritable_tensorboard_dir_leaves_no_report(tmp_path):
     assert str(run / "tb" / "report") in str(err.value)
     assert not (tmp_path / "out").exists() and not (other / "tb" / "report").exists()
     assert [p.name for p in (run / "tb").iterdir() if p.is_dir()] == []  # no staging dir left
-    assert write_report([tmp_path / "runs"], tmp_path / "out", tensorboard=False).is_file()
+    assert write_report([tmp_path / "runs"], tmp_path / "out", figures=False).is_file()
 
 
 def test_cli_rejects_unknown_format(tmp_path, capsys):

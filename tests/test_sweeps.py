@@ -23,6 +23,7 @@ from sslpath.core.errors import UserError
 from sslpath.reporting.figures import label_efficiency_figure
 from sslpath.reporting.runs import load_run
 from sslpath.reporting.tables import group_runs
+from sslpath.reporting.write import write_sweep_results
 from sslpath.training.hydra_callbacks import SweepReport, job_order
 
 from factories import TINY, compose_cfg, fake_run, run_command
@@ -119,7 +120,7 @@ def test_label_efficiency_figure_plots_mean_and_t_interval_on_log_x(tmp_path):
 def test_one_label_fraction_gives_a_table_without_figure(tmp_path):
     sweep = tmp_path / "sweep"
     fake_sweep(sweep, (1.0,), seeds=(0,))
-    end_sweep(sweep)
+    write_sweep_results([load_run(job) for job in sorted(sweep.iterdir(), key=job_order)], sweep, sweep / "report")
     with (sweep / "sweep_results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["n"], r["test_acc_std"]) for r in rows] == [("baseline", "1", ""), ("finetune", "1", "")]
@@ -250,11 +251,14 @@ def test_one_percent_of_the_real_sample_keeps_a_label_per_class(sample_npz):
     ],
 )
 def test_optimized_metric_names_per_model(tmp_path, model, valid):
+    cfg = compose_cfg(tmp_path, [f"model={model}"])
     for name in valid:
-        check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))  # accepted
+        cfg.optimized_metric = name
+        check_optimized_metric(cfg)  # accepted
     for name in {"val/nope", "val/knn_acc", "test/acc", "train/loss"} - set(valid):
+        cfg.optimized_metric = name
         with pytest.raises(UserError) as err:
-            check_optimized_metric(compose_cfg(tmp_path, [f"model={model}", f"optimized_metric={name}"]))
+            check_optimized_metric(cfg)
         assert f"optimized_metric={name} " in str(err.value) and f"valid names for this model: {', '.join(valid)}." in str(
             err.value
         )

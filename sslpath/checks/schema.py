@@ -300,6 +300,7 @@ PATHS: dict[str, Rule] = {
     "resume": opt(PATH),
     "optimized_metric": MONITOR,  # and a metric the model logs: validate.check_metrics
     "report": BOOL,
+    "report_figures": BOOL,
     "paths.data_dir": PATH,
     "paths.log_dir": PATH,
     "paths.output_dir": PATH,

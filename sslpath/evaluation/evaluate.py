@@ -61,7 +61,7 @@ def check_evaluate_settings(cfg: DictConfig) -> tuple[Path, Path]:
         )
     if cfg.get("split") not in SPLITS:
         raise UserError(f"split={cfg.get('split')} is not one of {', '.join(SPLITS)}.")
-    for flag in ("report", "check_split", "calibrate", "tta"):
+    for flag in ("report", "report_figures", "check_split", "calibrate", "tta"):
         if not isinstance(cfg.get(flag), bool):
             raise UserError(f"{flag}={cfg.get(flag)} is not true or false.")
     check_eval_settings(cfg)
@@ -260,7 +260,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_robustness(out, robustness, run_name, meta.kind, record.ckpt_path)
     write_record(out, record)  # last: a folder with metrics.json is complete
     if cfg.report:
-        write_report([out], out / "report")
+        write_report([out], out / "report", figures=cfg.report_figures)
         if robustness is not None:
             copy_robustness(out, out / "report")
     tta = f" with 8-fold dihedral TTA (plain test_acc={record.tta_plain['test_acc']:.4f})" if cfg.tta else ""

@@ -55,6 +55,9 @@ LABEL_EFFICIENCY = "label_efficiency"  # figure stem, in the report dir
 TB_REPORT = "report"  # <run>/tb/report/: the report's images, rewritten whole by every report
 TB_EVENTS = "events.out.tfevents."  # all a run's tb/report/ holds
 MARKER = ".sslpath-report"  # in every report dir written: only a dir carrying it is ever replaced
+NO_FIGURES = (
+    "Figures were not drawn (`--no-figures`, `report_figures=false`): run `python -m sslpath.report` on these runs for them."
+)
 
 
 def _entries(path: Path) -> list[Path] | None:
@@ -122,6 +125,7 @@ def results_markdown(
     formats: Sequence[str],
     level: float = LEVEL,
     frozen: bool = False,
+    figures: bool = True,
 ) -> str:
     with_fraction = len({group.fraction for group in groups}) > 1
     parts = [
@@ -135,6 +139,9 @@ def results_markdown(
     absent = sorted({name for g in groups for run in g.runs for name in run.record.absent_classes})
     if absent:
         parts.append(f"Absent from the test split of some runs: {', '.join(absent)} (empty confusion-matrix rows).\n")
+    runs = [f"- {run.title}: `{run.dir}`\n" for group in groups for run in group.runs]
+    if not figures:
+        return "\n".join([*parts, f"{NO_FIGURES}\n", "## Runs\n", "".join(runs)])
     parts += ["## Validation curves\n", " ".join(embed(stem, formats) for stem in VAL_PLOTS) + "\n"]
     if any(registry.is_ssl(group.kind) for group in groups):
         parts.append("An SSL model's validation accuracy is that of its online linear probe.\n")
@@ -144,9 +151,8 @@ def results_markdown(
         parts += ["## SSL backbones: online probe and frozen features\n", embed(FROZEN_FIGURE, formats) + "\n"]
     for group, stem in zip(groups, stems):
         kinds = ("qualitative", "confusion", *(("reliability",) if reliability_of(group) is not None else ()))
-        figures = (embed(f"{kind}_{stem}", formats) for kind in kinds)
-        parts += [f"## {group.label(with_fraction)}\n", " ".join(figures) + "\n"]
-    runs = [f"- {run.title}: `{run.dir}`\n" for group in groups for run in group.runs]
+        shown = (embed(f"{kind}_{stem}", formats) for kind in kinds)
+        parts += [f"## {group.label(with_fraction)}\n", " ".join(shown) + "\n"]
     return "\n".join([*parts, "## Runs\n", "".join(runs)])
 
 
@@ -158,24 +164,26 @@ def _render_report(
     comparisons: PairedComparisons | None = None,
     level: float = LEVEL,
     cross_centre: Sequence[Row] = (),
+    figures: bool = True,
 ) -> None:
     atomic_write_text(out / MARKER, "Written by sslpath.report, which replaces this dir whole when run again.\n")
-    for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
-        save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
-    efficiency = label_efficiency_figure(groups, level)
-    if efficiency is not None:
-        save_figure(efficiency, out / LABEL_EFFICIENCY, formats, dpi)
-    frozen = frozen_features_figure(groups, level)
-    if frozen is not None:
-        save_figure(frozen, out / FROZEN_FIGURE, formats, dpi)
     stems = group_stems(groups)
-    for group, stem in zip(groups, stems):
-        save_figure(examples_figure(group.runs[0]), out / f"qualitative_{stem}", formats, dpi)
-        save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
-        if (diagram := reliability_of(group)) is not None:
-            save_figure(diagram, out / f"reliability_{stem}", formats, dpi)
+    efficiency = label_efficiency_figure(groups, level) if figures else None
+    frozen = frozen_features_figure(groups, level) if figures else None
+    if figures:
+        for stem, (tag, ylabel, scale) in VAL_PLOTS.items():
+            save_figure(curves_figure(groups, tag, ylabel, scale), out / stem, formats, dpi)
+        if efficiency is not None:
+            save_figure(efficiency, out / LABEL_EFFICIENCY, formats, dpi)
+        if frozen is not None:
+            save_figure(frozen, out / FROZEN_FIGURE, formats, dpi)
+        for group, stem in zip(groups, stems):
+            save_figure(examples_figure(group.runs[0]), out / f"qualitative_{stem}", formats, dpi)
+            save_figure(confusion_figure(group.runs, group.title), out / f"confusion_{stem}", formats, dpi)
+            if (diagram := reliability_of(group)) is not None:
+                save_figure(diagram, out / f"reliability_{stem}", formats, dpi)
     atomic_write_text(out / "results.csv", csv_table(groups, COLUMNS, level))
-    markdown = results_markdown(groups, stems, efficiency is not None, formats, level, frozen is not None)
+    markdown = results_markdown(groups, stems, efficiency is not None, formats, level, frozen is not None, figures)
     if comparisons is not None and comparisons.rows:  # issue 18: paired comparisons (sslpath.results.compare)
         atomic_write_text(out / "comparisons.csv", comparisons.csv())
         atomic_write_text(out / "comparisons.md", comparisons.markdown())
@@ -199,6 +207,7 @@ def write_report(
     tensorboard_within: Path | None = None,
     compare: Sequence[str] = (),
     bootstrap: Bootstrap | None = None,
+    figures: bool = True,
 ) -> Path:
     """Write the report for these runs (dirs are expanded as by find_run_dirs); returns results.md.
 
@@ -207,7 +216,8 @@ def write_report(
     runs below that dir get them (a sweep leaves runs it merely reads alone). out_dir must be new, empty or
     an earlier report (check_out_dir). Every dir is filled beside its destination and renamed into place
     only once all are complete. comparisons.md/.csv pair the runs `compare` names (`A,B` each) or, by
-    default, each model with the baseline tested on the same tiles (sslpath.results.compare).
+    default, each model with the baseline tested on the same tiles (sslpath.results.compare). figures=False
+    writes the tables only, and no TensorBoard images: a large sweep's report in seconds.
     """
     formats = check_figure_options(formats, dpi)
     found = find_run_dirs(run_dirs)
@@ -217,35 +227,42 @@ def write_report(
     comparisons = paired_comparisons([run for group in groups for run in group.runs], compare, bootstrap)
     cross_centre = cross_centre_rows(groups, bootstrap)
     within = None if tensorboard_within is None else Path(tensorboard_within).resolve()
-    with staged_dirs() as staged:
+    with staged_dirs() as staged:  # every destination checked and staged before anything is drawn
         fix = "Pass a writable --out DIR."
         tmp = staged.stage(out_dir, fix, report_problem)
+        images = []
+        if tensorboard and figures:
+            for run in (run for group in groups for run in group.runs):
+                if within is None or run.dir.resolve().is_relative_to(within):
+                    run_fix = f"Make {run.dir} writable, or leave the TensorBoard images out (--no-tensorboard)."
+                    images.append((run, staged.stage(run.dir / "tb" / TB_REPORT, run_fix, tensorboard_problem), run_fix))
         try:
-            _render_report(groups, tmp, formats, dpi, comparisons, bootstrap.level, cross_centre)
+            _render_report(groups, tmp, formats, dpi, comparisons, bootstrap.level, cross_centre, figures)
         except OSError as err:
             raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}). {fix}") from None
-        if tensorboard:
-            for run in (run for group in groups for run in group.runs):
-                if within is not None and not run.dir.resolve().is_relative_to(within):
-                    continue
-                fix = f"Make {run.dir} writable, or leave the TensorBoard images out (--no-tensorboard)."
-                tmp = staged.stage(run.dir / "tb" / TB_REPORT, fix, tensorboard_problem)
-                try:
-                    log_figures(run, tmp)
-                except OSError as err:
-                    raise UserError(f"cannot write images in {tmp} ({err.strerror or err}). {fix}") from None
+        for run, run_tmp, run_fix in images:
+            try:
+                log_figures(run, run_tmp)
+            except OSError as err:
+                raise UserError(f"cannot write images in {run_tmp} ({err.strerror or err}). {run_fix}") from None
     return out_dir / "results.md"
 
 
 def write_sweep_results(
-    runs: Sequence[Run], sweep_dir: Path, report_dir: Path, *, formats: str | Sequence[str] = ("png",), dpi: int = 150
+    runs: Sequence[Run],
+    sweep_dir: Path,
+    report_dir: Path,
+    *,
+    formats: str | Sequence[str] = ("png",),
+    dpi: int = 150,
+    figures: bool = True,
 ) -> Path:
     """sweep_results.md/.csv in sweep_dir (test accuracy, AUC and frozen-feature accuracies per model and
     label fraction: mean ± std over seeds and an interval, sslpath.results.intervals); the label-efficiency
     figure in report_dir when a model was run at several fractions."""
     formats = check_figure_options(formats, dpi)
     groups = group_runs(runs)
-    figure = label_efficiency_figure(groups)
+    figure = label_efficiency_figure(groups) if figures else None
     parts = [
         "# Sweep results\n",
         markdown_table(groups, SWEEP_COLUMNS),

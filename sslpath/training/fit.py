@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = fit_and_test(cfg)
     if cfg.report and rank_zero_only.rank == 0:
         out = Path(cfg.paths.output_dir) / "report"
-        write_report([chain.ssl_run_dir(metrics), Path(cfg.paths.output_dir)], out)
+        write_report([chain.ssl_run_dir(metrics), Path(cfg.paths.output_dir)], out, figures=cfg.report_figures)
         log.info("report of the SSL stage and this fine-tune -> %s", out)
     return metrics
 

@@ -103,8 +103,9 @@ class SweepReport(Callback):
                 return
             stages = ssl_stages(run.record for run in runs)
             # TensorBoard images only in runs of this sweep: a stage given as model.pretrained_ckpt may be anyone's.
-            results = write_report([*stages, *jobs], sweep / REPORT_DIR, tensorboard_within=sweep)
-            sweep_results = write_sweep_results(runs, sweep, sweep / REPORT_DIR)
+            figures = config.get("report_figures", True)
+            results = write_report([*stages, *jobs], sweep / REPORT_DIR, tensorboard_within=sweep, figures=figures)
+            sweep_results = write_sweep_results(runs, sweep, sweep / REPORT_DIR, figures=figures)
         print(f"sslpath: sweep report -> {results}")
         print(f"sslpath: sweep results -> {sweep_results}")
 

@@ -230,7 +230,7 @@ def settings(cfg: DictConfig, run_dir: str, resolve: bool = True) -> dict[str, A
             flat[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=resolve), "")  # a stored file is data: never resolve it
-    skip_roots = ("ckpt_path", "resume", "paths", "callbacks", "logger", "report")
+    skip_roots = ("ckpt_path", "resume", "paths", "callbacks", "logger", "report", "report_figures")
     return {
         k: v
         for k, v in flat.items()
