@@ -20,7 +20,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from sslpath.models.backbones import build
 
-from factories import SAMPLE, read_csv, tiny_run
+from factories import SAMPLE, cache_compositions, read_csv, tiny_run
+
+cache_compositions()
 
 # No test reaches the internet: urllib and requests (here and in CLI subprocesses) go through a proxy
 # on a closed local port, so a download the test did not point at its own server fails at once.

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +26,11 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_d
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobRuntime
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
@@ -65,38 +69,88 @@ SAMPLE = os.environ.get("SSLPATH_SAMPLE_NPZ")
 
 
 CONF = Path(sslpath.conf.__file__).parent
+HYDRA_LOAD = ConfigLoaderImpl.load_configuration  # Hydra's own, for real_composition()
+_GROUP_CHOICES: dict[tuple, DictConfig] = {}
+
+
+def _is_group(key: str) -> bool:
+    return key.startswith("hydra/") or (CONF / key).is_dir()
+
+
+def cached_load_configuration(
+    self: ConfigLoaderImpl,
+    config_name: str | None,
+    overrides: list[str],
+    run_mode: RunMode,
+    from_shell: bool = True,
+    validate_sweep_overrides: bool = True,
+) -> DictConfig:
+    """Hydra's ConfigLoaderImpl.load_configuration, in a fraction of the time: a composition costs ~0.3 s
+    and the tests ask for a thousand (two per in-process command), most differing only in values (`seed=3`).
+    Hydra composes the config groups' choices, then applies every other override (`key=value`, `+key=value`,
+    `~key`), in order, to the merged config (_apply_overrides_to_config) and fills in the hydra node's
+    per-call fields (the override lists, cwd, override_dirname). So does this, with Hydra's same function and
+    in its same order, on a copy of a cached composition of the group choices. Sweeps and hydra.searchpath
+    go to Hydra whole; tests/test_factories.py checks the result against Hydra's own."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # Hydra's own error, as Hydra raises it
+        return HYDRA_LOAD(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+    if any(o.is_sweep_override() or o.key_or_group.startswith("hydra.searchpath") for o in parsed):
+        return HYDRA_LOAD(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+    # Hydra's test (defaults_list.Overrides): a dict value, or a key that is no config group
+    values = [o for o in parsed if o.package is None and (isinstance(o.value(), dict) or not _is_group(o.key_or_group))]
+    groups = [o.input_line for o in parsed if not any(o is v for v in values)]
+    job_name = JobRuntime().get("name")  # the default hydra.job.name
+    search_path = tuple((element.provider, element.path) for element in self.config_search_path.get_path())
+    key = (search_path, config_name, tuple(groups), run_mode, from_shell, validate_sweep_overrides, job_name)
+    if key not in _GROUP_CHOICES:
+        _GROUP_CHOICES[key] = HYDRA_LOAD(self, config_name, groups, run_mode, from_shell, validate_sweep_overrides)
+    cfg = copy.deepcopy(_GROUP_CHOICES[key])
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
+    task = [o for o in parsed if not o.is_hydra_override()]
+    cfg.hydra.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+    cfg.hydra.overrides.task = [o.input_line for o in task]
+    with open_dict(cfg.hydra):
+        for name in cfg.hydra.job.env_copy:
+            cfg.hydra.job.env_set[name] = os.environ[name]
+    cfg.hydra.runtime.cwd = os.getcwd()
+    dirname = cfg.hydra.job.config.override_dirname
+    cfg.hydra.job.override_dirname = get_overrides_dirname(task, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
+    return cfg
+
+
+def cache_compositions() -> None:
+    """Every Hydra composition in this process (compose API and in-process commands) goes through
+    cached_load_configuration (conftest calls it once)."""
+    ConfigLoaderImpl.load_configuration = cached_load_configuration
+
+
+@contextlib.contextmanager
+def real_composition() -> Iterator[None]:
+    """Hydra's own load_configuration, uncached (to check cached_load_configuration against it)."""
+    ConfigLoaderImpl.load_configuration = HYDRA_LOAD
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl.load_configuration = cached_load_configuration
 
 
 @functools.cache
-def hydra_composed(config: str, overrides: tuple[str, ...]) -> DictConfig:
-    """Hydra's own composition of conf/<config>.yaml with these overrides, its hydra node included."""
+def _composed(config: str, overrides: tuple[str, ...]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module("sslpath.conf", version_base="1.3"):
         return compose(config, overrides=list(overrides), return_hydra_config=True)
 
 
 def composed(config: str, overrides: tuple[str, ...], hydra: bool = False) -> DictConfig:
-    """conf/<config>.yaml with these overrides, as Hydra composes it, in a fraction of the time: a composition
-    costs ~0.3 s and tests ask for hundreds, most differing only in values (`seed=3`). Hydra composes the
-    config groups' choices, then applies every other override (`key=value`, `+key=value`, `~key`), in order, to
-    the merged config (ConfigLoaderImpl._apply_overrides_to_config); so does this, with that same function, on
-    a copy of the cached composition of the group choices. tests/test_factories.py checks the result against
-    Hydra's own on override lists of every kind the tests use."""
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    if any(o.key_or_group.startswith("hydra") for o in parsed):  # hydra.searchpath changes what is composed
-        values = []
-    else:  # Hydra's test (defaults_list.Overrides): a dict value, or a key that is no config group
-        values = [o for o in parsed if not o.is_sweep_override() and o.package is None
-                  and (isinstance(o.value(), dict) or not (CONF / o.key_or_group).is_dir())]  # fmt: skip
-    structural = tuple(o.input_line for o in parsed if not any(o is v for v in values))
-    cfg = copy.deepcopy(hydra_composed(config, structural))
-    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-    task = [o for o in parsed if not o.is_hydra_override()]
-    with open_dict(cfg):
-        cfg.hydra.overrides.task = [o.input_line for o in task]
-        job = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = get_overrides_dirname(task, list(job.exclude_keys), job.item_sep, job.kv_sep)
-        if not hydra:
+    """A copy of conf/<config>.yaml composed with these overrides (each list composed once per session)."""
+    cfg = copy.deepcopy(_composed(config, overrides))
+    if not hydra:
+        with open_dict(cfg):
             del cfg.hydra
     return cfg
 
