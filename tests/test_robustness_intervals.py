@@ -12,12 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from matplotlib.container import ErrorbarContainer
 
 from sslpath.core.errors import UserError
 from sslpath.data.corruptions import Suite
 from sslpath.data.synthetic import synthetic_splits
 from sslpath.evaluation.benchmark import benchmark, robustness_intervals
-from sslpath.reporting.robustness import comparison_markdown, record_markdown, records_csv
+from sslpath.reporting.robustness import comparison_figure, comparison_markdown, record_markdown, records_csv, robustness_figure
 from sslpath.results.robustness import read_robustness_record, robustness_record
 from sslpath.results.stats import Bootstrap, percentile_interval, resample_weights
 
@@ -205,3 +206,20 @@ def test_a_record_written_before_auc_and_drop_intervals_is_shown_and_says_they_a
     assert "shows those without an interval (missing, not zero)" in text
     rows = list(csv.DictReader(io.StringIO(records_csv([old]))))
     assert rows[1]["auc_ci_lo"] == rows[1]["relative_drop_ci_hi"] == "" and rows[1]["acc_ci_lo"] != ""
+
+
+def test_the_figures_draw_the_mean_accuracy_with_error_bars_where_intervals_are_stored(record):
+    """The mean-over-corruptions line carries the clean and per-severity intervals; a record without the mean
+    intervals gets the line alone (no invented bars)."""
+
+    def bars(fig) -> list[ErrorbarContainer]:
+        return [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer) and c.has_yerr]
+
+    (one,) = bars(robustness_figure(record))
+    segments = one.lines[2][0].get_segments()
+    lo, hi = record["summary"]["clean_acc_ci"]
+    assert np.allclose(segments[0][:, 1], [100 * lo, 100 * hi])  # severity 0: the clean interval
+    assert len(bars(comparison_figure([record, record]))) == 2
+    old = json.loads(json.dumps(record))
+    del old["summary"]["severity_acc_ci"]
+    assert bars(robustness_figure(old)) == []

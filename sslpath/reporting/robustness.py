@@ -27,12 +27,14 @@ from sslpath.reporting.robustness_cells import (
     AUC,
     cell,
     drop_ci,
+    error_bars,
     grid_cis,
     interval_note,
     mean_cis,
     metric_cell,
     prose,
     row_ci,
+    severity_mean_cis,
 )
 from sslpath.reporting.style import kind_colour, line_styles
 from sslpath.results.robustness import JSON, ROW_KEYS, STEM, Benchmarked, read_robustness_record, robustness_record
@@ -162,12 +164,15 @@ def robustness_figure(record: dict[str, Any]) -> Figure:
     palette = colormaps["tab20"].colors
     for i, (name, by) in enumerate((n, by) for n, by in _table(record, "acc").items() if n != "clean"):
         ax.plot(xs, [clean, *(100 * by[x] for x in xs[1:])], color=palette[i % len(palette)], lw=1, marker=".", label=name)
-    ax.plot(
+    means = severity_means(record)
+    ax.errorbar(
         xs,
-        [100 * v for v in severity_means(record)],
+        [100 * v for v in means],
+        yerr=error_bars(means, severity_mean_cis(record)),
         color=kind_colour(record["model"]),
         lw=2.8,
         marker="o",
+        capsize=3,
         label="mean over corruptions",
     )
     ax.axhline(clean, color="0.45", lw=1, ls=":", label=f"clean ({prose(s['clean_acc'], row_ci(record, record['rows'][0]))})")
@@ -289,12 +294,14 @@ def comparison_figure(records: Sequence[dict[str, Any]]) -> Figure:
     styles = line_styles([r["model"] for r in records])
     for ax, name in zip(axes, names, strict=False):
         for label, record, style in zip(_labels(records), records, styles, strict=True):
-            if name == names[0]:
+            if name == names[0]:  # the mean over corruptions, with its intervals
                 ys = severity_means(record)
-            else:
-                by = _table(record, "acc")[name]
-                ys = [record["summary"]["clean_acc"], *(by[x] for x in xs[1:])]
-            ax.plot(xs, [100 * y for y in ys], lw=2 if name == names[0] else 1.3, markersize=3, label=label, **style)
+                bars = error_bars(ys, severity_mean_cis(record))
+                ax.errorbar(xs, [100 * y for y in ys], yerr=bars, lw=2, markersize=3, capsize=2, label=label, **style)
+                continue
+            by = _table(record, "acc")[name]
+            ys = [record["summary"]["clean_acc"], *(by[x] for x in xs[1:])]
+            ax.plot(xs, [100 * y for y in ys], lw=1.3, markersize=3, label=label, **style)
         ax.set_title(name, fontsize=9)
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)

@@ -76,6 +76,19 @@ def mean_cis(
     )
 
 
+def severity_mean_cis(record: dict[str, Any]) -> list[Interval | None]:
+    """Intervals of the clean accuracy and of each severity's mean accuracy over corruptions, as severity_means."""
+    return [row_ci(record, record["rows"][0]), *mean_cis(record)[2]]
+
+
+def error_bars(values: Sequence[float | None], cis: Sequence[Interval | None], scale: float = 100) -> list[list[float]] | None:
+    """matplotlib's asymmetric yerr (below, above) for these values, or None where one has no interval."""
+    pairs = list(zip(values, cis, strict=True))
+    if any(v is None or ci is None for v, ci in pairs):
+        return None
+    return [[scale * (v - ci[0]) for v, ci in pairs], [scale * (ci[1] - v) for v, ci in pairs]]
+
+
 def drop_ci(record: dict[str, Any]) -> Interval | None:
     """The stored interval of the summary's relative drop (1 − mCA / clean accuracy)."""
     return _tup(record["summary"].get("relative_drop_ci"))
