@@ -223,3 +223,13 @@ def test_the_figures_draw_the_mean_accuracy_with_error_bars_where_intervals_are_
     old = json.loads(json.dumps(record))
     del old["summary"]["severity_acc_ci"]
     assert bars(robustness_figure(old)) == []
+
+
+def test_error_bars_survive_a_value_just_outside_its_interval(record):
+    """A stored accuracy is float32 and its interval float64 (and a percentile interval may end at the value): a
+    mean a hair below its interval's lower end gets a zero-length bar there, not matplotlib's error."""
+    edited = json.loads(json.dumps(record))
+    clean = edited["rows"][0]["acc"]
+    edited["rows"][0]["acc_ci"] = [clean + 1e-9, max(clean + 1e-9, edited["rows"][0]["acc_ci"][1])]
+    (one,) = [c for c in robustness_figure(edited).axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert np.isclose(one.lines[2][0].get_segments()[0][0, 1], 100 * clean)

@@ -86,7 +86,8 @@ def error_bars(values: Sequence[float | None], cis: Sequence[Interval | None], s
     pairs = list(zip(values, cis, strict=True))
     if any(v is None or ci is None for v, ci in pairs):
         return None
-    return [[scale * (v - ci[0]) for v, ci in pairs], [scale * (ci[1] - v) for v, ci in pairs]]
+    # at least 0: a stored accuracy is float32, its interval float64, and a percentile interval may end at the value
+    return [[scale * max(0.0, v - ci[0]) for v, ci in pairs], [scale * max(0.0, ci[1] - v) for v, ci in pairs]]
 
 
 def drop_ci(record: dict[str, Any]) -> Interval | None:
