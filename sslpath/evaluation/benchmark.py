@@ -13,7 +13,7 @@ import torch
 from sslpath.data.corruptions import Suite
 from sslpath.results.metrics import classification_results
 from sslpath.results.robustness import relative_drop
-from sslpath.results.stats import Bootstrap, Interval, score_intervals
+from sslpath.results.stats import Bootstrap, Interval, percentile_interval, resampled_metrics
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Robustness:
     results: dict[str, dict[int, dict[str, Any]]]  # corruption -> severity -> classification_results
     suite: Suite
     num_images: int
-    intervals: dict[str, Interval] = field(default_factory=dict)  # accuracy_intervals' keys
+    intervals: dict[str, Interval | None] = field(default_factory=dict)  # robustness_intervals' keys
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
@@ -49,11 +49,14 @@ class Robustness:
             "auc": result["test_auc"],
             "loss": result["test_loss"],
             "relative_drop": relative_drop(self.clean["test_acc"], acc),
-            "acc_ci": self._ci(f"{name}/{severity}"),
+            "acc_ci": self._ci(f"acc:{name}/{severity}"),
+            "auc_ci": self._ci(f"auc:{name}/{severity}"),
+            "relative_drop_ci": self._ci(f"drop:{name}/{severity}"),
         }
 
     def _ci(self, key: str) -> list[float] | None:
-        return list(self.intervals[key]) if key in self.intervals else None
+        interval = self.intervals.get(key)
+        return None if interval is None else list(interval)
 
     def summary(self) -> dict[str, Any]:
         """Mean corruption accuracy and AUC over every corruption and severity, and the drop from clean."""
@@ -70,28 +73,52 @@ class Robustness:
             "severities": list(self.suite.severities),
             "seed": self.suite.seed,
             "num_images": self.num_images,
-            "clean_acc_ci": self._ci("clean/0"),
-            "mean_corruption_acc_ci": self._ci("mean"),
-            "corruption_acc_ci": {name: self._ci(f"corruption/{name}") for name in self.suite.names},
-            "severity_acc_ci": [self._ci(f"severity/{s}") for s in self.suite.severities],
+            **{f"clean_{m}_ci": self._ci(f"{m}:clean/0") for m in ("acc", "auc")},
+            **{f"mean_corruption_{m}_ci": self._ci(f"{m}:mean") for m in ("acc", "auc")},
+            **{f"corruption_{m}_ci": {n: self._ci(f"{m}:corruption/{n}") for n in self.suite.names} for m in ("acc", "auc")},
+            **{f"severity_{m}_ci": [self._ci(f"{m}:severity/{s}") for s in self.suite.severities] for m in ("acc", "auc")},
+            "relative_drop_ci": self._ci("drop:mean"),
             "bootstrap": self.bootstrap.to_dict(),
         }
 
 
-def accuracy_intervals(
-    labels: np.ndarray, clean: np.ndarray, correct: dict[str, dict[int, np.ndarray]], bootstrap: Bootstrap
-) -> dict[str, Interval]:
-    """Stratified percentile-bootstrap intervals (sslpath.results.stats) of every accuracy the robustness
-    tables show, from one set of resamples of the test tiles: `clean/0`, each `<corruption>/<severity>`,
-    `mean` (mCA), `corruption/<name>` (mean over severities) and `severity/<s>` (mean over corruptions). A
-    mean accuracy over conditions is the mean of each tile's correctness over them, so it is resampled by tile."""
-    scores = {"clean/0": clean}
-    scores |= {f"{name}/{s}": c for name, by in correct.items() for s, c in by.items()}
-    scores |= {f"corruption/{name}": np.mean(list(by.values()), axis=0) for name, by in correct.items()}
-    severities = sorted({s for by in correct.values() for s in by})
-    scores |= {f"severity/{s}": np.mean([by[s] for by in correct.values()], axis=0) for s in severities}
-    scores["mean"] = np.mean([c for by in correct.values() for c in by.values()], axis=0)
-    return score_intervals(labels, scores, bootstrap)
+def condition_means(by_cell: dict[str, dict[int, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays per corruption × severity under the keys the robustness tables use: each `<corruption>/<severity>`,
+    `corruption/<name>` (mean over severities), `severity/<s>` (mean over corruptions) and `mean` (over all)."""
+    out = {f"{name}/{s}": values for name, by in by_cell.items() for s, values in by.items()}
+    out |= {f"corruption/{name}": np.mean(list(by.values()), axis=0) for name, by in by_cell.items()}
+    severities = sorted({s for by in by_cell.values() for s in by})
+    out |= {f"severity/{s}": np.mean([by[s] for by in by_cell.values()], axis=0) for s in severities}
+    out["mean"] = np.mean([values for by in by_cell.values() for values in by.values()], axis=0)
+    return out
+
+
+def robustness_intervals(
+    labels: np.ndarray,
+    clean: np.ndarray,
+    correct: dict[str, dict[int, np.ndarray]],
+    clean_probs: np.ndarray,
+    probs: dict[str, dict[int, np.ndarray]],
+    bootstrap: Bootstrap,
+) -> dict[str, Interval | None]:
+    """Stratified percentile-bootstrap intervals (sslpath.results.stats) of every estimate the robustness tables
+    show, all from one set of resamples of the test tiles. `acc:<key>`: accuracy of the clean split (`clean/0`)
+    and of condition_means' keys, a mean accuracy being the mean of each tile's correctness over its conditions;
+    `auc:<key>`: macro AUC of each, a mean AUC being the mean of the conditions' AUCs on the same resample;
+    `drop:<key>`: relative drop 1 − acc/clean acc, each resample's ratio of the two accuracies on the same
+    resampled tiles (paired), None where a resample's clean accuracy is 0."""
+    scores = {f"acc:{k}": v for k, v in {"clean/0": clean, **condition_means(correct)}.items()}
+    cells = {f"auc:{name}/{s}": p for name, by in probs.items() for s, p in by.items()}
+    draws = resampled_metrics(labels, bootstrap, scores=scores, probs={"auc:clean/0": clean_probs, **cells})
+    if set(cells) <= set(draws):  # every condition has an AUC: their means do
+        aucs = {name: {s: draws[f"auc:{name}/{s}"] for s in by} for name, by in probs.items()}
+        draws |= {f"auc:{k}": v for k, v in condition_means(aucs).items()}
+    intervals = {key: percentile_interval(values, bootstrap.level) for key, values in draws.items()}
+    base = draws["acc:clean/0"]
+    for key in ("clean/0", *(f"{name}/{s}" for name, by in correct.items() for s in by), "mean"):
+        ratio = 1 - draws[f"acc:{key}"] / np.where(base > 0, base, np.nan)
+        intervals[f"drop:{key}"] = percentile_interval(ratio, bootstrap.level) if np.all(base > 0) else None
+    return intervals
 
 
 def benchmark(
@@ -109,12 +136,13 @@ def benchmark(
 
     `predict` maps a uint8 batch to logits exactly as the clean evaluation did (severity 0 would give
     `clean_logits` bit for bit). Each batch's random draws are made once and shared by its severities.
-    Every accuracy gets a percentile-bootstrap interval over the test tiles (`bootstrap`, default 1,000
-    resamples at 95 %).
+    Every accuracy, AUC and relative drop gets a percentile-bootstrap interval over the test tiles
+    (`bootstrap`, default 1,000 resamples at 95 %; robustness_intervals).
     """
     bootstrap = bootstrap or Bootstrap()
     y = labels.cpu().numpy()
     correct: dict[str, dict[int, np.ndarray]] = {}
+    probs: dict[str, dict[int, np.ndarray]] = {}
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for name in suite.names:
         logits: dict[int, list[torch.Tensor]] = {s: [] for s in suite.severities}
@@ -126,10 +154,16 @@ def benchmark(
         merged = {s: torch.cat(parts) for s, parts in logits.items()}
         results[name] = {s: classification_results(out, labels, class_names) for s, out in merged.items()}
         correct[name] = {s: _correct(out, y) for s, out in merged.items()}
+        probs[name] = {s: _probs(out) for s, out in merged.items()}
     clean = classification_results(clean_logits, labels, class_names)
-    intervals = accuracy_intervals(y, _correct(clean_logits, y), correct, bootstrap)
+    intervals = robustness_intervals(y, _correct(clean_logits, y), correct, _probs(clean_logits), probs, bootstrap)
     return Robustness(clean=clean, results=results, suite=suite, num_images=len(images), intervals=intervals, bootstrap=bootstrap)
 
 
 def _correct(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
     return (logits.float().argmax(dim=1).cpu().numpy() == labels).astype(float)
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities as the run's own AUC interval takes them (sslpath.results.metrics.evidence_results)."""
+    return logits.float().softmax(dim=1).double().cpu().numpy()

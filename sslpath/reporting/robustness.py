@@ -22,14 +22,26 @@ from sslpath.core.names import text_name
 from sslpath.core.paths import check_writable, find_results
 from sslpath.reporting.figures import embed, new_figure, save_figure
 from sslpath.reporting.options import check_figure_options
+from sslpath.reporting.robustness_cells import (
+    ACC,
+    AUC,
+    cell,
+    drop_ci,
+    error_bars,
+    grid_cis,
+    interval_note,
+    mean_cis,
+    metric_cell,
+    prose,
+    row_ci,
+    severity_mean_cis,
+)
 from sslpath.reporting.style import kind_colour, line_styles
-from sslpath.results.intervals import wilson_interval
 from sslpath.results.robustness import JSON, ROW_KEYS, STEM, Benchmarked, read_robustness_record, robustness_record
-from sslpath.results.stats import Interval
 
 COMPARISON = "robustness_comparison"  # several: <out>/robustness_comparison.{csv,md,png}
-CSV_FIELDS = ("model", "run_name", *ROW_KEYS, "acc_ci_lo", "acc_ci_hi")
-DEFAULT_LEVEL = 0.95  # of a record written before it stored its bootstrap settings
+CI_FIELDS = ("acc", "auc", "relative_drop")  # each gets <key>_ci_lo, <key>_ci_hi in the CSV
+CSV_FIELDS = ("model", "run_name", *ROW_KEYS, *(f"{key}_ci_{end}" for key in CI_FIELDS for end in ("lo", "hi")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,73 +84,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _fmt(value: float | None, scale: float = 100, digits: int = 1) -> str:
-    return "—" if value is None else f"{value * scale:.{digits}f}"
-
-
-def _level(record: dict[str, Any]) -> float:
-    return float(record["summary"].get("bootstrap", {}).get("level", DEFAULT_LEVEL))
-
-
-def _row_ci(record: dict[str, Any], row: dict[str, Any]) -> Interval | None:
-    """A row's accuracy interval: the stored bootstrap one, or, in a record written before intervals were
-    stored, the Wilson interval of that proportion of the test tiles."""
-    if row.get("acc_ci") is not None:
-        return tuple(row["acc_ci"])
-    return wilson_interval(row["acc"], record["summary"]["num_images"], _level(record))
-
-
-def _cell(value: float | None, ci: Interval | None) -> str:
-    """An accuracy in % with its interval: `49.7 [44.7, 54.3]` (no interval stored: the value alone)."""
-    if value is None or ci is None:
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def _prose(value: float, ci: Interval | None) -> str:
-    """An accuracy in running text: `49.7% [44.7, 54.3]`."""
-    return f"{_fmt(value)}%" + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
-
-
-def _acc_cis(record: dict[str, Any]) -> dict[str, dict[int, Interval | None]]:
-    """corruption -> severity -> accuracy interval, as _table gives the accuracies."""
-    table: dict[str, dict[int, Interval | None]] = {}
-    for row in record["rows"]:
-        table.setdefault(row["corruption"], {})[row["severity"]] = _row_ci(record, row)
-    return table
-
-
-def _mean_cis(record: dict[str, Any]) -> tuple[Interval | None, dict[str, Interval | None], list[Interval | None]]:
-    """The stored intervals of the mCA, of each corruption's mean over severities and of each severity's mean
-    over corruptions (None each in a record written before they were stored)."""
-    s = record["summary"]
-    by_corruption = s.get("corruption_acc_ci") or {}
-    by_severity = s.get("severity_acc_ci") or [None] * len(s["severities"])
-    tup = lambda ci: None if ci is None else tuple(ci)  # noqa: E731
-    return (
-        tup(s.get("mean_corruption_acc_ci")),
-        {n: tup(by_corruption.get(n)) for n in s["corruptions"]},
-        [tup(ci) for ci in by_severity],
-    )
-
-
-def interval_note(records: Sequence[dict[str, Any]]) -> str:
-    """What the brackets are, said once under the tables."""
-    level = round(100 * _level(records[0]))
-    num = records[0]["summary"]["num_images"]
-    stored = all("mean_corruption_acc_ci" in r["summary"] for r in records)
-    text = (
-        f"Brackets: {level} % percentile-bootstrap interval over the {num} test tiles (stratified by class, one run "
-        "each; a mean over corruptions or severities is resampled by tile, so a tile's difficulty is shared)."
-    )
-    if not stored:
-        text += (
-            " A record written before intervals were stored shows Wilson intervals for single accuracies and none for "
-            "means: re-run its benchmark for bootstrap intervals."
-        )
-    return text + " AUCs are point estimates."
-
-
 def severity_means(record: dict[str, Any], key: str = "acc") -> list[float | None]:
     """Mean over corruptions at each severity, after the clean value at severity 0."""
     table = _table(record, key)
@@ -146,28 +91,23 @@ def severity_means(record: dict[str, Any], key: str = "acc") -> list[float | Non
     return [table["clean"][0], *(_mean([t[s] for t in corrupted]) for s in _severities(record))]
 
 
-def _grid(record: dict[str, Any], key: str, scale: float, digits: int) -> str:
-    """Corruption × severity; accuracies (key "acc") with their intervals."""
+def _grid(record: dict[str, Any], metric: str) -> str:
+    """Corruption × severity of `acc` or `auc`, each cell and mean with its interval."""
     severities = _severities(record)
-    table = _table(record, key)
-    acc = key == "acc"
-    cis, (mca_ci, corruption_cis, severity_cis) = _acc_cis(record), _mean_cis(record)
-
-    def cell(value: float | None, ci: Interval | None) -> str:
-        return _cell(value, ci) if acc else _fmt(value, scale, digits)
-
+    table = _table(record, metric)
+    cis, (all_ci, corruption_cis, severity_cis) = grid_cis(record, metric), mean_cis(record, metric)
     lines = [
         "| corruption | " + " | ".join(map(str, severities)) + " | mean |",
         "| --- |" + " ---: |" * (len(severities) + 1),
     ]
     for name, by in table.items():
         if name != "clean":
-            cells = [cell(by[s], cis[name][s]) for s in severities]
-            mean = cell(_mean([by[s] for s in severities]), corruption_cis[name])
+            cells = [metric_cell(metric, by[s], cis[name][s]) for s in severities]
+            mean = metric_cell(metric, _mean([by[s] for s in severities]), corruption_cis[name])
             lines.append(f"| {name} | " + " | ".join([*cells, mean]) + " |")
-    means = severity_means(record, key)[1:]
-    cells = [cell(v, ci) for v, ci in zip(means, severity_cis, strict=True)]
-    lines.append("| **mean** | " + " | ".join([*cells, cell(_mean(means), mca_ci)]) + " |")
+    means = severity_means(record, metric)[1:]
+    cells = [metric_cell(metric, v, ci) for v, ci in zip(means, severity_cis, strict=True)]
+    lines.append("| **mean** | " + " | ".join([*cells, metric_cell(metric, _mean(means), all_ci)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,15 +119,17 @@ def record_markdown(record: dict[str, Any], formats: Sequence[str] = ("png",)) -
         [
             f"# Robustness: {record['run_name']}\n",
             f"{record['model']} model `{record['ckpt_path']}` on {s['num_images']} test images. Clean accuracy "
-            f"{_prose(s['clean_acc'], _row_ci(record, record['rows'][0]))} (AUC {_fmt(s['clean_auc'], 1, 3)}); mean "
-            f"corruption accuracy (mCA, over {len(s['corruptions'])} corruptions × {len(severities)} severities) "
-            f"{_prose(s['mean_corruption_acc'], _mean_cis(record)[0])} (AUC {_fmt(s['mean_corruption_auc'], 1, 3)}); "
-            f"relative drop from clean {_fmt(s['relative_drop'])}%.\n",
+            f"{prose(s['clean_acc'], row_ci(record, record['rows'][0]))} (AUC "
+            f"{prose(s['clean_auc'], row_ci(record, record['rows'][0], AUC), '', 1, 3)}); mean corruption accuracy (mCA, "
+            f"over {len(s['corruptions'])} corruptions × {len(severities)} severities) "
+            f"{prose(s['mean_corruption_acc'], mean_cis(record)[0])} (AUC "
+            f"{prose(s['mean_corruption_auc'], mean_cis(record, AUC)[0], '', 1, 3)}); relative drop from clean "
+            f"{prose(s['relative_drop'], drop_ci(record))}.\n",
             "## Accuracy (%) per corruption and severity\n",
-            _grid(record, "acc", 100, 1),
+            _grid(record, ACC),
             interval_note([record]) + "\n",
             "## AUC per corruption and severity\n",
-            _grid(record, "auc", 1, 3),
+            _grid(record, AUC),
             embed(STEM, formats) + "\n",
             f"## Corruptions\n\n{record['source']}. Seed {s['seed']}; spatial parameters in px of the tile itself, as "
             "MedMNIST-C applies them (docs/robustness/corruption_strength.md). Parameter per severity:\n",
@@ -205,8 +147,9 @@ def records_csv(records: Sequence[dict[str, Any]]) -> str:
         for row in record["rows"]:
             cells = {**row, "model": record["model"], "run_name": record["run_name"]}
             cells["param"] = "" if row["param"] is None else json.dumps(row["param"])
-            ci = _row_ci(record, row)
-            cells["acc_ci_lo"], cells["acc_ci_hi"] = ("", "") if ci is None else ci
+            for key in CI_FIELDS:
+                ci = row_ci(record, row, key)
+                cells[f"{key}_ci_lo"], cells[f"{key}_ci_hi"] = ("", "") if ci is None else ci
             table.append([cells[field] for field in CSV_FIELDS])
     return csv_text(table)
 
@@ -221,20 +164,24 @@ def robustness_figure(record: dict[str, Any]) -> Figure:
     palette = colormaps["tab20"].colors
     for i, (name, by) in enumerate((n, by) for n, by in _table(record, "acc").items() if n != "clean"):
         ax.plot(xs, [clean, *(100 * by[x] for x in xs[1:])], color=palette[i % len(palette)], lw=1, marker=".", label=name)
-    ax.plot(
+    means = severity_means(record)
+    ax.errorbar(
         xs,
-        [100 * v for v in severity_means(record)],
+        [100 * v for v in means],
+        yerr=error_bars(means, severity_mean_cis(record)),
         color=kind_colour(record["model"]),
         lw=2.8,
         marker="o",
+        capsize=3,
         label="mean over corruptions",
     )
-    ax.axhline(clean, color="0.45", lw=1, ls=":", label=f"clean ({clean:.1f}%)")
+    ax.axhline(clean, color="0.45", lw=1, ls=":", label=f"clean ({prose(s['clean_acc'], row_ci(record, record['rows'][0]))})")
     ax.set_xticks(xs)
     ax.set_xlabel("severity (0 = clean)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"{record['run_name']} · mCA {_fmt(s['mean_corruption_acc'])}% · relative drop {_fmt(s['relative_drop'])}%",
+        f"{record['run_name']} · mCA {prose(s['mean_corruption_acc'], mean_cis(record)[0])} · "
+        f"relative drop {prose(s['relative_drop'], drop_ci(record))}",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
@@ -284,32 +231,34 @@ def comparison_markdown(records: Sequence[dict[str, Any]], formats: Sequence[str
     labels = [label.replace("|", "\\|") for label in _labels(records)]  # a | would end the table cell
     head = "| corruption | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels)
     summary = [
-        "| model | clean acc (%) [interval] | mCA (%) [interval] | relative drop (%) | clean AUC | mean corruption AUC |",
+        "| model | clean acc (%) [interval] | mCA (%) [interval] | relative drop (%) [interval] | clean AUC [interval] "
+        "| mean corruption AUC [interval] |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, r in zip(labels, records, strict=True):
         s = r["summary"]
         summary.append(
-            f"| {label} | {_cell(s['clean_acc'], _row_ci(r, r['rows'][0]))} | "
-            f"{_cell(s['mean_corruption_acc'], _mean_cis(r)[0])} | {_fmt(s['relative_drop'])} | "
-            f"{_fmt(s['clean_auc'], 1, 3)} | {_fmt(s['mean_corruption_auc'], 1, 3)} |"
+            f"| {label} | {cell(s['clean_acc'], row_ci(r, r['rows'][0]))} | "
+            f"{cell(s['mean_corruption_acc'], mean_cis(r)[0])} | {cell(s['relative_drop'], drop_ci(r))} | "
+            f"{metric_cell(AUC, s['clean_auc'], row_ci(r, r['rows'][0], AUC))} | "
+            f"{metric_cell(AUC, s['mean_corruption_auc'], mean_cis(r, AUC)[0])} |"
         )
     tables = [_table(r, "acc") for r in records]
-    mean_cis = [_mean_cis(r) for r in records]
+    means_cis = [mean_cis(r) for r in records]
     severities = _severities(records[0])
     per_corruption = [
         f"| {name} | "
-        + " | ".join(_cell(_mean([t[name][s] for s in severities]), m[1][name]) for t, m in zip(tables, mean_cis, strict=True))
+        + " | ".join(cell(_mean([t[name][s] for s in severities]), m[1][name]) for t, m in zip(tables, means_cis, strict=True))
         + " |"
         for name in tables[0]
         if name != "clean"
     ]
     means = [severity_means(r) for r in records]
-    clean_cis = [_row_ci(r, r["rows"][0]) for r in records]
+    clean_cis = [row_ci(r, r["rows"][0]) for r in records]
     per_severity = [
         f"| {sev if sev else '0 (clean)'} | "
         + " | ".join(
-            _cell(m[i], clean if i == 0 else c[2][i - 1]) for m, c, clean in zip(means, mean_cis, clean_cis, strict=True)
+            cell(m[i], clean if i == 0 else c[2][i - 1]) for m, c, clean in zip(means, means_cis, clean_cis, strict=True)
         )
         + " |"
         for i, sev in enumerate([0, *severities])
@@ -345,12 +294,14 @@ def comparison_figure(records: Sequence[dict[str, Any]]) -> Figure:
     styles = line_styles([r["model"] for r in records])
     for ax, name in zip(axes, names, strict=False):
         for label, record, style in zip(_labels(records), records, styles, strict=True):
-            if name == names[0]:
+            if name == names[0]:  # the mean over corruptions, with its intervals
                 ys = severity_means(record)
-            else:
-                by = _table(record, "acc")[name]
-                ys = [record["summary"]["clean_acc"], *(by[x] for x in xs[1:])]
-            ax.plot(xs, [100 * y for y in ys], lw=2 if name == names[0] else 1.3, markersize=3, label=label, **style)
+                bars = error_bars(ys, severity_mean_cis(record))
+                ax.errorbar(xs, [100 * y for y in ys], yerr=bars, lw=2, markersize=3, capsize=2, label=label, **style)
+                continue
+            by = _table(record, "acc")[name]
+            ys = [record["summary"]["clean_acc"], *(by[x] for x in xs[1:])]
+            ax.plot(xs, [100 * y for y in ys], lw=1.3, markersize=3, label=label, **style)
         ax.set_title(name, fontsize=9)
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)

@@ -94,6 +94,7 @@ def _is_text(value: Any) -> bool:
 RATE, RATE_OR_NULL = "a number from 0 to 1", "a number from 0 to 1, or null"
 TEXT = f"a non-empty text of at most {MAX_NAME_CHARS} characters"
 INTERVAL = "[lo, hi] (two numbers from 0 to 1, lo <= hi), or null"
+SPAN = "[lo, hi] (two numbers, lo <= hi), or null"
 
 
 def record_problems(record: dict[str, Any]) -> list[str]:
@@ -159,28 +160,47 @@ def _summary_problems(record: dict[str, Any]) -> list[str]:
         return check.problems
     corruptions, count = summary["corruptions"], len(summary["severities"])
     for key, ok, what in (  # optional: records written before intervals were stored have none
-        ("clean_acc_ci", or_null(is_interval), INTERVAL),
-        ("mean_corruption_acc_ci", or_null(is_interval), INTERVAL),
-        (
-            "corruption_acc_ci",
-            lambda v: isinstance(v, dict) and list(v) == corruptions and all(map(or_null(is_interval), v.values())),
-            f"an object of one {INTERVAL} per corruption",
+        *((f"clean_{m}_ci", or_null(is_interval), INTERVAL) for m in ("acc", "auc")),
+        *((f"mean_corruption_{m}_ci", or_null(is_interval), INTERVAL) for m in ("acc", "auc")),
+        *(
+            (
+                f"corruption_{m}_ci",
+                lambda v: isinstance(v, dict) and list(v) == corruptions and all(map(or_null(is_interval), v.values())),
+                f"an object of one {INTERVAL} per corruption",
+            )
+            for m in ("acc", "auc")
         ),
-        (
-            "severity_acc_ci",
-            lambda v: isinstance(v, list) and len(v) == count and all(map(or_null(is_interval), v)),
-            f"a list of one {INTERVAL} per severity",
+        *(
+            (
+                f"severity_{m}_ci",
+                lambda v: isinstance(v, list) and len(v) == count and all(map(or_null(is_interval), v)),
+                f"a list of one {INTERVAL} per severity",
+            )
+            for m in ("acc", "auc")
         ),
+        ("relative_drop_ci", or_null(is_span), SPAN),
         ("bootstrap", lambda v: isinstance(v, dict) and is_rate(v.get("level")), "an object with a `level` from 0 to 1"),
     ):
         if key in summary:
             check(f"summary.{key}", summary[key], ok, what)
+    for value, ci in (
+        ("clean_auc", "clean_auc_ci"),
+        ("mean_corruption_auc", "mean_corruption_auc_ci"),
+        ("relative_drop", "relative_drop_ci"),
+    ):
+        if summary[value] is None and summary.get(ci) is not None:
+            check.problems.append(f"`summary.{ci}` is an interval of `summary.{value}`, which is null")
     return check.problems
 
 
 def is_interval(value: Any) -> bool:
     """[lo, hi], two rates with lo <= hi."""
-    return isinstance(value, list) and len(value) == 2 and all(map(is_rate, value)) and value[0] <= value[1]
+    return is_span(value) and all(map(is_rate, value))
+
+
+def is_span(value: Any) -> bool:
+    """[lo, hi], two numbers with lo <= hi (a relative drop's interval: a corruption may raise the accuracy)."""
+    return isinstance(value, list) and len(value) == 2 and all(map(is_number, value)) and value[0] <= value[1]
 
 
 def _params_problems(record: dict[str, Any]) -> list[str]:
@@ -214,8 +234,15 @@ def _rows_problems(record: dict[str, Any]) -> list[str]:
         check(f"{where}.param", row["param"], lambda v, p=param: v == p, f"{reprlib.repr(param)}, as in params")
         check(f"{where}.auc", row["auc"], or_null(is_rate), RATE_OR_NULL)
         check(f"{where}.loss", row["loss"], or_null(lambda v: is_number(v) and v >= 0), "a number >= 0, or null")
-        if "acc_ci" in row:
-            check(f"{where}.acc_ci", row["acc_ci"], or_null(is_interval), INTERVAL)
+        for key, ok, what in (
+            ("acc_ci", is_interval, INTERVAL),
+            ("auc_ci", is_interval, INTERVAL),
+            ("relative_drop_ci", is_span, SPAN),
+        ):
+            if key in row:  # optional: records written before intervals were stored have none
+                check(f"{where}.{key}", row[key], or_null(ok), what)
+        if row["auc"] is None and row.get("auc_ci") is not None:
+            check.problems.append(f"`{where}.auc_ci` is an interval of `{where}.auc`, which is null")
         if check(f"{where}.acc", row["acc"], is_rate, RATE):
             drop = relative_drop(clean_acc, row["acc"])
             check(

@@ -12,7 +12,7 @@ the same interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -173,15 +173,41 @@ def score_intervals(labels: np.ndarray, scores: dict[str, np.ndarray], bootstrap
     """Percentile intervals of several mean per-tile scores from the same stratified resamples: a score is
     a tile's correctness (0 or 1) or its mean correctness over conditions (e.g. corruptions × severities),
     so the interval of a mean accuracy over conditions keeps each tile's difficulty shared across them."""
+    draws = resampled_metrics(labels, bootstrap, scores=scores)
+    return {key: percentile_interval(values, bootstrap.level) for key, values in draws.items()}
+
+
+def resampled_metrics(
+    labels: np.ndarray,
+    bootstrap: Bootstrap,
+    scores: Mapping[str, np.ndarray] | None = None,
+    probs: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each per-tile score's weighted mean (an accuracy) and each N × C probability matrix's macro AUC on
+    every stratified resample: `bootstrap.resamples` values per key, resample b the same tiles for every key,
+    so draws pair up across keys (a ratio of two accuracies per resample is the ratio's paired bootstrap). A
+    matrix with fewer than two classes present has no AUC and no entry."""
     labels = _check(labels)
+    scores, probs = dict(scores or {}), dict(probs or {})
+    if set(scores) & set(probs):
+        raise ValueError(f"keys {sorted(set(scores) & set(probs))} name both a score and a probability matrix")
     for key, values in scores.items():
         if np.shape(values) != labels.shape:
             raise ValueError(f"score {key!r} must have one entry per label")
-    draws: dict[str, list[np.ndarray]] = {key: [] for key in scores}
+    values = {key: np.asarray(v, dtype=float) for key, v in scores.items()}
+    rankings = {}
+    for key, p in probs.items():
+        p = np.asarray(p, dtype=float)
+        ranking = _rankings(_check(labels, p), p)
+        if ranking is not None:
+            rankings[key] = ranking
+    draws: dict[str, list[np.ndarray]] = {key: [] for key in [*values, *rankings]}
     for weights in resample_weights(labels, bootstrap.resamples, bootstrap.seed):
-        for key, values in scores.items():
-            draws[key].append(_accuracy(weights, np.asarray(values, dtype=float)))
-    return {key: percentile_interval(np.concatenate(v), bootstrap.level) for key, v in draws.items()}
+        for key, v in values.items():
+            draws[key].append(_accuracy(weights, v))
+        for key, r in rankings.items():
+            draws[key].append(_macro_auc(weights, r))
+    return {key: np.concatenate(v) for key, v in draws.items()}
 
 
 # ------------------------------------------------------------------------------------------------
