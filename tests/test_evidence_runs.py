@@ -74,7 +74,8 @@ def test_benchmark_intervals_are_the_bootstrap_of_each_accuracy_and_mean(run):
 
 
 def _cells(text: str) -> list[tuple[float, float, float]]:
-    return [tuple(map(float, m)) for m in re.findall(r"(\d+\.\d) \[(\d+\.\d), (\d+\.\d)\]", text)]
+    """Every `value [lo, hi]` in text: accuracies, AUCs and (possibly negative) relative drops."""
+    return [tuple(map(float, m)) for m in re.findall(r"(-?\d+\.\d+)%? \[(-?\d+\.\d+), (-?\d+\.\d+)\]", text)]
 
 
 def test_tables_show_every_accuracy_with_its_interval(run, tmp_path):
@@ -85,11 +86,14 @@ def test_tables_show_every_accuracy_with_its_interval(run, tmp_path):
     lo, hi = record["summary"]["mean_corruption_acc_ci"]
     mca = 100 * record["summary"]["mean_corruption_acc"]
     assert f"(mCA, over 2 corruptions × 2 severities) {mca:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" in one
-    assert len(_cells(one)) == 2 * 3 + 3  # 2 corruptions × (2 severities + mean); the mean row
+    # the summary's 5 estimates (clean and mCA accuracy and AUC, the drop); accuracy and AUC tables of
+    # 2 corruptions × (2 severities + mean) and the mean row
+    assert len(_cells(one)) == 5 + 2 * (2 * 3 + 3)
     assert "90 % percentile-bootstrap interval over the 40 test tiles" in one
     many = comparison_markdown([record, record], ("png",))
-    # summary: clean and mCA; per corruption: 2; per severity: clean + 2, each for two models
-    assert len(_cells(many)) == 2 * (2 + 2 + 3)
+    # summary: clean and mCA accuracy, drop, clean and mean AUC; per corruption: 2; per severity: clean + 2;
+    # each for two models
+    assert len(_cells(many)) == 2 * (5 + 2 + 3)
     rows = list(csv.DictReader(io.StringIO(records_csv([record]))))
     assert [float(rows[1]["acc_ci_lo"]), float(rows[1]["acc_ci_hi"])] == record["rows"][1]["acc_ci"]
 
