@@ -10,29 +10,34 @@ import time
 from pathlib import Path
 
 import pytest
-import safetensors.torch as st
-import torch
 
 # One intra-op thread per test process (and the command processes it starts): the tests' models are tiny,
 # where a second thread costs more in synchronisation than it gives, and on a shared 2-core machine
 # threads that spin-wait for each other slow everything down. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from sslpath.models.backbones import build
-
-from factories import SAMPLE, cache_compositions, read_csv, tiny_run
-
-cache_compositions()
+# torch, Lightning and sslpath are imported by the fixtures that need them, not here: under pytest-xdist the
+# controller process, which runs no test, loads this file too, and would spend ~9 s importing them.
 
 # No test reaches the internet: urllib and requests (here and in CLI subprocesses) go through a proxy
 # on a closed local port, so a download the test did not point at its own server fails at once.
 os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cached_compositions() -> None:
+    """Hydra compositions in this test process go through factories.cached_load_configuration."""
+    from factories import cache_compositions
+
+    cache_compositions()
+
+
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory) -> dict:
     """One finished tiny baseline run (3 epochs, synthetic data saved as an npz) for every test that
     only reads a trained checkpoint and its files; tests write their outputs elsewhere."""
+    from factories import read_csv, tiny_run
+
     run = tiny_run(tmp_path_factory.mktemp("tiny_run"))
     run["test_predictions"] = read_csv(run["dir"] / "test_predictions.csv")
     assert len({row["pred"] for row in run["test_predictions"]}) > 3, "the tiny model must tell classes apart"
@@ -42,6 +47,11 @@ def tiny_trained(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def timm_weights(tmp_path_factory) -> Path:
     """timm's tiny test ResNet with its own random weights, saved as safetensors: a public encoder's file."""
+    import safetensors.torch as st
+    import torch
+
+    from sslpath.models.backbones import build
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "encoder.safetensors"
     st.save_file(build("timm/test_resnet", stem="imagenet").state_dict(), path)
@@ -50,9 +60,10 @@ def timm_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sample_npz() -> Path:
-    if not SAMPLE or not Path(SAMPLE).is_file():
+    sample = os.environ.get("SSLPATH_SAMPLE_NPZ")
+    if not sample or not Path(sample).is_file():
         pytest.skip("set SSLPATH_SAMPLE_NPZ to ../shared/data/pathmnist_sample.npz to run real-data tests")
-    return Path(SAMPLE)
+    return Path(sample)
 
 
 class FileServer(http.server.ThreadingHTTPServer):
