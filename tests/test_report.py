@@ -207,9 +207,8 @@ def test_one_fraction_per_model_has_no_label_efficiency_figure(runs):
 
 
 def test_formats_and_dpi(runs, tmp_path):
-    write_report([runs / "2_ssl"], tmp_path / "hi", formats="png,pdf,svg", dpi=300, tensorboard=False)
+    write_report([runs / "2_ssl"], tmp_path / "hi", formats="png,svg", dpi=300, tensorboard=False)
     for stem in ("val_accuracy", "confusion_ssl"):
-        assert (tmp_path / "hi" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
         assert b"<svg" in (tmp_path / "hi" / f"{stem}.svg").read_bytes()[:2000]
     write_report([runs / "2_ssl"], tmp_path / "lo", dpi=150, tensorboard=False)
     hi, lo = nonblank_png(tmp_path / "hi" / "confusion_ssl.png"), nonblank_png(tmp_path / "lo" / "confusion_ssl.png")
@@ -218,6 +217,8 @@ def test_formats_and_dpi(runs, tmp_path):
 
     results = write_report([runs / "2_ssl"], tmp_path / "pdf", formats=["pdf"], tensorboard=False)
     assert "[confusion_ssl (PDF)](confusion_ssl.pdf)" in results.read_text() and not list((tmp_path / "pdf").glob("*.png"))
+    for stem in ("val_accuracy", "confusion_ssl"):
+        assert (tmp_path / "pdf" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     for bad in ({"formats": "png,jpg"}, {"formats": ""}, {"dpi": 0}):
         with pytest.raises(UserError, match="png, pdf, svg|dpi"):
             write_report([runs / "2_ssl"], tmp_path / "bad", **{"formats": "png", **bad})
@@ -400,18 +401,22 @@ def test_dir_without_runs_is_expanded_or_refused(runs, tmp_path, capsys):
     assert stderr.startswith("sslpath.report: error:") and str(empty) in stderr and "Traceback" not in stderr
 
 
-def test_tables_only_report_draws_no_figure_anywhere(tmp_path):
+def test_tables_only_report_draws_no_figure_anywhere(runs, report, tmp_path):
     """--no-figures / report_figures=false: the same tables, no image files, no TensorBoard images; a sweep's
     label-efficiency figure is left out too, and results.md says how to get the figures."""
-    for i, (fraction, right) in enumerate(((0.1, 40), (1.0, 70))):
-        fake_run(tmp_path / "runs" / f"{i}", fraction=fraction, right=right)
-    drawn = write_report([tmp_path / "runs"], tmp_path / "drawn", tensorboard=False)
-    tables = write_report([tmp_path / "runs"], tmp_path / "tables", figures=False)
-    assert read_csv(tables.with_suffix(".csv")) == read_csv(drawn.with_suffix(".csv"))
-    assert sorted(p.name for p in tables.parent.iterdir()) == [MARKER, "results.csv", "results.md"]
+    copied = tmp_path / "runs"
+    shutil.copytree(runs, copied, ignore=shutil.ignore_patterns("report"))  # TensorBoard images stay out of it
+    tables = write_report([copied], tmp_path / "tables", figures=False)
+    for name in ("results.csv", "comparisons.csv"):
+        assert read_csv(tables.parent / name) == read_csv(report.parent / name)
+    written = [MARKER, "results.csv", "results.md", "comparisons.csv", "comparisons.md"]
+    assert sorted(p.name for p in tables.parent.iterdir()) == sorted(written)
     assert "Figures were not drawn" in tables.read_text() and "![" not in tables.read_text()
-    assert not any((tmp_path / "runs" / str(i) / "tb" / "report").exists() for i in range(2))
-    write_sweep_results([load_run(tmp_path / "runs" / str(i)) for i in range(2)], tmp_path, tmp_path / "sweep", figures=False)
+    assert not list(copied.glob("*/tb/report"))
+    for i, fraction in enumerate((0.1, 1.0)):
+        fake_run(tmp_path / "fractions" / str(i), fraction=fraction)
+    fractions = [load_run(tmp_path / "fractions" / str(i)) for i in range(2)]
+    write_sweep_results(fractions, tmp_path, tmp_path / "sweep", figures=False)
     assert "Label efficiency" not in (tmp_path / "sweep_results.md").read_text() and not (tmp_path / "sweep").exists()
-    run_main("sslpath.report", str(tmp_path / "runs"), "--out", str(tmp_path / "cli"), "--no-figures")
+    run_main("sslpath.report", str(copied), "--out", str(tmp_path / "cli"), "--no-figures")
     assert not list((tmp_path / "cli").glob("*.png")) and (tmp_path / "cli" / "results.csv").is_file()
