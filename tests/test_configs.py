@@ -81,6 +81,7 @@ def test_unknown_option_lists_valid_choices(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.cli  # builds a wheel in a pip process
 def test_wheel_ships_every_config_and_module(tmp_path):
     """A plain `pip install .` must find the configs outside the repo (they ship as sslpath/conf) and every
     module of every subpackage."""
