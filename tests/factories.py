@@ -103,9 +103,14 @@ def cached_load_configuration(
     groups = [o.input_line for o in parsed if not any(o is v for v in values)]
     job_name = JobRuntime().get("name")  # the default hydra.job.name
     search_path = tuple((element.provider, element.path) for element in self.config_search_path.get_path())
-    key = (search_path, config_name, tuple(groups), run_mode, from_shell, validate_sweep_overrides, job_name)
+    # One composition serves every run mode: without sweeps a multirun composition differs from a run's only
+    # in skipping a missing group default, where the run's raises; then Hydra answers the call itself.
+    key = (search_path, config_name, tuple(groups), from_shell, job_name)
     if key not in _GROUP_CHOICES:
-        _GROUP_CHOICES[key] = HYDRA_LOAD(self, config_name, groups, run_mode, from_shell, validate_sweep_overrides)
+        try:
+            _GROUP_CHOICES[key] = HYDRA_LOAD(self, config_name, groups, RunMode.RUN, from_shell, validate_sweep_overrides)
+        except Exception:  # Hydra's own error (or, for a multirun, its own composition)
+            return HYDRA_LOAD(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
     cfg = copy.deepcopy(_GROUP_CHOICES[key])
     try:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
