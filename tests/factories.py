@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobRuntime
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
@@ -112,6 +112,7 @@ def cached_load_configuration(
         except Exception:  # Hydra's own error (or, for a multirun, its own composition)
             return HYDRA_LOAD(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
     cfg = copy.deepcopy(_GROUP_CHOICES[key])
+    OmegaConf.clear_cache(cfg)  # as new as Hydra's: `${now:…}` (the run dir's time) is resolved anew
     try:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
     except OmegaConfBaseException as e:
@@ -154,6 +155,7 @@ def _composed(config: str, overrides: tuple[str, ...]) -> DictConfig:
 def composed(config: str, overrides: tuple[str, ...], hydra: bool = False) -> DictConfig:
     """A copy of conf/<config>.yaml composed with these overrides (each list composed once per session)."""
     cfg = copy.deepcopy(_composed(config, overrides))
+    OmegaConf.clear_cache(cfg)
     if not hydra:
         with open_dict(cfg):
             del cfg.hydra

@@ -61,3 +61,15 @@ def test_an_in_process_command_composes_as_hydra_does(tmp_path):
     with real_composition():
         real = run_command(*args, cwd=tmp_path)
     assert cached.returncode == real.returncode == 0 and cached.stdout == real.stdout and "seed=4" in cached.stdout
+
+
+def test_each_cached_composition_resolves_the_time_anew(tmp_path):
+    """Hydra's `now` resolver caches its value in the config: a copy of a cached composition must start with
+    an empty cache, as a new composition does, or two runs a second apart would get one timestamped run dir
+    (the README's two baseline commands did)."""
+    args = ("--cfg", "job", "--package", "stamp", "--resolve", *TINY, "+stamp=${now:%f}")  # microseconds
+    stamps = [run_command(*args, cwd=tmp_path).stdout.strip() for _ in range(2)]
+    with initialize_config_module("sslpath.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, "+stamp=${now:%f}"])
+    assert all(stamp.isdigit() for stamp in stamps) and stamps[0] != stamps[1]
+    assert not OmegaConf.get_cache(cfg).get("now"), "a new composition carries resolved times"
