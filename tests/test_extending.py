@@ -73,6 +73,7 @@ def test_a_method_defined_outside_sslpath_is_registered_by_its_class():
     assert "toy" not in registry.supervised_kinds() and registry.colour("toy") is None  # reports pick one by name
 
 
+@pytest.mark.cli  # train → chain → evaluate → report: the multi-stage scenarios' tier
 def test_a_toy_method_goes_through_train_chain_evaluate_and_report(tmp_path, toy_conf):
     cfg = compose_cfg(tmp_path / "ft", ["model=finetune", "model@pretrain=toy", toy_conf, "report=false"])
     validate(cfg)

@@ -237,6 +237,7 @@ def test_every_method_is_a_known_ssl_kind_with_a_config(tmp_path):
         assert chain.stage_dir(ft).name.startswith(f"{method}-")
 
 
+@pytest.mark.cli  # a chain: SSL stage, then fine-tune (the multi-stage scenarios' tier)
 @pytest.mark.parametrize("method", METHODS)
 def test_method_pretrains_and_chains_into_finetuning(tmp_path, method):
     helpers.RECORDED.clear()

@@ -206,22 +206,23 @@ def test_one_fraction_per_model_has_no_label_efficiency_figure(runs):
     assert label_efficiency_figure(group_runs([load_run(runs / "0_baseline")])) is None
 
 
-def test_formats_and_dpi(runs, tmp_path):
-    write_report([runs / "2_ssl"], tmp_path / "hi", formats="png,svg", dpi=300, tensorboard=False)
+def test_formats_and_dpi(tmp_path):
+    run = fake_run(tmp_path / "ssl", model="simclr", run_name="ssl", classes=["a", "b", "c"], n=12, right=8)
+    write_report([run], tmp_path / "hi", formats="png,svg", dpi=300, tensorboard=False)
     for stem in ("val_accuracy", "confusion_ssl"):
         assert b"<svg" in (tmp_path / "hi" / f"{stem}.svg").read_bytes()[:2000]
-    write_report([runs / "2_ssl"], tmp_path / "lo", dpi=150, tensorboard=False)
+    write_report([run], tmp_path / "lo", dpi=150, tensorboard=False)
     hi, lo = nonblank_png(tmp_path / "hi" / "confusion_ssl.png"), nonblank_png(tmp_path / "lo" / "confusion_ssl.png")
     assert hi[0] == pytest.approx(2 * lo[0], abs=2) and hi[1] == pytest.approx(2 * lo[1], abs=2)
     assert not list((tmp_path / "lo").glob("*.pdf"))
 
-    results = write_report([runs / "2_ssl"], tmp_path / "pdf", formats=["pdf"], tensorboard=False)
+    results = write_report([run], tmp_path / "pdf", formats=["pdf"], tensorboard=False)
     assert "[confusion_ssl (PDF)](confusion_ssl.pdf)" in results.read_text() and not list((tmp_path / "pdf").glob("*.png"))
     for stem in ("val_accuracy", "confusion_ssl"):
         assert (tmp_path / "pdf" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     for bad in ({"formats": "png,jpg"}, {"formats": ""}, {"dpi": 0}):
         with pytest.raises(UserError, match="png, pdf, svg|dpi"):
-            write_report([runs / "2_ssl"], tmp_path / "bad", **{"formats": "png", **bad})
+            write_report([run], tmp_path / "bad", **{"formats": "png", **bad})
     assert not (tmp_path / "bad").exists()
 
 
