@@ -14,6 +14,24 @@ from sslpath.core.errors import UserError
 from sslpath.core.files import atomic_output
 
 
+class _WriteErrors:
+    """A binary file that keeps the OSError its first failed write raised: torch.save reports a failed write
+    (a full disk) as a RuntimeError of its zip writer ("unexpected pos …"), without the cause."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temp file and renamed: a kill or a full disk mid-write leaves the
     previous checkpoint intact, never a truncated one."""
@@ -21,7 +39,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         try:
             with atomic_output(path) as f:
-                torch.save(checkpoint, f)
+                writer = _WriteErrors(f)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError:
+                    if writer.error is None:
+                        raise
+                    raise writer.error from None
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(
