@@ -91,20 +91,21 @@ def test_every_readme_command_runs_in_its_smoke_form(tmp_path, monkeypatch):
     for i in range(3):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tiles / f"tile{i}.png")
 
-    started = 0  # the second the last training started in
+    ended = 0  # the second the last training ended in
     for command in readme_commands():
         words = [resolve(w, work, home) for w in shlex.split(command)]
         if words[1] == "-m":
             module, args = words[2], words[3:]
             if module == "sslpath.train":
                 args = with_smoke(args, data=not any(a.startswith("data.path=") for a in args))
-                # Run dirs are named to the second (outputs/runs/<date>_<time>_<name>), and a smoke run can end
-                # within one: start each in a new second, as a user typing the commands does. (A second run
-                # refused from a finished run dir is test_reliability's test_a_new_run_never_lands_on_a_finished_one.)
-                while int(time.time()) == started:
+                # Run dirs are named to the second (outputs/runs/<date>_<time>_<name>), taken while the command
+                # runs, and a smoke run can start and end within one: start each after the second the last one
+                # ended in, as a user typing the commands does. (A second run refused from a finished run dir
+                # is test_reliability's test_a_new_run_never_lands_on_a_finished_one.)
+                while int(time.time()) <= ended:
                     time.sleep(0.05)
-                started = int(time.time())
             result = run_command(*args, cwd=work, module=module)
+            ended = int(time.time())
             assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         else:
             monkeypatch.chdir(work)
